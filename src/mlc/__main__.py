@@ -1,0 +1,5 @@
+"""`python -m mlc`."""
+
+from mlc.cli import main
+
+main()
