@@ -1,0 +1,132 @@
+"""Sampler name -> diffusers scheduler and its configuration: one table.
+
+The values follow docs/engine.md (and the CompVis/A1111 mapping they come from):
+the CompVis samplers (ddim, plms, dpm_solver) use their exact-parity settings,
+the A1111 names use diffusers' defaults for that sampler.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlc.engine import offline
+
+offline()
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One row of the table."""
+
+    name: str
+    scheduler: str  # diffusers class name
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # A1111's name, written into the PNG `parameters` chunk
+    uses_eta: bool = False  # accepts --ddim_eta
+
+
+_LEADING = {"steps_offset": 1, "set_alpha_to_one": False, "timestep_spacing": "leading"}
+_KARRAS = {"use_karras_sigmas": True}
+
+SAMPLERS: dict[str, Sampler] = {
+    s.name: s
+    for s in [
+        Sampler("ddim", "DDIMScheduler", {**_LEADING, "clip_sample": False}, "DDIM", True),
+        Sampler("plms", "PNDMScheduler", {**_LEADING, "skip_prk_steps": True}, "PLMS"),
+        Sampler(
+            "dpm_solver",
+            "DPMSolverMultistepScheduler",
+            {
+                "algorithm_type": "dpmsolver++",
+                "solver_order": 2,
+                "solver_type": "midpoint",
+                "lower_order_final": True,
+                "timestep_spacing": "linspace",
+                "final_sigmas_type": "sigma_min",
+            },
+            "DPM++ 2M",
+        ),
+        Sampler(
+            "dpmpp_2m",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+            "DPM++ 2M",
+        ),
+        Sampler(
+            "dpmpp_2m_karras",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2, **_KARRAS},
+            "DPM++ 2M Karras",
+        ),
+        Sampler(
+            "dpmpp_2m_sde",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+            "DPM++ 2M SDE",
+        ),
+        Sampler(
+            "dpmpp_2m_sde_karras",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, **_KARRAS},
+            "DPM++ 2M SDE Karras",
+        ),
+        Sampler("lms", "LMSDiscreteScheduler", {}, "LMS"),
+        Sampler("lms_karras", "LMSDiscreteScheduler", dict(_KARRAS), "LMS Karras"),
+        Sampler("euler", "EulerDiscreteScheduler", {}, "Euler"),
+        Sampler("euler_a", "EulerAncestralDiscreteScheduler", {}, "Euler a"),
+        Sampler("heun", "HeunDiscreteScheduler", {}, "Heun"),
+        Sampler("dpm2", "KDPM2DiscreteScheduler", {}, "DPM2"),
+        Sampler("dpm2_a", "KDPM2AncestralDiscreteScheduler", {}, "DPM2 a"),
+        Sampler("unipc", "UniPCMultistepScheduler", {}, "UniPC"),
+        Sampler("deis", "DEISMultistepScheduler", {}, "DEIS"),
+    ]
+}
+
+DEFAULT_SAMPLER = "ddim"  # the classic script's default
+
+BASE_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "trained_betas": None,
+}
+"""The SD v1 training schedule; a model's own scheduler config overrides it."""
+
+
+def get_sampler(name: str) -> Sampler:
+    """The table row for ``name``; ValueError listing the valid names otherwise."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}"
+        ) from None
+
+
+def scheduler_config(name: str, schedule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full keyword set for sampler ``name`` on a model trained with ``schedule``."""
+    sampler = get_sampler(name)
+    base = dict(BASE_SCHEDULE)
+    if schedule:
+        base.update({k: v for k, v in schedule.items() if k in BASE_SCHEDULE})
+    cls = scheduler_class(sampler.scheduler)
+    accepted = inspect.signature(cls.__init__).parameters
+    merged = {**base, **sampler.kwargs}
+    return {k: v for k, v in merged.items() if k in accepted}
+
+
+def scheduler_class(class_name: str) -> type:
+    """A diffusers scheduler class by name, imported lazily."""
+    import diffusers.schedulers as schedulers
+
+    return getattr(schedulers, class_name)
+
+
+def make_scheduler(name: str, schedule: dict[str, Any] | None = None) -> Any:
+    """A fresh scheduler instance for sampler ``name`` (schedulers are stateful: one per run)."""
+    cls = scheduler_class(get_sampler(name).scheduler)
+    return cls(**scheduler_config(name, schedule))
