@@ -1,0 +1,201 @@
+"""Image catalog: load YAML and AIME CSV, merge overrides, resolve (framework, version, arch)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlc.errors import MlcError
+
+OPTIONAL_FIELDS = ("digest", "cuda", "cudnn", "python", "torch", "ubuntu", "min_driver")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image the user can create a container from."""
+
+    framework: str
+    version: str
+    arch: tuple[str, ...]
+    image: str
+    digest: str | None = None
+    cuda: str | None = None
+    cudnn: str | None = None
+    python: str | None = None
+    torch: str | None = None
+    ubuntu: str | None = None
+    min_driver: str | None = None
+    build: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    origin: str = field(default="built-in", compare=False)
+
+    @property
+    def reference(self) -> str:
+        """The image reference to run: pinned by digest when the catalog has one."""
+        if self.digest:
+            return f"{self.image.split('@')[0]}@{self.digest}"
+        return self.image
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {"framework": self.framework, "version": self.version,
+                "arch": list(self.arch), "image": self.image}
+        data.update({k: getattr(self, k) for k in OPTIONAL_FIELDS if getattr(self, k)})
+        return data
+
+
+@dataclass
+class Catalog:
+    """Entries in priority order: the first match wins."""
+
+    entries: list[Entry]
+    source: str | None = None
+
+    def for_arch(self, arch: str) -> list[Entry]:
+        """Entries usable on ARCH, one per (framework, version), highest priority kept."""
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for e in self.entries:
+            key = (e.framework.lower(), e.version)
+            if arch in e.arch and key not in seen:
+                seen.add(key)
+                out.append(e)
+        return out
+
+    def resolve(self, framework: str, version: str, arch: str) -> Entry:
+        """The entry for FRAMEWORK (any case) and VERSION on ARCH, or an error listing choices."""
+        usable = self.for_arch(arch)
+        if not usable:
+            archs = sorted({a for e in self.entries for a in e.arch})
+            raise MlcError(f"the catalog has no images for architecture {arch}",
+                           hint=f"known architectures: {', '.join(archs)}; use --arch")
+        frameworks = sorted({e.framework for e in usable})
+        matching = [e for e in usable if e.framework.lower() == framework.lower()]
+        if not matching:
+            raise MlcError(f"unknown framework '{framework}' for {arch}",
+                           hint=f"valid: {', '.join(frameworks)}")
+        for e in matching:
+            if e.version == version:
+                return e
+        versions = ", ".join(e.version for e in matching)
+        raise MlcError(f"unknown version '{version}' of {matching[0].framework} for {arch}",
+                       hint=f"valid: {versions}")
+
+
+def _entry(raw: dict[str, Any], origin: str) -> Entry:
+    missing = [k for k in ("framework", "version", "arch", "image") if not raw.get(k)]
+    if missing:
+        raise MlcError(f"catalog {origin}: an entry lacks {', '.join(missing)}: {raw}")
+    arch = raw["arch"]
+    archs = [arch] if isinstance(arch, str) else list(arch)
+    extra = {k: str(raw[k]) for k in OPTIONAL_FIELDS if raw.get(k) is not None}
+    return Entry(framework=str(raw["framework"]), version=str(raw["version"]),
+                 arch=tuple(str(a).strip().upper() for a in archs), image=str(raw["image"]),
+                 build=raw.get("build"), origin=origin, **extra)
+
+
+def parse_yaml(text: str, origin: str) -> Catalog:
+    """A catalog from YAML text: a mapping with `images:` or a bare list of entries."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MlcError(f"catalog {origin} is not valid YAML: {exc.problem or exc}") from None
+    if isinstance(data, list):
+        data = {"images": data}
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise MlcError(f"catalog {origin} has no 'images:' list")
+    return Catalog([_entry(r, origin) for r in data["images"]], source=data.get("source"))
+
+
+def parse_aime_csv(text: str, origin: str) -> Catalog:
+    """AIME's ml_images.repo: `FRAMEWORK, VERSION, ARCH, IMAGE[, ...]`, ARCH bare (v1) or [A;B] (v2)."""
+    entries = []
+    for row in csv.reader(io.StringIO(text)):
+        cells = [c.strip() for c in row]
+        if not cells or not cells[0] or cells[0].startswith("#"):
+            continue
+        if len(cells) < 4:
+            raise MlcError(f"catalog {origin}: expected 'framework, version, arch, image': {row}")
+        framework, version, arch, image = cells[:4]
+        archs = [a.strip() for a in arch.strip("[]").split(";") if a.strip()]
+        entries.append(_entry({"framework": framework, "version": version,
+                               "arch": archs, "image": image}, origin))
+    return Catalog(entries)
+
+
+def load_file(path: Path) -> Catalog:
+    """A catalog file, YAML or AIME CSV, recognised by content."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MlcError(f"cannot read catalog {path}: {exc.strerror}") from None
+    if path.suffix in (".yaml", ".yml") or text.lstrip().startswith(("images:", "schema:", "-")):
+        return parse_yaml(text, str(path))
+    return parse_aime_csv(text, str(path))
+
+
+def builtin_text() -> str:
+    """The catalog shipped with the package."""
+    return resources.files("mlc").joinpath("images/catalog.yaml").read_text(encoding="utf-8")
+
+
+def state_dir() -> Path:
+    """Where mlc keeps per-user state (the updated catalog)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mlc"
+
+
+def updated_path() -> Path:
+    return state_dir() / "catalog.yaml"
+
+
+def load(override: str | os.PathLike | None = None) -> Catalog:
+    """Built-in catalog, then the one `update-sys` fetched, then MLC_CATALOG / --catalog on top."""
+    builtin = parse_yaml(builtin_text(), "built-in")
+    layers = [builtin]
+    if updated_path().is_file():
+        layers.insert(0, load_file(updated_path()))
+    user = override or os.environ.get("MLC_CATALOG")
+    if user:
+        for part in str(user).split(os.pathsep):
+            if part:
+                layers.insert(0, load_file(Path(part).expanduser()))
+    entries = [e for layer in layers for e in layer.entries]
+    return Catalog(entries, source=os.environ.get("MLC_CATALOG_URL") or builtin.source)
+
+
+def update(url: str | None = None, timeout: float = 20.0) -> tuple[Path, int]:
+    """Fetch the catalog from its source, validate it, and replace the stored copy atomically."""
+    import requests
+
+    source = url or os.environ.get("MLC_CATALOG_URL") or parse_yaml(builtin_text(), "").source
+    if not source:
+        raise MlcError("no catalog source is configured", hint="set MLC_CATALOG_URL")
+    try:
+        resp = requests.get(source, timeout=timeout)
+        resp.raise_for_status()
+    except requests.HTTPError as exc:
+        raise MlcError(f"cannot update the catalog: HTTP {exc.response.status_code} from {source}",
+                       hint="the current catalog is unchanged") from None
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise MlcError(f"cannot update the catalog: {source} is unreachable ({reason})",
+                       hint="the current catalog is unchanged") from None
+    text = resp.text
+    fresh = (parse_aime_csv if source.endswith(".repo") or source.endswith(".csv")
+             else parse_yaml)(text, source)
+    if not fresh.entries:
+        raise MlcError(f"the catalog at {source} is empty; the current catalog is unchanged")
+    dest = updated_path()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    data = {"schema": 1, "source": source, "images": [e.as_dict() | (
+        {"build": e.build} if e.build else {}) for e in fresh.entries]}
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, dest)
+    return dest, len(fresh.entries)

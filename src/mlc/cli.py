@@ -1,0 +1,347 @@
+"""The `mlc` command line: one thin function per command over the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlc import __version__, catalog, containers, host
+from mlc.errors import MlcError
+
+app = typer.Typer(
+    name="mlc",
+    help="Per-user GPU containers from pinned images, one-shot model setup, and Stable Diffusion.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+
+CONTAINERS = "Containers"
+IMAGES = "Images"
+
+NameArg = Annotated[str, typer.Argument(help="Container name, as given to `mlc create`.")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", "-Y", "--yes", help="Do not ask.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _say(message: str) -> None:
+    err.print(message, highlight=False)
+
+
+def _docker():
+    return containers.client()
+
+
+def _confirm(question: str, force: bool) -> None:
+    if force:
+        return
+    if not sys.stdin.isatty():
+        raise MlcError(f"{question} Not confirmed", hint="stdin is not a terminal: add -f")
+    if not typer.confirm(question, default=False):
+        raise MlcError("cancelled", exit_code=1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mlc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-v", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Per-user GPU containers from pinned images, one-shot model setup, and Stable Diffusion.
+
+    Example: [bold]mlc create sd Pytorch 2.0.1-aime -w ~/sd[/] then [bold]mlc open sd[/].
+    """
+
+
+@app.command(rich_help_panel=CONTAINERS)
+def create(
+    name: NameArg,
+    framework: Annotated[str, typer.Argument(help="Framework from the catalog, e.g. Pytorch.")],
+    version: Annotated[str, typer.Argument(help="Version from the catalog, e.g. 2.0.1-aime.")],
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Host folder at /workspace.")]
+    = Path("~/workspace"),
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Host folder at /data.")] = None,
+    models: Annotated[Path | None, typer.Option("--models", "-m", help="Host folder at /models.")]
+    = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", "-g", help="all, a count, ids (0,1) or none.")]
+    = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Catalog architecture, e.g. CUDA_ADA.")]
+    = None,
+    ulimit: Annotated[str, typer.Option("--ulimit", envvar="MLC_ULIMITS",
+                                        help="NAME=SOFT[:HARD],... or none.")]
+    = containers.DEFAULT_ULIMITS,
+    no_forward: Annotated[bool, typer.Option("--no-forward-network", help="Do not pass the host's "
+                                             "proxy settings and CA bundle into the container.")]
+    = False,
+    build: Annotated[bool, typer.Option("--build", help="Build the image from images/ when the "
+                                        "pull fails.")] = False,
+    catalog_path: Annotated[str | None, typer.Option("--catalog", help="Extra catalog (YAML or "
+                                                     "AIME CSV).")] = None,
+) -> None:
+    """Create a container NAME from the catalog image FRAMEWORK VERSION.
+
+    Example: [bold]mlc create sd Pytorch 2.0.1-aime -w ~/sd -m ~/models[/]
+    """
+    containers.validate_name(name)
+    arch_name = host.detect_arch(arch)
+    entry = catalog.load(catalog_path).resolve(framework, version, arch_name)
+    user = host.current_user()
+    spec = containers.CreateSpec(
+        name=name, entry=entry, arch=arch_name, user=user,
+        workspace=containers.ensure_dir(workspace, "workspace", _say),
+        data=containers.ensure_dir(data, "data", _say) if data else None,
+        models=containers.ensure_dir(models, "models", _say) if models else None,
+        gpus=gpus or "all", gpus_explicit=gpus is not None, ulimits=ulimit,
+        forward_network=not no_forward, build=build,
+    )
+    c = containers.create(_docker(), spec, _say)
+    out.print(f"[{name}] ready: {entry.framework} {entry.version} ({entry.reference}), "
+              f"GPUs {spec.gpus}, workspace {spec.workspace}. Open it with: mlc open {name}",
+              highlight=False)
+    del c
+
+
+@app.command("open", rich_help_panel=CONTAINERS,
+             context_settings={"allow_interspersed_args": False})
+def open_(
+    name: NameArg,
+    command: Annotated[list[str] | None, typer.Argument(help="Command to run instead of a shell "
+                                                        "(after --).")] = None,
+) -> None:
+    """Open a shell in NAME as you, in /workspace (or run COMMAND and exit with its code).
+
+    The container is started if needed and stopped when the last shell it opened exits,
+    unless it was started with `mlc start`.
+
+    Example: [bold]mlc open sd[/] or [bold]mlc open sd -- python train.py[/]
+    """
+    dc = _docker()
+    c = containers.find(dc, name, host.current_user())
+    if containers.start(c):
+        _say(f"[{name}] starting container")
+    if command:
+        code = containers.exec_stream(dc, c, command)
+    else:
+        code = containers.shell(c)
+    if containers.stop_if_idle(dc, c):
+        _say(f"[{name}] last shell closed: container stopped")
+    raise typer.Exit(code)
+
+
+@app.command("list", rich_help_panel=CONTAINERS)
+def list_(
+    all_users: Annotated[bool, typer.Option("--all-users", "-a", help="Every user's containers.")]
+    = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List your containers.
+
+    Example: [bold]mlc list[/] or [bold]mlc list --json[/]
+    """
+    rows = [containers.describe(c) for c in
+            containers.mine(_docker(), host.current_user(), all_users)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        _say("no containers; create one with: mlc create NAME FRAMEWORK VERSION")
+        return
+    table = Table("NAME", "FRAMEWORK", "STATUS", "GPUS", "WORKSPACE", box=None)
+    if all_users:
+        table.add_column("USER")
+    for r in rows:
+        cells = [f"[{r['name']}]", f"{r['framework']}-{r['version']}".rstrip("-"), r["status"],
+                 r["gpus"], r["workspace"]]
+        table.add_row(*cells, *([r["user"]] if all_users else []))
+    out.print(table)
+
+
+@app.command(rich_help_panel=CONTAINERS)
+def start(name: NameArg) -> None:
+    """Start NAME in the background; it keeps running until `mlc stop`.
+
+    Example: [bold]mlc start sd[/]
+    """
+    c = containers.find(_docker(), name, host.current_user())
+    if not containers.start(c, keep_running=True):
+        _say(f"[{name}] was already running")
+    out.print(f"[{name}] running. Open a shell with: mlc open {name}", highlight=False)
+
+
+@app.command(rich_help_panel=CONTAINERS)
+def stop(name: NameArg, force: ForceOpt = False) -> None:
+    """Stop NAME; every process in it ends.
+
+    Example: [bold]mlc stop sd -f[/]
+    """
+    c = containers.find(_docker(), name, host.current_user())
+    if c.status != "running":
+        raise MlcError(f"container '{name}' is not running")
+    _confirm(f"Stop container '{name}'? All its processes will end.", force)
+    containers.stop(c)
+    out.print(f"[{name}] stopped", highlight=False)
+
+
+@app.command(rich_help_panel=CONTAINERS)
+def remove(name: NameArg, force: ForceOpt = False) -> None:
+    """Remove NAME. Its workspace, data and models folders are kept.
+
+    Example: [bold]mlc remove sd[/]
+    """
+    dc = _docker()
+    c = containers.find(dc, name, host.current_user())
+    info = containers.describe(c)
+    if c.status == "running":
+        _confirm(f"Container '{name}' is running. Stop and remove it?", force)
+        containers.stop(c)
+    else:
+        _confirm(f"Remove container '{name}'?", force)
+    containers.remove(dc, c)
+    kept = ", ".join(p for p in (info["workspace"], info["data"], info["models"]) if p not in ("", "-"))
+    out.print(f"[{name}] removed; kept {kept}", highlight=False)
+
+
+@app.command(rich_help_panel=CONTAINERS)
+def stats(as_json: JsonOpt = False) -> None:
+    """CPU, memory and GPU memory of your running containers.
+
+    Example: [bold]mlc stats[/]
+    """
+    running = [c for c in containers.mine(_docker(), host.current_user()) if c.status == "running"]
+    rows = containers.stats(running)
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return
+    if not rows:
+        _say("no running containers")
+        return
+    table = Table("NAME", "CPU %", "MEM USAGE / LIMIT", "GPU MEM", "PIDS", box=None)
+    for r in rows:
+        gpu = (f"{_size(r.gpu_mem_used)} / {_size(r.gpu_mem_total)}"
+               if r.gpu_mem_total else "-")
+        table.add_row(f"[{r.name}]", f"{r.cpu_percent:.1f}", f"{_size(r.mem_used)} / "
+                      f"{_size(r.mem_limit)}", gpu, str(r.pids))
+    out.print(table)
+
+
+def _size(n: int | None) -> str:
+    value = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f}{unit}" if unit != "B" else f"{int(value)}B"
+        value /= 1024
+    return str(n)
+
+
+@app.command("update-sys", rich_help_panel=IMAGES)
+def update_sys(
+    url: Annotated[str | None, typer.Option("--url", help="Catalog source (default: "
+                                            "MLC_CATALOG_URL or the built-in source).")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Update the image catalog from its source.
+
+    Example: [bold]mlc update-sys[/]
+    """
+    del force
+    path, count = catalog.update(url)
+    out.print(f"catalog updated: {count} images, stored in {path}", highlight=False)
+
+
+@app.command(rich_help_panel=IMAGES)
+def images(
+    framework: Annotated[str | None, typer.Argument(help="Only this framework.")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Catalog architecture.")] = None,
+    catalog_path: Annotated[str | None, typer.Option("--catalog", help="Extra catalog.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What can be created on this host's architecture.
+
+    Example: [bold]mlc images Pytorch[/]
+    """
+    arch_name = host.detect_arch(arch)
+    entries = [e for e in catalog.load(catalog_path).for_arch(arch_name)
+               if not framework or e.framework.lower() == framework.lower()]
+    if as_json:
+        print(json.dumps([e.as_dict() for e in entries], indent=2))
+        return
+    table = Table("FRAMEWORK", "VERSION", "CUDA", "PYTHON", "TORCH", "IMAGE", box=None,
+                  title=f"images for {arch_name}")
+    for e in entries:
+        table.add_row(e.framework, e.version, e.cuda or "-", e.python or "-", e.torch or "-",
+                      e.reference)
+    out.print(table)
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+_SHORT_WITH_VALUE = re.compile(r"^(-[wdmg])=(.*)$")
+
+
+def normalise(argv: list[str]) -> list[str]:
+    """Accept AIME's spellings: `-w=DIR` as `-w DIR`."""
+    fixed: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return fixed + argv[i:]
+        m = _SHORT_WITH_VALUE.match(arg)
+        fixed += [m.group(1), m.group(2)] if m else [arg]
+    return fixed
+
+
+def main(argv: list[str] | None = None, prefix: list[str] | None = None) -> None:
+    """Run mlc; every MlcError becomes one line on stderr and a non-zero exit."""
+    args = normalise((prefix or []) + list(sys.argv[1:] if argv is None else argv))
+    try:
+        app(args=args, prog_name="mlc")
+    except MlcError as exc:
+        err.print(f"mlc: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("mlc: interrupted")
+        sys.exit(130)
+    except Exception as exc:  # docker/requests errors we did not foresee: still one line
+        import docker.errors
+
+        if isinstance(exc, docker.errors.DockerException):
+            err.print(f"mlc: error: Docker: {exc}", highlight=False, markup=False, soft_wrap=True)
+            sys.exit(1)
+        if os.environ.get("MLC_DEBUG"):
+            raise
+        err.print(f"mlc: internal error: {type(exc).__name__}: {exc} (set MLC_DEBUG=1 for details)",
+                  highlight=False, markup=False, soft_wrap=True)
+        sys.exit(70)
+
+
+def _verb(verb: str):
+    def run() -> None:
+        main(prefix=[verb])
+    run.__doc__ = f"`mlc-{verb}`: the same as `mlc {verb}`."
+    return run
+
+
+main_create = _verb("create")
+main_open = _verb("open")
+main_list = _verb("list")
+main_start = _verb("start")
+main_stop = _verb("stop")
+main_remove = _verb("remove")
+main_stats = _verb("stats")
+main_update_sys = _verb("update-sys")
