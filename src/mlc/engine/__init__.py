@@ -25,3 +25,16 @@ def offline() -> None:
 
 
 offline()
+
+
+from mlc.errors import MlcError  # noqa: E402  (light: no third-party imports)
+
+
+class EngineError(MlcError):
+    """A problem the user can fix (bad checkpoint, bad config); exit code 1."""
+
+
+class UsageError(EngineError):
+    """Bad command-line input; exit code 2."""
+
+    exit_code = 2

@@ -93,6 +93,7 @@ BASE_SCHEDULE: dict[str, Any] = {
     "beta_schedule": "scaled_linear",
     "prediction_type": "epsilon",
     "trained_betas": None,
+    "steps_offset": 1,  # as SD v1's scheduler_config.json; only "leading" spacing uses it
 }
 """The SD v1 training schedule; a model's own scheduler config overrides it."""
 
@@ -112,7 +113,7 @@ def scheduler_config(name: str, schedule: dict[str, Any] | None = None) -> dict[
     sampler = get_sampler(name)
     base = dict(BASE_SCHEDULE)
     if schedule:
-        base.update({k: v for k, v in schedule.items() if k in BASE_SCHEDULE})
+        base.update({k: v for k, v in schedule.items() if k in BASE_SCHEDULE and k != "steps_offset"})
     cls = scheduler_class(sampler.scheduler)
     accepted = inspect.signature(cls.__init__).parameters
     merged = {**base, **sampler.kwargs}

@@ -1,0 +1,227 @@
+"""Prompts and seeds -> latents -> images: the denoise loop.
+
+Every image has its own seed and its own CPU ``torch.Generator``: its starting noise and
+any step noise (ancestral samplers, DDIM eta > 0) come from that generator only. By
+default each image is denoised on its own (the UNet sees the CFG pair ``[uncond, cond]``,
+batch 2), exactly as diffusers' ``StableDiffusionPipeline`` does for one image, so an
+image is the same whatever the batch size, ``n_iter`` or its place in the run. With
+``batched=True`` a whole batch shares one UNet call per step: faster on GPUs, and equal to
+the single-image result only up to float rounding (about 1e-6, at most 1/255 per pixel).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlc.engine import offline
+from mlc.engine.samplers import make_scheduler
+
+offline()
+
+import torch  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image to make: its place in the run, its prompts and its seed."""
+
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sampling settings shared by every image of a run."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    scale: float = 7.5
+    eta: float = 0.0
+    height: int = 512
+    width: int = 512
+    batched: bool = False
+
+
+@dataclass
+class Generated:
+    """An image and how long it took (its share of the batch when batched)."""
+
+    spec: ImageSpec
+    image: Any  # PIL.Image.Image
+    seconds: float
+    vae_fallback: bool = False
+
+
+def plan(
+    batches: Sequence[Sequence[str]],
+    *,
+    n_iter: int,
+    seed: int,
+    negative_prompt: str = "",
+    fixed_code: bool = False,
+) -> list[list[ImageSpec]]:
+    """The classic loop order (``for n in n_iter: for batch in batches``) with per-image seeds.
+
+    Image k (0-based, over the whole run) gets seed ``seed + k``; with ``fixed_code`` every
+    image gets ``seed``.
+    """
+    out: list[list[ImageSpec]] = []
+    k = 0
+    for _ in range(n_iter):
+        for batch in batches:
+            specs = []
+            for prompt in batch:
+                specs.append(ImageSpec(k, prompt, negative_prompt, seed if fixed_code else seed + k))
+                k += 1
+            out.append(specs)
+    return out
+
+
+def initial_noise(seed: int, shape: tuple[int, ...], generator: torch.Generator | None = None):
+    """The starting noise of one image: ``torch.randn`` from a CPU generator seeded ``seed``."""
+    gen = generator or torch.Generator("cpu").manual_seed(seed)
+    return torch.randn((1, *shape), generator=gen, dtype=torch.float32)
+
+
+class Renderer:
+    """Runs the denoise loop on loaded components (see loading.Components)."""
+
+    def __init__(self, components: Any, device: str | torch.device = "cpu", dtype: Any = None):
+        self.c = components
+        self.device = torch.device(device)
+        self.dtype = dtype or torch.float32
+        self._embeds: dict[str, torch.Tensor] = {}
+        self._vae32: Any = None
+
+    # -- text -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, text: str) -> torch.Tensor:
+        """CLIP last hidden state for one prompt, ``[1, 77, dim]`` (cached per run)."""
+        if text not in self._embeds:
+            tok = self.c.tokenizer
+            ids = tok(
+                [text],
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            out = self.c.text_encoder(ids.to(self.device), attention_mask=None)
+            self._embeds[text] = out[0].to(self.dtype)
+        return self._embeds[text]
+
+    # -- sampling ---------------------------------------------------------------------
+    def latent_shape(self, settings: Settings) -> tuple[int, int, int]:
+        """``(C, H/f, W/f)`` for this model."""
+        f = self.c.vae_scale_factor
+        return (self.c.latent_channels, settings.height // f, settings.width // f)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        specs: Sequence[ImageSpec],
+        settings: Settings,
+        generators: list[torch.Generator],
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop for one batch; returns the final latents (fp32)."""
+        scheduler = make_scheduler(settings.sampler, self.c.schedule)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        shape = self.latent_shape(settings)
+        noise = torch.cat([initial_noise(s.seed, shape, g) for s, g in zip(specs, generators, strict=True)])
+        latents = noise.to(self.device) * scheduler.init_noise_sigma
+
+        cond = torch.cat([self.encode(s.prompt) for s in specs])
+        cfg = settings.scale != 1.0
+        if cfg:
+            uncond = torch.cat([self.encode(s.negative_prompt) for s in specs])
+            cond = torch.cat([uncond, cond])
+
+        accepted = set(inspect.signature(scheduler.step).parameters)
+        extra: dict[str, Any] = {}
+        if "eta" in accepted:
+            extra["eta"] = settings.eta
+        if "generator" in accepted:
+            extra["generator"] = generators
+
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([latents] * 2) if cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            eps = self.c.unet(
+                model_input.to(self.dtype), t, encoder_hidden_states=cond, return_dict=False
+            )[0].to(latents.dtype)
+            if cfg:
+                eps_uncond, eps_cond = eps.chunk(2)
+                eps = eps_uncond + settings.scale * (eps_cond - eps_uncond)
+            latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]
+            if on_step is not None:
+                on_step(i + 1, len(timesteps))
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> tuple[list[Any], bool]:
+        """Latents -> PIL images; redo in fp32 when fp16 gives NaN/inf or all-black output."""
+        vae = self.c.vae
+        scaled = latents / vae.config.scaling_factor
+        image = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+        fallback = False
+        if vae.dtype != torch.float32 and _bad_decode(image):
+            if self._vae32 is None:
+                import copy
+
+                self._vae32 = copy.deepcopy(vae).to(torch.float32)
+            image = self._vae32.decode(scaled.float(), return_dict=False)[0]
+            fallback = True
+        return to_pil(image), fallback
+
+    def render(
+        self,
+        specs: Sequence[ImageSpec],
+        settings: Settings,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> list[Generated]:
+        """Make the images of one batch (per image, or as one batch when ``settings.batched``)."""
+        groups = [list(specs)] if settings.batched else [[s] for s in specs]
+        results: list[Generated] = []
+        for group in groups:
+            start = time.perf_counter()
+            generators = [torch.Generator("cpu").manual_seed(s.seed) for s in group]
+            latents = self.denoise(group, settings, generators, on_step)
+            images, fallback = self.decode(latents)
+            share = (time.perf_counter() - start) / len(group)
+            results += [Generated(s, im, share, fallback) for s, im in zip(group, images, strict=True)]
+        return results
+
+    def run(
+        self,
+        batches: Sequence[Sequence[ImageSpec]],
+        settings: Settings,
+        on_image: Callable[[Generated], None] | None = None,
+    ) -> Iterator[Generated]:
+        """Render every batch in order, yielding images as they are done."""
+        for specs in batches:
+            for result in self.render(specs, settings):
+                if on_image is not None:
+                    on_image(result)
+                yield result
+
+
+def _bad_decode(image: torch.Tensor) -> bool:
+    return bool((~torch.isfinite(image)).any()) or bool((image <= -1.0).all())
+
+
+def to_pil(image: torch.Tensor) -> list[Any]:
+    """VAE output in [-1, 1] -> PIL images, rounded as diffusers does."""
+    from PIL import Image
+
+    image = (image * 0.5 + 0.5).clamp(0, 1)
+    array = image.cpu().permute(0, 2, 3, 1).float().numpy()
+    array = (array * 255).round().astype("uint8")
+    return [Image.fromarray(a) for a in array]

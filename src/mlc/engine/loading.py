@@ -1,0 +1,380 @@
+"""Checkpoint -> components, offline, without executing pickled code.
+
+Accepts original single-file checkpoints (``.ckpt``, ``.safetensors``: the layout of
+``v1-5-pruned-emaonly.ckpt``) and diffusers model folders. The configuration comes from,
+in this order: ``--config`` (an original inference YAML or a diffusers config folder), a
+sidecar beside the checkpoint (``<stem>.config/`` folder, then ``<stem>.yaml``), else the
+bundled SD v1 folder. Missing parts of a config folder (tokenizer, scheduler) come from
+the bundle. No model hub is ever contacted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlc.engine import CONFIG_DIR, V1_INFERENCE_YAML, EngineError, offline
+
+offline()
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model.transformer."
+SETUP_HINT = "get it with `mlc setup NAME stable-diffusion-v1-5` on the host, or pass --ckpt PATH"
+CLASSIC_CONFIG = "configs/stable-diffusion/v1-inference.yaml"
+SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+
+
+class CheckpointError(EngineError):
+    """The checkpoint is missing, unsafe, corrupt or not an SD v1 model."""
+
+
+def convert_hint(path: Path) -> str:
+    """How to turn a pickle that needs code execution into safetensors, once, if trusted."""
+    out = path.with_suffix(".safetensors")
+    return (
+        "if you trust this file, convert it once to safetensors: python -c \"import torch; "
+        "from safetensors.torch import save_file; "
+        f"sd = torch.load('{path}', map_location='cpu', weights_only=False); "
+        "sd = sd.get('state_dict', sd); "
+        "save_file({k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}, "
+        f"'{out}')\" and pass --ckpt {out}"
+    )
+
+
+@dataclass
+class ModelSource:
+    """Where the weights and the configuration come from."""
+
+    path: Path  # the checkpoint file or diffusers model folder
+    is_folder: bool
+    config_dir: Path  # diffusers config folder (parts may fall back to the bundle)
+    yaml: dict[str, Any] | None = None  # original inference config, when one is used
+    config_label: str = "bundled sd-v1"
+
+    def part(self, name: str) -> Path:
+        """The folder for one component: the model's own, else the bundled one."""
+        own = self.config_dir / name
+        return own if own.is_dir() else CONFIG_DIR / name
+
+
+@dataclass
+class Components:
+    """Everything generation needs, on one device and dtype."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    schedule: dict[str, Any]  # training schedule for samplers.scheduler_config
+    name: str  # model name for metadata (file stem)
+    model_hash: str | None  # A1111 "Model hash" (legacy 8-hex form)
+    source: ModelSource
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell (8 for SD v1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        """Latent channels (4 for SD v1)."""
+        return int(self.unet.config.in_channels)
+
+
+def sidecar_config(ckpt: Path) -> Path | None:
+    """The A1111-style config beside a checkpoint: ``<stem>.config/`` or ``<stem>.yaml``."""
+    folder = ckpt.with_name(ckpt.stem + ".config")
+    if folder.is_dir():
+        return folder
+    yaml_file = ckpt.with_suffix(".yaml")
+    return yaml_file if yaml_file.is_file() else None
+
+
+def resolve(ckpt: str | Path, config: str | Path | None = None) -> ModelSource:
+    """Find the weights and the configuration; cheap (no torch), raises CheckpointError."""
+    path = Path(ckpt).expanduser()
+    if not path.exists():
+        other = [path.with_suffix(s) for s in (".safetensors", ".ckpt") if s != path.suffix]
+        found = [p for p in other if p.is_file()]
+        if path.suffix in SUFFIXES and found:
+            path = found[0]
+        else:
+            raise CheckpointError(f"checkpoint not found: {path.resolve()}", hint=SETUP_HINT)
+    is_folder = path.is_dir()
+    if is_folder and not ((path / "unet").is_dir() or (path / "model_index.json").is_file()):
+        raise CheckpointError(
+            f"{path} is a directory but not a diffusers model folder (no unet/ or model_index.json)"
+        )
+    if config is not None:
+        cfg = Path(config).expanduser()
+        if not cfg.exists() and cfg.as_posix().endswith(CLASSIC_CONFIG):
+            cfg = V1_INFERENCE_YAML  # the classic default path: use the bundled copy
+        if not cfg.exists():
+            raise CheckpointError(f"config not found: {cfg.resolve()}")
+    elif is_folder:
+        cfg = path
+    else:
+        cfg = sidecar_config(path) or CONFIG_DIR
+    if cfg.is_dir():
+        label = "bundled sd-v1" if cfg == CONFIG_DIR else str(cfg)
+        return ModelSource(path, is_folder, cfg, None, label)
+    return ModelSource(path, is_folder, CONFIG_DIR, read_yaml(cfg), str(cfg))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """An original inference YAML (safe_load); CheckpointError when it is not one."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CheckpointError(f"cannot read config {path}: {err}") from None
+    try:
+        params = data["model"]["params"]
+        params["unet_config"]["params"]
+        params["first_stage_config"]["params"]["ddconfig"]
+    except (TypeError, KeyError):
+        raise CheckpointError(
+            f"{path} is not an original inference config (no model.params.unet_config / "
+            "first_stage_config): pass an SD v1 YAML like v1-inference.yaml or a diffusers "
+            "config folder"
+        ) from None
+    return data
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A single-file state dict, read without executing code; CheckpointError otherwise."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({err})") from None
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        except pickle.UnpicklingError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"refusing to load {path}: it needs code execution to unpickle "
+                f"(torch.load weights_only: {first})",
+                hint=convert_hint(path),
+            ) from None
+        except (RuntimeError, OSError, EOFError, ValueError, AttributeError, ImportError) as err:
+            raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({err})") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise CheckpointError(f"{path} holds no state dict")
+    return sd
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def check_sd_v1(sd: dict[str, Any], path: Path) -> None:
+    """CheckpointError unless ``sd`` has the three SD v1 parts."""
+    if any(k.startswith("cond_stage_model.model.") or k.startswith("conditioner.") for k in sd):
+        raise CheckpointError(
+            f"{path} is an SD 2.x/XL checkpoint (OpenCLIP text encoder); this engine runs SD v1"
+        )
+    missing = [
+        what
+        for prefix, what in (
+            (UNET_PREFIX, "UNet (model.diffusion_model.*)"),
+            (VAE_PREFIX, "VAE (first_stage_model.*)"),
+            (TEXT_PREFIX, "text encoder (cond_stage_model.transformer.*)"),
+        )
+        if not any(k.startswith(prefix) for k in sd)
+    ]
+    if missing:
+        sample = ", ".join(list(sd)[:3]) or "none"
+        raise CheckpointError(
+            f"{path} is not a Stable Diffusion v1 checkpoint: no {' or '.join(missing)} "
+            f"weights (keys start: {sample})"
+        )
+
+
+def legacy_model_hash(path: Path) -> str | None:
+    """A1111's original 'Model hash': sha256 of 64 KiB at offset 1 MiB, first 8 hex digits."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0x100000)
+            return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
+    except OSError:
+        return None
+
+
+def schedule_of(source: ModelSource) -> dict[str, Any]:
+    """The model's training schedule (betas, steps, prediction type)."""
+    if source.yaml is not None:
+        params = source.yaml["model"]["params"]
+        prediction = "v_prediction" if params.get("parameterization") == "v" else "epsilon"
+        return {
+            "num_train_timesteps": int(params.get("timesteps", 1000)),
+            "beta_start": float(params.get("linear_start", 0.00085)),
+            "beta_end": float(params.get("linear_end", 0.012)),
+            "beta_schedule": "scaled_linear",
+            "prediction_type": prediction,
+        }
+    cfg_file = source.part("scheduler") / "scheduler_config.json"
+    data = json.loads(cfg_file.read_text(encoding="utf-8"))
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+    return {k: data[k] for k in keys if k in data}
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    """The CLIP tokenizer from local files only."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(source.part("tokenizer")), local_files_only=True)
+
+
+def _text_encoder_from_state(sd: dict[str, Any], config_dir: Path, dtype: Any) -> Any:
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig.from_pretrained(str(config_dir), local_files_only=True)
+    with init_empty_weights():
+        model = CLIPTextModel(config)
+    want_prefix = any(k.startswith("text_model.") for k in model.state_dict())
+    weights = {}
+    for key, value in sd.items():
+        if not key.startswith(TEXT_PREFIX) or key.endswith("position_ids"):
+            continue
+        name = key[len(TEXT_PREFIX) :]
+        has_prefix = name.startswith("text_model.")
+        if has_prefix and not want_prefix:
+            name = name[len("text_model.") :]
+        elif want_prefix and not has_prefix:
+            name = "text_model." + name
+        weights[name] = value.to(dtype)
+    expected = {k for k in model.state_dict() if not k.endswith("position_ids")}
+    missing = sorted(expected - set(weights))
+    if missing:
+        raise CheckpointError(f"text encoder weights missing from checkpoint: {missing[:3]}")
+    try:
+        model.load_state_dict(weights, strict=False, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"text encoder does not match its config: {_first_line(err)}") from None
+    return model
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load(
+    ckpt: str | Path,
+    config: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+) -> Components:
+    """Load UNet, VAE, text encoder and tokenizer for ``ckpt`` onto ``device`` in ``dtype``."""
+    import time
+
+    import torch
+
+    start = time.perf_counter()
+    quiet_libraries()
+    dtype = dtype or torch.float32
+    source = resolve(ckpt, config)
+    if source.is_folder:
+        unet, vae, text_encoder = _load_folder(source, dtype)
+        model_hash = legacy_model_hash(_first_weights(source.path / "unet"))
+    else:
+        unet, vae, text_encoder = _load_single_file(source, dtype)
+        model_hash = legacy_model_hash(source.path)
+    for model in (unet, vae, text_encoder):
+        if torch.device(device).type != "cpu":
+            model.to(device)
+        model.eval().requires_grad_(False)
+    return Components(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=load_tokenizer(source),
+        schedule=schedule_of(source),
+        name=source.path.stem if not source.is_folder else source.path.name,
+        model_hash=model_hash,
+        source=source,
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers from printing warnings meant for library developers."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+
+
+def _first_weights(folder: Path) -> Path:
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    return folder / "missing"
+
+
+def _load_single_file(source: ModelSource, dtype: Any) -> tuple[Any, Any, Any]:
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+
+    sd = read_checkpoint(source.path)
+    check_sd_v1(sd, source.path)
+    parts = []
+    for cls, name in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
+        if source.yaml is not None:
+            kwargs: dict[str, Any] = {"original_config": source.yaml}
+        else:
+            kwargs = {"config": str(source.part(name).parent), "subfolder": source.part(name).name}
+        try:
+            parts.append(
+                cls.from_single_file(sd, local_files_only=True, torch_dtype=dtype, **kwargs)
+            )
+        except (ValueError, RuntimeError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"{source.path} does not match config {source.config_label} ({name}): "
+                f"{_first_line(err)}"
+            ) from None
+    parts.append(_text_encoder_from_state(sd, source.part("text_encoder"), dtype))
+    return parts[0], parts[1], parts[2]
+
+
+def _load_folder(source: ModelSource, dtype: Any) -> tuple[Any, Any, Any]:
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    root = str(source.path)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(
+            root, subfolder="unet", local_files_only=True, torch_dtype=dtype
+        )
+        vae = AutoencoderKL.from_pretrained(
+            root, subfolder="vae", local_files_only=True, torch_dtype=dtype
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            root, subfolder="text_encoder", local_files_only=True, dtype=dtype
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot load diffusers folder {root}: {_first_line(err)}") from None
+    return unet, vae, text_encoder
