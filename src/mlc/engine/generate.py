@@ -77,7 +77,9 @@ def plan(
         for batch in batches:
             specs = []
             for prompt in batch:
-                specs.append(ImageSpec(k, prompt, negative_prompt, seed if fixed_code else seed + k))
+                specs.append(
+                    ImageSpec(k, prompt, negative_prompt, seed if fixed_code else seed + k)
+                )
                 k += 1
             out.append(specs)
     return out
@@ -134,7 +136,9 @@ class Renderer:
         scheduler = make_scheduler(settings.sampler, self.c.schedule)
         scheduler.set_timesteps(settings.steps, device=self.device)
         shape = self.latent_shape(settings)
-        noise = torch.cat([initial_noise(s.seed, shape, g) for s, g in zip(specs, generators, strict=True)])
+        noise = torch.cat(
+            [initial_noise(s.seed, shape, g) for s, g in zip(specs, generators, strict=True)]
+        )
         latents = noise.to(self.device) * scheduler.init_noise_sigma
 
         cond = torch.cat([self.encode(s.prompt) for s in specs])
@@ -196,7 +200,9 @@ class Renderer:
             latents = self.denoise(group, settings, generators, on_step)
             images, fallback = self.decode(latents)
             share = (time.perf_counter() - start) / len(group)
-            results += [Generated(s, im, share, fallback) for s, im in zip(group, images, strict=True)]
+            results += [
+                Generated(s, im, share, fallback) for s, im in zip(group, images, strict=True)
+            ]
         return results
 
     def run(

@@ -38,7 +38,7 @@ def convert_hint(path: Path) -> str:
     """How to turn a pickle that needs code execution into safetensors, once, if trusted."""
     out = path.with_suffix(".safetensors")
     return (
-        "if you trust this file, convert it once to safetensors: python -c \"import torch; "
+        'if you trust this file, convert it once to safetensors: python -c "import torch; '
         "from safetensors.torch import save_file; "
         f"sd = torch.load('{path}', map_location='cpu', weights_only=False); "
         "sd = sd.get('state_dict', sd); "
@@ -161,7 +161,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         try:
             sd = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({err})") from None
+            raise CheckpointError(
+                f"cannot read {path}: not a valid safetensors file ({err})"
+            ) from None
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
@@ -272,7 +274,9 @@ def _text_encoder_from_state(sd: dict[str, Any], config_dir: Path, dtype: Any) -
     try:
         model.load_state_dict(weights, strict=False, assign=True)
     except RuntimeError as err:
-        raise CheckpointError(f"text encoder does not match its config: {_first_line(err)}") from None
+        raise CheckpointError(
+            f"text encoder does not match its config: {_first_line(err)}"
+        ) from None
     return model
 
 

@@ -113,7 +113,9 @@ def scheduler_config(name: str, schedule: dict[str, Any] | None = None) -> dict[
     sampler = get_sampler(name)
     base = dict(BASE_SCHEDULE)
     if schedule:
-        base.update({k: v for k, v in schedule.items() if k in BASE_SCHEDULE and k != "steps_offset"})
+        base.update(
+            {k: v for k, v in schedule.items() if k in BASE_SCHEDULE and k != "steps_offset"}
+        )
     cls = scheduler_class(sampler.scheduler)
     accepted = inspect.signature(cls.__init__).parameters
     merged = {**base, **sampler.kwargs}

@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(__file__).resolve().parent / "sd-v1" / "tokenizer"
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
-    )
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     print(f"wrote {len(vocab)} tokens and {len(merges)} merges to {out}")
     return 0
 

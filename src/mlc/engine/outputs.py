@@ -1,0 +1,141 @@
+"""Numbering that never overwrites, grids, and PNG metadata.
+
+Layout (as the classic script): ``<outdir>/samples/NNNNN.png`` and ``<outdir>/grid-NNNN.png``.
+Numbers continue after the highest existing one, and each name is claimed atomically
+(``O_CREAT | O_EXCL``) before the image is written beside it and renamed over the claim,
+so concurrent runs sharing an outdir never overwrite each other's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PARAMETERS_KEY = "parameters"  # A1111's text chunk
+JSON_KEY = "mlc"  # our JSON chunk
+SAMPLE_PATTERN = re.compile(r"^(\d+)")
+GRID_PATTERN = re.compile(r"^grid-(\d+)")
+
+
+@dataclass
+class Numbering:
+    """Claims ``fmt.format(n)`` names in ``directory``, n rising from the highest existing + 1."""
+
+    directory: Path
+    fmt: str  # e.g. "{:05}.png"
+    pattern: re.Pattern[str]
+    _next: int | None = field(default=None, repr=False)
+
+    def highest(self) -> int:
+        """The highest number in use in the directory, -1 if none."""
+        best = -1
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.directory):
+                match = self.pattern.match(name)
+                if match:
+                    best = max(best, int(match.group(1)))
+        return best
+
+    def claim(self) -> Path:
+        """Create and return a new empty file with the next free number."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        n = self.highest() + 1 if self._next is None else self._next
+        while True:
+            path = self.directory / self.fmt.format(n)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                n = max(n + 1, self.highest() + 1)
+                continue
+            os.close(fd)
+            self._next = n + 1
+            return path
+
+
+def sample_numbering(outdir: str | Path) -> Numbering:
+    """``<outdir>/samples/NNNNN.png`` (5 digits)."""
+    return Numbering(Path(outdir) / "samples", "{:05}.png", SAMPLE_PATTERN)
+
+
+def grid_numbering(outdir: str | Path) -> Numbering:
+    """``<outdir>/grid-NNNN.png`` (4 digits)."""
+    return Numbering(Path(outdir), "grid-{:04}.png", GRID_PATTERN)
+
+
+def save_png(image: Any, numbering: Numbering, parameters: str, data: dict[str, Any]) -> Path:
+    """Save ``image`` under the next claimed name, with both metadata chunks; return the path."""
+    path = numbering.claim()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG", pnginfo=png_info(parameters, data))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    return path
+
+
+def png_info(parameters: str, data: dict[str, Any]) -> Any:
+    """A PngInfo with the A1111 ``parameters`` text and the ``mlc`` JSON chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, parameters)  # tEXt, or iTXt when not Latin-1
+    info.add_text(JSON_KEY, json.dumps(data, ensure_ascii=False, sort_keys=True))
+    return info
+
+
+def read_metadata(path: str | Path) -> tuple[str | None, dict[str, Any] | None]:
+    """(A1111 parameters text, JSON dict) from a PNG written by the engine."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = dict(getattr(im, "text", {}) or {})
+    raw = text.get(JSON_KEY)
+    return text.get(PARAMETERS_KEY), (json.loads(raw) if raw else None)
+
+
+def _quote(value: str) -> str:
+    """A1111 quotes infotext values that contain separators."""
+    if any(c in value for c in ',:"\n'):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def a1111_parameters(prompt: str, negative_prompt: str, fields: Sequence[tuple[str, Any]]) -> str:
+    """A1111's infotext: prompt, ``Negative prompt: ...``, then ``Key: value, ...``."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(
+        ", ".join(f"{k}: {_quote(str(v))}" for k, v in fields if v is not None and v != "")
+    )
+    return "\n".join(lines)
+
+
+def make_grid(images: Sequence[Any], n_per_row: int, padding: int = 2) -> Any:
+    """torchvision ``make_grid`` geometry: ``n_per_row`` images per row, black ``padding``."""
+    from PIL import Image
+
+    if not images:
+        raise ValueError("no images for a grid")
+    width, height = images[0].size
+    cols = min(max(n_per_row, 1), len(images))
+    rows = math.ceil(len(images) / cols)
+    grid = Image.new(
+        "RGB", (cols * (width + padding) + padding, rows * (height + padding) + padding), 0
+    )
+    for i, im in enumerate(images):
+        row, col = divmod(i, cols)
+        grid.paste(im, (col * (width + padding) + padding, row * (height + padding) + padding))
+    return grid
