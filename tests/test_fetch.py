@@ -537,6 +537,11 @@ def test_download_verifies_size_and_reuses_complete_file(server, archive, tmp_pa
     assert not (tmp_path / "e.zip").exists() and not (tmp_path / "e.zip.part").exists()
 
 
+def test_bad_url_is_not_retried(tmp_path):
+    with pytest.raises(MlcError, match="invalid download URL ftp://x/a.zip"):
+        fetch.download("ftp://x/a.zip", tmp_path / "a.zip", backoff=10)
+
+
 def test_download_without_content_length(server, archive, tmp_path):
     server.send_length = False
     res = fetch.download(server.url(ZIP_PATH), tmp_path / "a.zip")

@@ -407,7 +407,11 @@ def _attempt(
             headers["If-Range"] = part.validator
     try:
         resp = session.get(url, headers=headers, stream=True, timeout=timeout)
-    except requests.exceptions.InvalidURL as exc:
+    except (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+    ) as exc:
         raise MlcError(f"invalid download URL {url}: {exc}") from None
     except requests.exceptions.RequestException as exc:
         raise _Transient(f"cannot reach {_host(url)}: {_reason(exc)}") from None
@@ -444,8 +448,10 @@ def _attempt(
 
         remaining = (total if total is not None else (size_hint or 0)) - part.size
         check_space(part.path.parent, remaining, f"download {url}")
-        if mode == "wb":
-            part.save_validator(resp.headers.get("ETag") or resp.headers.get("Last-Modified"))
+        if mode == "wb":  # If-Range needs a strong validator: no weak ETags
+            etag = resp.headers.get("ETag")
+            strong = etag if etag and not etag.startswith("W/") else None
+            part.save_validator(strong or resp.headers.get("Last-Modified"))
         progress.start(description, total, completed=part.size)
         try:
             with open(part.path, mode) as fh:
