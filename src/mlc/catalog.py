@@ -43,8 +43,12 @@ class Entry:
         return self.image
 
     def as_dict(self) -> dict[str, Any]:
-        data = {"framework": self.framework, "version": self.version,
-                "arch": list(self.arch), "image": self.image}
+        data = {
+            "framework": self.framework,
+            "version": self.version,
+            "arch": list(self.arch),
+            "image": self.image,
+        }
         data.update({k: getattr(self, k) for k in OPTIONAL_FIELDS if getattr(self, k)})
         return data
 
@@ -72,19 +76,25 @@ class Catalog:
         usable = self.for_arch(arch)
         if not usable:
             archs = sorted({a for e in self.entries for a in e.arch})
-            raise MlcError(f"the catalog has no images for architecture {arch}",
-                           hint=f"known architectures: {', '.join(archs)}; use --arch")
+            raise MlcError(
+                f"the catalog has no images for architecture {arch}",
+                hint=f"known architectures: {', '.join(archs)}; use --arch",
+            )
         frameworks = sorted({e.framework for e in usable})
         matching = [e for e in usable if e.framework.lower() == framework.lower()]
         if not matching:
-            raise MlcError(f"unknown framework '{framework}' for {arch}",
-                           hint=f"valid: {', '.join(frameworks)}")
+            raise MlcError(
+                f"unknown framework '{framework}' for {arch}",
+                hint=f"valid: {', '.join(frameworks)}",
+            )
         for e in matching:
             if e.version == version:
                 return e
         versions = ", ".join(e.version for e in matching)
-        raise MlcError(f"unknown version '{version}' of {matching[0].framework} for {arch}",
-                       hint=f"valid: {versions}")
+        raise MlcError(
+            f"unknown version '{version}' of {matching[0].framework} for {arch}",
+            hint=f"valid: {versions}",
+        )
 
 
 def _entry(raw: dict[str, Any], origin: str) -> Entry:
@@ -94,9 +104,15 @@ def _entry(raw: dict[str, Any], origin: str) -> Entry:
     arch = raw["arch"]
     archs = [arch] if isinstance(arch, str) else list(arch)
     extra = {k: str(raw[k]) for k in OPTIONAL_FIELDS if raw.get(k) is not None}
-    return Entry(framework=str(raw["framework"]), version=str(raw["version"]),
-                 arch=tuple(str(a).strip().upper() for a in archs), image=str(raw["image"]),
-                 build=raw.get("build"), origin=origin, **extra)
+    return Entry(
+        framework=str(raw["framework"]),
+        version=str(raw["version"]),
+        arch=tuple(str(a).strip().upper() for a in archs),
+        image=str(raw["image"]),
+        build=raw.get("build"),
+        origin=origin,
+        **extra,
+    )
 
 
 def parse_yaml(text: str, origin: str) -> Catalog:
@@ -113,7 +129,7 @@ def parse_yaml(text: str, origin: str) -> Catalog:
 
 
 def parse_aime_csv(text: str, origin: str) -> Catalog:
-    """AIME's ml_images.repo: `FRAMEWORK, VERSION, ARCH, IMAGE[, ...]`, ARCH bare (v1) or [A;B] (v2)."""
+    """AIME's ml_images.repo: `FRAMEWORK, VERSION, ARCH, IMAGE`; ARCH bare (v1) or [A;B] (v2)."""
     entries = []
     for row in csv.reader(io.StringIO(text)):
         cells = [c.strip() for c in row]
@@ -123,8 +139,11 @@ def parse_aime_csv(text: str, origin: str) -> Catalog:
             raise MlcError(f"catalog {origin}: expected 'framework, version, arch, image': {row}")
         framework, version, arch, image = cells[:4]
         archs = [a.strip() for a in arch.strip("[]").split(";") if a.strip()]
-        entries.append(_entry({"framework": framework, "version": version,
-                               "arch": archs, "image": image}, origin))
+        entries.append(
+            _entry(
+                {"framework": framework, "version": version, "arch": archs, "image": image}, origin
+            )
+        )
     return Catalog(entries)
 
 
@@ -180,22 +199,30 @@ def update(url: str | None = None, timeout: float = 20.0) -> tuple[Path, int]:
         resp = requests.get(source, timeout=timeout)
         resp.raise_for_status()
     except requests.HTTPError as exc:
-        raise MlcError(f"cannot update the catalog: HTTP {exc.response.status_code} from {source}",
-                       hint="the current catalog is unchanged") from None
+        raise MlcError(
+            f"cannot update the catalog: HTTP {exc.response.status_code} from {source}",
+            hint="the current catalog is unchanged",
+        ) from None
     except requests.RequestException as exc:
         reason = type(exc).__name__
-        raise MlcError(f"cannot update the catalog: {source} is unreachable ({reason})",
-                       hint="the current catalog is unchanged") from None
+        raise MlcError(
+            f"cannot update the catalog: {source} is unreachable ({reason})",
+            hint="the current catalog is unchanged",
+        ) from None
     text = resp.text
-    fresh = (parse_aime_csv if source.endswith(".repo") or source.endswith(".csv")
-             else parse_yaml)(text, source)
+    fresh = (parse_aime_csv if source.endswith(".repo") or source.endswith(".csv") else parse_yaml)(
+        text, source
+    )
     if not fresh.entries:
         raise MlcError(f"the catalog at {source} is empty; the current catalog is unchanged")
     dest = updated_path()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
-    data = {"schema": 1, "source": source, "images": [e.as_dict() | (
-        {"build": e.build} if e.build else {}) for e in fresh.entries]}
+    data = {
+        "schema": 1,
+        "source": source,
+        "images": [e.as_dict() | ({"build": e.build} if e.build else {}) for e in fresh.entries],
+    }
     tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     os.replace(tmp, dest)
     return dest, len(fresh.entries)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mlc import __version__, catalog, containers, host
@@ -37,7 +38,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _say(message: str) -> None:
-    err.print(message, highlight=False)
+    err.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def _show(message: str) -> None:
+    out.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 def _docker():
@@ -55,14 +60,18 @@ def _confirm(question: str, force: bool) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"mlc {__version__}")
+        _show(f"mlc {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", "-v", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-v", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Per-user GPU containers from pinned images, one-shot model setup, and Stable Diffusion.
 
@@ -75,25 +84,35 @@ def create(
     name: NameArg,
     framework: Annotated[str, typer.Argument(help="Framework from the catalog, e.g. Pytorch.")],
     version: Annotated[str, typer.Argument(help="Version from the catalog, e.g. 2.0.1-aime.")],
-    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Host folder at /workspace.")]
-    = Path("~/workspace"),
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", help="Host folder at /workspace.")
+    ] = Path("~/workspace"),
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Host folder at /data.")] = None,
-    models: Annotated[Path | None, typer.Option("--models", "-m", help="Host folder at /models.")]
-    = None,
-    gpus: Annotated[str | None, typer.Option("--gpus", "-g", help="all, a count, ids (0,1) or none.")]
-    = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="Catalog architecture, e.g. CUDA_ADA.")]
-    = None,
-    ulimit: Annotated[str, typer.Option("--ulimit", envvar="MLC_ULIMITS",
-                                        help="NAME=SOFT[:HARD],... or none.")]
-    = containers.DEFAULT_ULIMITS,
-    no_forward: Annotated[bool, typer.Option("--no-forward-network", help="Do not pass the host's "
-                                             "proxy settings and CA bundle into the container.")]
-    = False,
-    build: Annotated[bool, typer.Option("--build", help="Build the image from images/ when the "
-                                        "pull fails.")] = False,
-    catalog_path: Annotated[str | None, typer.Option("--catalog", help="Extra catalog (YAML or "
-                                                     "AIME CSV).")] = None,
+    models: Annotated[
+        Path | None, typer.Option("--models", "-m", help="Host folder at /models.")
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option("--gpus", "-g", help="all, a count, ids (0,1) or none.")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="Catalog architecture, e.g. CUDA_ADA.")
+    ] = None,
+    ulimit: Annotated[
+        str, typer.Option("--ulimit", envvar="MLC_ULIMITS", help="NAME=SOFT[:HARD],... or none.")
+    ] = containers.DEFAULT_ULIMITS,
+    no_forward: Annotated[
+        bool,
+        typer.Option(
+            "--no-forward-network",
+            help="Do not pass the host's proxy settings and CA bundle into the container.",
+        ),
+    ] = False,
+    build: Annotated[
+        bool, typer.Option("--build", help="Build the image from images/ when the pull fails.")
+    ] = False,
+    catalog_path: Annotated[
+        str | None, typer.Option("--catalog", help="Extra catalog (YAML or AIME CSV).")
+    ] = None,
 ) -> None:
     """Create a container NAME from the catalog image FRAMEWORK VERSION.
 
@@ -104,26 +123,36 @@ def create(
     entry = catalog.load(catalog_path).resolve(framework, version, arch_name)
     user = host.current_user()
     spec = containers.CreateSpec(
-        name=name, entry=entry, arch=arch_name, user=user,
-        workspace=containers.ensure_dir(workspace, "workspace", _say),
-        data=containers.ensure_dir(data, "data", _say) if data else None,
-        models=containers.ensure_dir(models, "models", _say) if models else None,
-        gpus=gpus or "all", gpus_explicit=gpus is not None, ulimits=ulimit,
-        forward_network=not no_forward, build=build,
+        name=name,
+        entry=entry,
+        arch=arch_name,
+        user=user,
+        workspace=containers.resolve_dir(workspace, "workspace"),
+        data=containers.resolve_dir(data, "data") if data else None,
+        models=containers.resolve_dir(models, "models") if models else None,
+        gpus=gpus or "all",
+        gpus_explicit=gpus is not None,
+        ulimits=ulimit,
+        forward_network=not no_forward,
+        build=build,
+        ulimits_explicit=ulimit != containers.DEFAULT_ULIMITS,
     )
     c = containers.create(_docker(), spec, _say)
-    out.print(f"[{name}] ready: {entry.framework} {entry.version} ({entry.reference}), "
-              f"GPUs {spec.gpus}, workspace {spec.workspace}. Open it with: mlc open {name}",
-              highlight=False)
+    _show(
+        f"[{name}] ready: {entry.framework} {entry.version} ({entry.reference}), "
+        f"GPUs {spec.gpus}, workspace {spec.workspace}. Open it with: mlc open {name}"
+    )
     del c
 
 
-@app.command("open", rich_help_panel=CONTAINERS,
-             context_settings={"allow_interspersed_args": False})
+@app.command(
+    "open", rich_help_panel=CONTAINERS, context_settings={"allow_interspersed_args": False}
+)
 def open_(
     name: NameArg,
-    command: Annotated[list[str] | None, typer.Argument(help="Command to run instead of a shell "
-                                                        "(after --).")] = None,
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Command to run instead of a shell (after --).")
+    ] = None,
 ) -> None:
     """Open a shell in NAME as you, in /workspace (or run COMMAND and exit with its code).
 
@@ -137,7 +166,7 @@ def open_(
     if containers.start(c):
         _say(f"[{name}] starting container")
     if command:
-        code = containers.exec_stream(dc, c, command)
+        code = containers.exec_stream(dc, c, command[1:] if command[0] == "--" else command)
     else:
         code = containers.shell(c)
     if containers.stop_if_idle(dc, c):
@@ -147,16 +176,18 @@ def open_(
 
 @app.command("list", rich_help_panel=CONTAINERS)
 def list_(
-    all_users: Annotated[bool, typer.Option("--all-users", "-a", help="Every user's containers.")]
-    = False,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", "-a", help="Every user's containers.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List your containers.
 
     Example: [bold]mlc list[/] or [bold]mlc list --json[/]
     """
-    rows = [containers.describe(c) for c in
-            containers.mine(_docker(), host.current_user(), all_users)]
+    rows = [
+        containers.describe(c) for c in containers.mine(_docker(), host.current_user(), all_users)
+    ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -167,8 +198,13 @@ def list_(
     if all_users:
         table.add_column("USER")
     for r in rows:
-        cells = [f"[{r['name']}]", f"{r['framework']}-{r['version']}".rstrip("-"), r["status"],
-                 r["gpus"], r["workspace"]]
+        cells = [
+            escape(f"[{r['name']}]"),
+            f"{r['framework']}-{r['version']}".rstrip("-"),
+            r["status"],
+            r["gpus"],
+            r["workspace"],
+        ]
         table.add_row(*cells, *([r["user"]] if all_users else []))
     out.print(table)
 
@@ -182,7 +218,7 @@ def start(name: NameArg) -> None:
     c = containers.find(_docker(), name, host.current_user())
     if not containers.start(c, keep_running=True):
         _say(f"[{name}] was already running")
-    out.print(f"[{name}] running. Open a shell with: mlc open {name}", highlight=False)
+    _show(f"[{name}] running. Open a shell with: mlc open {name}")
 
 
 @app.command(rich_help_panel=CONTAINERS)
@@ -196,7 +232,7 @@ def stop(name: NameArg, force: ForceOpt = False) -> None:
         raise MlcError(f"container '{name}' is not running")
     _confirm(f"Stop container '{name}'? All its processes will end.", force)
     containers.stop(c)
-    out.print(f"[{name}] stopped", highlight=False)
+    _show(f"[{name}] stopped")
 
 
 @app.command(rich_help_panel=CONTAINERS)
@@ -214,8 +250,10 @@ def remove(name: NameArg, force: ForceOpt = False) -> None:
     else:
         _confirm(f"Remove container '{name}'?", force)
     containers.remove(dc, c)
-    kept = ", ".join(p for p in (info["workspace"], info["data"], info["models"]) if p not in ("", "-"))
-    out.print(f"[{name}] removed; kept {kept}", highlight=False)
+    kept = ", ".join(
+        p for p in (info["workspace"], info["data"], info["models"]) if p not in ("", "-")
+    )
+    _show(f"[{name}] removed; kept {kept}")
 
 
 @app.command(rich_help_panel=CONTAINERS)
@@ -234,10 +272,14 @@ def stats(as_json: JsonOpt = False) -> None:
         return
     table = Table("NAME", "CPU %", "MEM USAGE / LIMIT", "GPU MEM", "PIDS", box=None)
     for r in rows:
-        gpu = (f"{_size(r.gpu_mem_used)} / {_size(r.gpu_mem_total)}"
-               if r.gpu_mem_total else "-")
-        table.add_row(f"[{r.name}]", f"{r.cpu_percent:.1f}", f"{_size(r.mem_used)} / "
-                      f"{_size(r.mem_limit)}", gpu, str(r.pids))
+        gpu = f"{_size(r.gpu_mem_used)} / {_size(r.gpu_mem_total)}" if r.gpu_mem_total else "-"
+        table.add_row(
+            escape(f"[{r.name}]"),
+            f"{r.cpu_percent:.1f}",
+            f"{_size(r.mem_used)} / {_size(r.mem_limit)}",
+            gpu,
+            str(r.pids),
+        )
     out.print(table)
 
 
@@ -252,8 +294,12 @@ def _size(n: int | None) -> str:
 
 @app.command("update-sys", rich_help_panel=IMAGES)
 def update_sys(
-    url: Annotated[str | None, typer.Option("--url", help="Catalog source (default: "
-                                            "MLC_CATALOG_URL or the built-in source).")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", help="Catalog source (default: MLC_CATALOG_URL or the built-in source)."
+        ),
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Update the image catalog from its source.
@@ -262,7 +308,7 @@ def update_sys(
     """
     del force
     path, count = catalog.update(url)
-    out.print(f"catalog updated: {count} images, stored in {path}", highlight=False)
+    _show(f"catalog updated: {count} images, stored in {path}")
 
 
 @app.command(rich_help_panel=IMAGES)
@@ -277,16 +323,28 @@ def images(
     Example: [bold]mlc images Pytorch[/]
     """
     arch_name = host.detect_arch(arch)
-    entries = [e for e in catalog.load(catalog_path).for_arch(arch_name)
-               if not framework or e.framework.lower() == framework.lower()]
+    entries = [
+        e
+        for e in catalog.load(catalog_path).for_arch(arch_name)
+        if not framework or e.framework.lower() == framework.lower()
+    ]
     if as_json:
         print(json.dumps([e.as_dict() for e in entries], indent=2))
         return
-    table = Table("FRAMEWORK", "VERSION", "CUDA", "PYTHON", "TORCH", "IMAGE", box=None,
-                  title=f"images for {arch_name}")
+    table = Table(
+        "FRAMEWORK",
+        "VERSION",
+        "CUDA",
+        "PYTHON",
+        "TORCH",
+        "IMAGE",
+        box=None,
+        title=f"images for {arch_name}",
+    )
     for e in entries:
-        table.add_row(e.framework, e.version, e.cuda or "-", e.python or "-", e.torch or "-",
-                      e.reference)
+        table.add_row(
+            e.framework, e.version, e.cuda or "-", e.python or "-", e.torch or "-", e.reference
+        )
     out.print(table)
 
 
@@ -325,14 +383,19 @@ def main(argv: list[str] | None = None, prefix: list[str] | None = None) -> None
             sys.exit(1)
         if os.environ.get("MLC_DEBUG"):
             raise
-        err.print(f"mlc: internal error: {type(exc).__name__}: {exc} (set MLC_DEBUG=1 for details)",
-                  highlight=False, markup=False, soft_wrap=True)
+        err.print(
+            f"mlc: internal error: {type(exc).__name__}: {exc} (set MLC_DEBUG=1 for details)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         sys.exit(70)
 
 
 def _verb(verb: str):
     def run() -> None:
         main(prefix=[verb])
+
     run.__doc__ = f"`mlc-{verb}`: the same as `mlc {verb}`."
     return run
 

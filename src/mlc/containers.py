@@ -1,7 +1,8 @@
-"""Docker SDK layer: names and labels, create/start/stop/remove/list/stats, exec, interactive open."""
+"""Docker SDK layer: names, labels, create/start/stop/remove/list/stats, exec, shells."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -60,6 +61,7 @@ def client() -> docker.DockerClient:
 
 # -- names and lookups -------------------------------------------------------------------------
 
+
 def tag(name: str, uid: int) -> str:
     """The Docker name of NAME for user UID, as AIME MLC spells it."""
     return f"{name}{SEP}{uid}"
@@ -70,8 +72,10 @@ def validate_name(name: str) -> None:
     if SEP in name:
         raise MlcError(f"invalid container name '{name}': it must not contain '{SEP}'")
     if not NAME_RE.match(name):
-        raise MlcError(f"invalid container name '{name}'",
-                       hint="use letters, digits, '_', '.' and '-', starting with a letter or digit")
+        raise MlcError(
+            f"invalid container name '{name}'",
+            hint="use letters, digits, '_', '.' and '-', starting with a letter or digit",
+        )
 
 
 def display_name(c: Container) -> str:
@@ -96,12 +100,16 @@ def find(dc: docker.DockerClient, name: str, user: host.User) -> Container:
             if _owned_by(c, user):
                 return c
             owner = c.labels.get(f"{LABEL}.USER", "another user")
-            raise MlcError(f"container '{name}' belongs to {owner}",
-                           hint="mlc acts on your own containers only")
+            raise MlcError(
+                f"container '{name}' belongs to {owner}",
+                hint="mlc acts on your own containers only",
+            )
     others = dc.containers.list(all=True, filters={"label": f"{LABEL}.NAME={name}"})
     if any(not _owned_by(c, user) for c in others):
-        raise MlcError(f"container '{name}' belongs to another user",
-                       hint="mlc acts on your own containers only")
+        raise MlcError(
+            f"container '{name}' belongs to another user",
+            hint="mlc acts on your own containers only",
+        )
     raise NotFoundError(f"no container named '{name}'", hint="see `mlc list`")
 
 
@@ -115,6 +123,7 @@ def mine(dc: docker.DockerClient, user: host.User, all_users: bool = False) -> l
 
 
 # -- create ------------------------------------------------------------------------------------
+
 
 @dataclass
 class CreateSpec:
@@ -130,6 +139,7 @@ class CreateSpec:
     gpus: str = "all"
     gpus_explicit: bool = False
     ulimits: str = DEFAULT_ULIMITS
+    ulimits_explicit: bool = False
     forward_network: bool = True
     build: bool = False
     env: dict[str, str] = field(default_factory=dict)
@@ -146,8 +156,9 @@ def gpu_requests(spec: str) -> list[DeviceRequest]:
         return [DeviceRequest(count=int(spec), capabilities=[["gpu"]])]
     ids = [i.strip() for i in spec.removeprefix("device=").split(",") if i.strip()]
     if not ids or not all(re.match(r"^[A-Za-z0-9-]+$", i) for i in ids):
-        raise MlcError(f"invalid GPU selection '{spec}'",
-                       hint="use all, a count (2), device ids (0,1) or none")
+        raise MlcError(
+            f"invalid GPU selection '{spec}'", hint="use all, a count (2), device ids (0,1) or none"
+        )
     return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
 
 
@@ -162,22 +173,31 @@ def parse_ulimits(spec: str) -> list[Ulimit]:
         try:
             out.append(Ulimit(name=name, soft=int(soft), hard=int(hard or soft)))
         except ValueError:
-            raise MlcError(f"invalid ulimit '{item}'", hint="use NAME=SOFT[:HARD], e.g. stack=67108864") from None
+            raise MlcError(
+                f"invalid ulimit '{item}'", hint="use NAME=SOFT[:HARD], e.g. stack=67108864"
+            ) from None
     return out
 
 
-def ensure_dir(path: Path, what: str, progress: Progress = _quiet) -> Path:
-    """PATH as an absolute directory, created (owned by the caller) when missing."""
+def resolve_dir(path: Path, what: str) -> Path:
+    """PATH as an absolute path that is a directory or does not exist yet."""
     path = path.expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise MlcError(f"{what} path {path} is a file, not a directory")
-    if not path.exists():
-        try:
-            path.mkdir(parents=True)
-        except OSError as exc:
-            raise MlcError(f"cannot create {what} directory {path}: {exc.strerror}") from None
-        progress(f"created {what} directory {path}")
     return path
+
+
+def _make_dirs(paths: list[Path]) -> list[Path]:
+    """Create the missing PATHS (owned by the caller); returns those it made."""
+    made: list[Path] = []
+    for path in paths:
+        missing = [p for p in [path, *path.parents] if not p.exists()]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MlcError(f"cannot create directory {path}: {exc.strerror}") from None
+        made += reversed(missing)
+    return made
 
 
 def labels_for(spec: CreateSpec) -> dict[str, str]:
@@ -212,14 +232,20 @@ def environment_for(spec: CreateSpec) -> tuple[dict[str, str], list[Mount]]:
             # Mount the folder, not the file: a regenerated bundle (new inode) stays visible.
             mounts.append(Mount(HOST_CA_DIR, str(bundle.parent), type="bind", read_only=True))
             inside = f"{HOST_CA_DIR}/{bundle.name}"
-            for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE",
-                        "NODE_EXTRA_CA_CERTS"):
+            for var in (
+                "SSL_CERT_FILE",
+                "REQUESTS_CA_BUNDLE",
+                "PIP_CERT",
+                "CURL_CA_BUNDLE",
+                "NODE_EXTRA_CA_CERTS",
+            ):
                 env.setdefault(var, inside)
     return env, mounts
 
 
-def ensure_image(dc: docker.DockerClient, entry: Entry, build: bool,
-                 progress: Progress = _quiet) -> str:
+def ensure_image(
+    dc: docker.DockerClient, entry: Entry, build: bool, progress: Progress = _quiet
+) -> str:
     """The image for ENTRY: local as is, else pulled, else built from images/ with --build."""
     ref = entry.reference
     try:
@@ -236,8 +262,11 @@ def ensure_image(dc: docker.DockerClient, entry: Entry, build: bool,
         if entry.build and build:
             progress(f"pull failed ({_first_line(reason)}); building {ref} from images/")
             return _build(dc, entry, progress)
-        hint = ("its Dockerfile recipe is in images/: add --build to build it locally"
-                if entry.build else "check the network, or load the image with `docker load`")
+        hint = (
+            "its Dockerfile recipe is in images/: add --build to build it locally"
+            if entry.build
+            else "check the network, or load the image with `docker load`"
+        )
         raise MlcError(f"cannot pull image {ref}: {_first_line(reason)}", hint=hint) from None
 
 
@@ -246,12 +275,21 @@ def _first_line(text: Any) -> str:
 
 
 def _pull(dc: docker.DockerClient, ref: str, progress: Progress) -> None:
-    from rich.progress import BarColumn, DownloadColumn, Progress as Bar, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
+    from rich.progress import Progress as Bar
 
-    repo, _, tag_ = ref.rpartition(":") if "@" not in ref and ":" in ref.split("/")[-1] else (ref, "", "")
+    repo, _, tag_ = (
+        ref.rpartition(":") if "@" not in ref and ":" in ref.split("/")[-1] else (ref, "", "")
+    )
     layers: dict[str, tuple[int, int]] = {}
-    with Bar("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-             TransferSpeedColumn(), transient=True, disable=not sys.stderr.isatty()) as bar:
+    with Bar(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
         task = bar.add_task(f"pull {ref}", total=None)
         for ev in dc.api.pull(repo or ref, tag=tag_ or None, stream=True, decode=True):
             if "error" in ev:
@@ -268,14 +306,24 @@ def _build(dc: docker.DockerClient, entry: Entry, progress: Progress) -> str:
     from importlib import resources
 
     recipe = entry.build or {}
-    root = Path(str(resources.files("mlc").joinpath("images")))
+    origin = Path(entry.origin)
+    # A user catalog's recipes are relative to that catalog; built-in ones to images/.
+    root = (
+        origin.parent if origin.is_file() else Path(str(resources.files("mlc").joinpath("images")))
+    )
     dockerfile = root / recipe.get("dockerfile", "")
     if not dockerfile.is_file():
         raise MlcError(f"no Dockerfile recipe {dockerfile} for {entry.framework} {entry.version}")
     args = {k: str(v) for k, v in (recipe.get("args") or {}).items()}
     try:
-        for ev in dc.api.build(path=str(dockerfile.parent), dockerfile=dockerfile.name,
-                               tag=entry.image, buildargs=args, decode=True, rm=True):
+        for ev in dc.api.build(
+            path=str(dockerfile.parent),
+            dockerfile=dockerfile.name,
+            tag=entry.image,
+            buildargs=args,
+            decode=True,
+            rm=True,
+        ):
             if "error" in ev:
                 raise MlcError(f"building {entry.image} failed: {_first_line(ev['error'])}")
             if ev.get("stream", "").strip():
@@ -293,7 +341,8 @@ U={u.name}; UID_={u.uid}; GID_={u.gid}; NAME={spec.name}
 if [ "$UID_" != 0 ]; then
   group=$(getent group "$GID_" | cut -d: -f1 || true)
   if [ -z "$group" ]; then
-    if getent group "$U" >/dev/null; then groupmod -g "$GID_" "$U"; else groupadd -g "$GID_" "$U"; fi
+    if getent group "$U" >/dev/null; then groupmod -g "$GID_" "$U"
+    else groupadd -g "$GID_" "$U"; fi
     group=$(getent group "$GID_" | cut -d: -f1)
   fi
   holder=$(getent passwd "$UID_" | cut -d: -f1 || true)
@@ -342,11 +391,30 @@ def create(dc: docker.DockerClient, spec: CreateSpec, progress: Progress = _quie
     cname = tag(spec.name, spec.user.uid)
     try:
         dc.containers.get(cname)
-        raise MlcError(f"container '{spec.name}' already exists",
-                       hint=f"open it with `mlc open {spec.name}` or pick another name")
+        raise MlcError(
+            f"container '{spec.name}' already exists",
+            hint=f"open it with `mlc open {spec.name}` or pick another name",
+        )
     except NotFound:
         pass
     image = ensure_image(dc, spec.entry, spec.build, progress)
+    made = _make_dirs([p for p in (spec.workspace, spec.data, spec.models) if p])
+    try:
+        c = _create_and_start(dc, spec, image, progress)
+    except BaseException:
+        for d in reversed(made):  # only the folders this create made, and only while empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    for d in made:
+        if d in (spec.workspace, spec.data, spec.models):
+            progress(f"created {d}")
+    return c
+
+
+def _create_and_start(
+    dc: docker.DockerClient, spec: CreateSpec, image: str, progress: Progress
+) -> Container:
     env, mounts = environment_for(spec)
     mounts.insert(0, Mount("/workspace", str(spec.workspace), type="bind"))
     if spec.data:
@@ -357,10 +425,23 @@ def create(dc: docker.DockerClient, spec: CreateSpec, progress: Progress = _quie
     ulimits = parse_ulimits(spec.ulimits)
     while True:
         c = dc.containers.create(
-            image, ["sleep", "infinity"], name=cname, hostname=spec.name, init=True,
-            user=f"{spec.user.uid}:{spec.user.gid}", working_dir="/workspace",
-            labels=labels_for(spec), environment=env, mounts=mounts, ipc_mode="host",
-            network_mode="host", ulimits=ulimits, device_requests=devices, detach=True)
+            image,
+            ["sleep", "infinity"],
+            name=tag(spec.name, spec.user.uid),
+            hostname=spec.name,
+            init=True,
+            extra_hosts={spec.name: "127.0.1.1"},
+            user=f"{spec.user.uid}:{spec.user.gid}",
+            working_dir="/workspace",
+            labels=labels_for(spec),
+            environment=env,
+            mounts=mounts,
+            ipc_mode="host",
+            network_mode="host",
+            ulimits=ulimits,
+            device_requests=devices,
+            detach=True,
+        )
         try:
             c.start()
             break
@@ -370,24 +451,32 @@ def create(dc: docker.DockerClient, spec: CreateSpec, progress: Progress = _quie
             if devices and any(s in reason for s in GPU_DRIVER_ERRORS):
                 if spec.gpus_explicit:
                     raise MlcError(
-                        f"cannot give the container GPUs ({spec.gpus}): no NVIDIA container runtime",
-                        hint="install nvidia-container-toolkit, or use -g none") from None
-                progress("warning: no NVIDIA container runtime on this host; "
-                         "the container is CPU-only")
+                        f"cannot give the container GPUs ({spec.gpus}): "
+                        "no NVIDIA container runtime",
+                        hint="install nvidia-container-toolkit, or use -g none",
+                    ) from None
+                progress(
+                    "warning: no NVIDIA container runtime on this host; the container is CPU-only"
+                )
                 devices = []
                 spec.gpus = "none"
                 continue
             if "rlimit" in reason and any(u.name == "memlock" for u in ulimits):
-                progress("warning: the engine refused the memlock ulimit; using its default "
-                         "(set --ulimit to choose)")
+                if spec.ulimits_explicit:
+                    raise MlcError(
+                        f"the Docker engine refused the ulimits {spec.ulimits}",
+                        hint="this host cannot raise memlock; pick a lower value",
+                    ) from None
                 ulimits = [u for u in ulimits if u.name != "memlock"]
                 continue
             raise MlcError(f"cannot start container '{spec.name}': {_first_line(reason)}") from None
     try:
         code, out = c.exec_run(["sh", "-c", setup_script(spec)], user="root")
         if code != 0:
-            raise MlcError(f"setting up container '{spec.name}' failed (exit {code}): "
-                           f"{_first_line(out.decode(errors='replace').strip()[-500:])}")
+            raise MlcError(
+                f"setting up container '{spec.name}' failed (exit {code}): "
+                f"{_first_line(out.decode(errors='replace').strip()[-500:])}"
+            )
         c.reload()
         return c
     except BaseException:
@@ -396,6 +485,7 @@ def create(dc: docker.DockerClient, spec: CreateSpec, progress: Progress = _quie
 
 
 # -- lifecycle ---------------------------------------------------------------------------------
+
 
 def start(c: Container, keep_running: bool = False) -> bool:
     """Start C if needed; returns whether it was started. keep_running marks an `mlc start`."""
@@ -448,15 +538,14 @@ def remove(dc: docker.DockerClient, c: Container) -> None:
     """Remove C; the workspace, data and models folders are never touched."""
     image_tag = c.attrs.get("Config", {}).get("Image", "")
     c.remove(v=False, force=False)
-    # AIME MLC committed a per-container image `<repo>:<name>._.<uid>`: remove it with its container.
+    # AIME MLC committed a per-container image `<repo>:<name>._.<uid>`: remove it too.
     if image_tag.endswith(f":{c.name}"):
-        try:
+        with contextlib.suppress(ImageNotFound, APIError):
             dc.images.remove(image_tag)
-        except (ImageNotFound, APIError):
-            pass
 
 
 # -- exec --------------------------------------------------------------------------------------
+
 
 def exec_env(c: Container) -> dict[str, str]:
     env = {"MLC_CONTAINER": display_name(c)}
@@ -470,15 +559,27 @@ def user_of(c: Container) -> str:
     return c.attrs["Config"].get("User") or "root"
 
 
-def exec_stream(dc: docker.DockerClient, c: Container, cmd: list[str], *,
-                user: str | None = None, workdir: str = "/workspace",
-                env: dict[str, str] | None = None, stdout: BinaryIO | None = None,
-                stderr: BinaryIO | None = None) -> int:
+def exec_stream(
+    dc: docker.DockerClient,
+    c: Container,
+    cmd: list[str],
+    *,
+    user: str | None = None,
+    workdir: str = "/workspace",
+    env: dict[str, str] | None = None,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+) -> int:
     """Run CMD in C non-interactively, streaming its output; returns its exit code."""
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr.buffer
-    eid = dc.api.exec_create(c.id, cmd, user=user or user_of(c), workdir=workdir,
-                             environment={**exec_env(c), **(env or {})})["Id"]
+    eid = dc.api.exec_create(
+        c.id,
+        cmd,
+        user=user or user_of(c),
+        workdir=workdir,
+        environment={**exec_env(c), **(env or {})},
+    )["Id"]
     for out, err in dc.api.exec_start(eid, stream=True, demux=True):
         if out:
             stdout.write(out)
@@ -494,9 +595,21 @@ def shell(c: Container, command: list[str] | None = None) -> int:
     """An interactive login shell (or COMMAND) through the docker CLI; returns its exit code."""
     cli = shutil.which("docker")
     if not cli:
-        raise MlcError("the docker command-line client is needed for interactive shells",
-                       hint="install docker-ce-cli or docker.io")
-    argv = [cli, "exec", "-i", "--detach-keys", "ctrl-^,ctrl-@", "-u", user_of(c), "-w", "/workspace"]
+        raise MlcError(
+            "the docker command-line client is needed for interactive shells",
+            hint="install docker-ce-cli or docker.io",
+        )
+    argv = [
+        cli,
+        "exec",
+        "-i",
+        "--detach-keys",
+        "ctrl-^,ctrl-@",
+        "-u",
+        user_of(c),
+        "-w",
+        "/workspace",
+    ]
     if sys.stdin.isatty():
         argv.append("-t")
     for k, v in exec_env(c).items():
@@ -506,6 +619,7 @@ def shell(c: Container, command: list[str] | None = None) -> int:
 
 
 # -- stats -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Stats:
@@ -521,18 +635,28 @@ class Stats:
 def _stats_one(c: Container) -> Stats:
     s = c.stats(stream=False)
     cpu, pre = s.get("cpu_stats", {}), s.get("precpu_stats", {})
-    cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get("total_usage", 0)
+    cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get(
+        "total_usage", 0
+    )
     sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
     ncpu = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or []) or 1
     percent = cpu_delta / sys_delta * ncpu * 100.0 if sys_delta > 0 and cpu_delta > 0 else 0.0
     mem = s.get("memory_stats", {})
     inner = mem.get("stats", {})
     used = mem.get("usage", 0) - inner.get("total_inactive_file", inner.get("inactive_file", 0))
-    st = Stats(display_name(c), percent, max(used, 0), mem.get("limit", 0),
-               s.get("pids_stats", {}).get("current", 0))
-    if c.labels.get(f"{LABEL}.GPUS", "none") != "none" and c.attrs["HostConfig"].get("DeviceRequests"):
-        code, out = c.exec_run(["nvidia-smi", "--query-gpu=memory.used,memory.total",
-                                "--format=csv,noheader,nounits"])
+    st = Stats(
+        display_name(c),
+        percent,
+        max(used, 0),
+        mem.get("limit", 0),
+        s.get("pids_stats", {}).get("current", 0),
+    )
+    if c.labels.get(f"{LABEL}.GPUS", "none") != "none" and c.attrs["HostConfig"].get(
+        "DeviceRequests"
+    ):
+        code, out = c.exec_run(
+            ["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"]
+        )
         if code == 0:
             pairs = [line.split(",") for line in out.decode().splitlines() if "," in line]
             st.gpu_mem_used = sum(int(a) for a, _ in pairs) * 2**20
@@ -549,6 +673,7 @@ def stats(containers: list[Container]) -> list[Stats]:
 
 
 # -- listing -----------------------------------------------------------------------------------
+
 
 def describe(c: Container) -> dict[str, Any]:
     """The facts `mlc list` shows, as plain data."""

@@ -54,7 +54,10 @@ def gpu_capabilities() -> list[float]:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=15, check=True,
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []

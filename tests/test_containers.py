@@ -1,0 +1,401 @@
+"""Container lifecycle end to end: the real `mlc` CLI against the real Docker engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+def _create(mlc, name: str, ws: Path, *extra: str):
+    r = mlc("create", name, "pytorch", "test", "-w", str(ws), *extra)
+    assert r.code == 0, r.err
+    return r
+
+
+def _one_line_error(r, *needles: str) -> None:
+    assert r.code != 0
+    assert "Traceback" not in r.err
+    lines = [line for line in r.err.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("mlc: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], r.err  # progress may come before it
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_create_list_open_stop_remove(mlc, name, tmp_path, docker_client):
+    ws = tmp_path / "ws"
+    r = _create(mlc, name, ws)
+    assert f"[{name}] ready" in r.out
+    assert ws.is_dir()  # created when missing
+    c = docker_client.containers.get(f"{name}._.{os.getuid()}")
+    labels = c.labels
+    for key in (
+        "aime.mlc",
+        "aime.mlc.NAME",
+        "aime.mlc.USER",
+        "aime.mlc.FRAMEWORK",
+        "aime.mlc.GPUS",
+        "aime.mlc.ARCH",
+        "aime.mlc.WORK_MOUNT",
+        "aime.mlc.DATA_MOUNT",
+        "aime.mlc.MODELS_MOUNT",
+        "mlc.schema",
+    ):
+        assert key in labels, key
+    assert labels["aime.mlc.NAME"] == name and labels["aime.mlc.WORK_MOUNT"] == str(ws)
+    assert c.attrs["HostConfig"]["Init"] is True
+    assert c.attrs["HostConfig"]["IpcMode"] == "host"
+
+    rows = json.loads(mlc("list", "--json").out)
+    row = next(r for r in rows if r["name"] == name)
+    for key in ("name", "framework", "version", "status", "user", "workspace", "gpus", "image"):
+        assert key in row
+    assert (row["framework"], row["version"], row["status"]) == ("Pytorch", "test", "running")
+    assert name in mlc("list").out
+
+    # A command: runs in /workspace, its output streams back, its exit code is ours.
+    r = mlc(
+        "open", name, "--", "sh", "-c", "pwd; echo hello > /workspace/f.txt; echo oops >&2; exit 7"
+    )
+    assert r.code == 7
+    assert r.out.strip() == "/workspace" and "oops" in r.err
+    assert (ws / "f.txt").read_text() == "hello\n"
+    # open started it, so it stopped it once the command was done
+    c.reload()
+    assert c.status == "exited"
+
+    # `mlc start` keeps it running across an open.
+    assert mlc("start", name).code == 0
+    assert mlc("open", name, "--", "true").code == 0
+    c.reload()
+    assert c.status == "running"
+    r = mlc("stop", name, "-f")
+    assert r.code == 0
+    c.reload()
+    assert c.status == "exited"
+    assert c.attrs["State"]["ExitCode"] == 143  # SIGTERM reached the init: no 10 s kill
+
+    r = mlc("remove", name, "-f")
+    assert r.code == 0 and str(ws) in r.out
+    assert (ws / "f.txt").exists()  # the workspace is kept
+    assert name not in mlc("list").out
+
+
+def test_aime_spelling_and_shims(mlc, name, tmp_path):
+    ws = tmp_path / "aime ws"
+    shim = Path(__file__).resolve().parents[1] / "mlc" / "mlc-create"
+    import subprocess
+
+    p = subprocess.run(
+        [str(shim), name, "Pytorch", "test", f"-w={ws}", "-g=none"],
+        capture_output=True,
+        text=True,
+        env={**mlc.env, "MLC_PYTHON": sys.executable},
+    )
+    assert p.returncode == 0, p.stderr
+    assert ws.is_dir()
+    rows = json.loads(mlc("list", "--json").out)
+    assert any(r["name"] == name and r["workspace"] == str(ws) for r in rows)
+
+
+def test_remove_running_asks_first(mlc, name, tmp_path, docker_client):
+    _create(mlc, name, tmp_path / "ws")
+    r = mlc("remove", name, input="n\n")
+    assert r.code != 0  # not a terminal and no -f: nothing happens
+    assert docker_client.containers.get(f"{name}._.{os.getuid()}").status == "running"
+    assert mlc("remove", name, "--force").code == 0
+
+
+def test_uid_gid_mapping_with_real_user(mlc, name, user_dir, test_user, docker_client):
+    ws = user_dir / "ws"
+    r = mlc.as_user(test_user.pw_name, "create", name, "Pytorch", "test", "-w", str(ws))
+    assert r.code == 0, r.err
+    assert ws.stat().st_uid == test_user.pw_uid  # created owned by the user
+    r = mlc.as_user(
+        test_user.pw_name,
+        "open",
+        name,
+        "--",
+        "sh",
+        "-c",
+        "id -un; id -u; id -g; echo $HOME; touch /workspace/made-inside; sudo -n id -u",
+    )
+    assert r.code == 0, r.err
+    user, uid, gid, home, sudo_uid = r.out.split()
+    assert (user, int(uid), int(gid)) == (test_user.pw_name, test_user.pw_uid, test_user.pw_gid)
+    assert home == f"/home/{test_user.pw_name}" and sudo_uid == "0"
+    made = ws / "made-inside"
+    assert (made.stat().st_uid, made.stat().st_gid) == (test_user.pw_uid, test_user.pw_gid)
+
+
+def test_image_with_a_user_holding_the_uid(
+    mlc, name, user_dir, test_user, docker_client, base_image
+):
+    """Ubuntu 24.04 images ship `ubuntu` with uid 1000: mlc takes that account over."""
+    uid, gid = test_user.pw_uid, test_user.pw_gid
+    builder = docker_client.containers.run(
+        base_image,
+        ["sh", "-c", f"groupadd -g {gid} ubuntu && useradd -m -u {uid} -g {gid} ubuntu"],
+        detach=True,
+    )
+    assert builder.wait()["StatusCode"] == 0
+    image = builder.commit(repository="mlctest/with-uid", tag=name)
+    builder.remove()
+    catalog = user_dir / "cat.yaml"
+    catalog.write_text(
+        f"images: [{{framework: Pytorch, version: taken, arch: [CPU], image: '{image.tags[0]}'}}]\n"
+    )
+    try:
+        r = mlc.as_user(
+            test_user.pw_name,
+            "create",
+            name,
+            "Pytorch",
+            "taken",
+            "-w",
+            str(user_dir / "ws"),
+            env={"MLC_CATALOG": str(catalog)},
+        )
+        assert r.code == 0, r.err
+        r = mlc.as_user(
+            test_user.pw_name,
+            "open",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "id -un; sudo -n true",
+            env={"MLC_CATALOG": str(catalog)},
+        )
+        assert r.code == 0, r.err
+        assert r.out.split() == [test_user.pw_name]
+    finally:
+        for c in docker_client.containers.list(all=True, filters={"ancestor": image.id}):
+            c.remove(force=True)
+        docker_client.images.remove(image.id, force=True)
+
+
+def test_users_do_not_see_each_others_containers(mlc, name, tmp_path, test_user, user_dir):
+    _create(mlc, name, tmp_path / "ws")  # made by root
+    r = mlc.as_user(test_user.pw_name, "list", "--json")
+    assert r.code == 0, r.err
+    assert name not in r.out
+    for verb in ("open", "stop", "remove"):
+        args = ["--", "true"] if verb == "open" else ["-f"]
+        r = mlc.as_user(test_user.pw_name, verb, name, *args)
+        _one_line_error(r, "belongs to")
+    assert name in mlc.as_user(test_user.pw_name, "list", "--all-users").out
+
+
+def test_aime_made_container_shows_up(mlc, name, tmp_path, docker_client, base_image):
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    labels = {
+        "aime.mlc": user,
+        "aime.mlc.NAME": name,
+        "aime.mlc.USER": user,
+        "aime.mlc.MLC_VERSION": "4",
+        "aime.mlc.FRAMEWORK": "Pytorch-2.5.1",
+        "aime.mlc.GPUS": "all",
+        "aime.mlc.WORK_MOUNT": str(tmp_path),
+        "aime.mlc.DATA_MOUNT": "-",
+        "aime.mlc.MODELS_MOUNT": "-",
+        "aime.mlc.ARCH": "CUDA_ADA",
+    }
+    docker_client.containers.create(
+        base_image, ["bash"], name=f"{name}._.{os.getuid()}", labels=labels
+    )
+    rows = json.loads(mlc("list", "--json").out)
+    row = next(r for r in rows if r["name"] == name)
+    assert (row["framework"], row["version"], row["status"]) == ("Pytorch", "2.5.1", "created")
+
+
+def test_interactive_shell_stops_after_last_exit(mlc, name, tmp_path, docker_client):
+    _create(mlc, name, tmp_path / "ws")
+    mlc("stop", name, "-f")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "mlc", "open", name],
+        env=mlc.env,
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 160),
+    )
+    prompt = rf"\[{name}\] \S+@{name}:/workspace[#$] "
+    child.expect(prompt)
+    child.sendline("echo first-$((6*7))")
+    child.expect("first-42")
+    child.expect(prompt)
+    child.send("\x10")  # Ctrl-P: bash's previous-history, not Docker's detach prefix
+    child.send("\r")
+    child.expect("first-42")
+    child.expect(prompt)
+    child.sendline("tty")
+    child.expect("/dev/pts/")
+    child.sendline("exit 4")
+    child.expect("container stopped")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 4
+    assert docker_client.containers.get(f"{name}._.{os.getuid()}").status == "exited"
+
+
+def test_gpu_fallback_and_explicit_error(mlc, name, tmp_path, docker_client):
+    if any("nvidia" in r for r in docker_client.info().get("Runtimes", {})):
+        pytest.skip("this host has an NVIDIA runtime")
+    r = _create(mlc, name, tmp_path / "ws")  # default -g all
+    warnings = [line for line in r.err.splitlines() if "NVIDIA" in line]
+    assert len(warnings) == 1
+    c = docker_client.containers.get(f"{name}._.{os.getuid()}")
+    assert c.status == "running" and not c.attrs["HostConfig"].get("DeviceRequests")
+
+    other = name + "-gpu"
+    r = mlc("create", other, "Pytorch", "test", "-w", str(tmp_path / "ws2"), "-g", "device=0")
+    _one_line_error(r, "NVIDIA")
+    assert not docker_client.containers.list(all=True, filters={"name": f"^{other}"})
+
+
+def test_network_settings_forwarded(mlc, name, tmp_path):
+    proxy = {"HTTPS_PROXY": "http://127.0.0.1:3128", "NO_PROXY": "localhost"}
+    r = mlc("create", name, "Pytorch", "test", "-w", str(tmp_path / "ws"), env=proxy)
+    assert r.code == 0, r.err
+    r = mlc(
+        "open",
+        name,
+        "--",
+        "sh",
+        "-c",
+        'echo "$https_proxy $HTTPS_PROXY $no_proxy"; cat "$SSL_CERT_FILE" | head -c 100',
+    )
+    assert r.code == 0, r.err
+    first, rest = r.out.split("\n", 1)
+    assert first == "http://127.0.0.1:3128 http://127.0.0.1:3128 localhost"
+    from mlc import host
+
+    assert rest[:100] == host.ca_bundle().read_text()[:100]
+
+    other = name + "-plain"
+    r = mlc(
+        "create",
+        other,
+        "Pytorch",
+        "test",
+        "-w",
+        str(tmp_path / "ws"),
+        "--no-forward-network",
+        env=proxy,
+    )
+    assert r.code == 0, r.err
+    r = mlc("open", other, "--", "sh", "-c", 'echo "[$HTTPS_PROXY][$SSL_CERT_FILE]"')
+    assert r.out.strip() == "[][]"
+
+
+def test_pip_inside_works_through_intercepting_proxy(mlc, name, tmp_path):
+    """The host CA bundle makes HTTPS from the container work (this machine intercepts TLS)."""
+    _create(mlc, name, tmp_path / "ws")
+    r = mlc(
+        "open",
+        name,
+        "--",
+        "python3",
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "-q",
+        "-d",
+        "/tmp/dl",
+        "six",
+        timeout=300,
+    )
+    assert r.code == 0, r.err
+
+
+def test_stats(mlc, name, tmp_path):
+    _create(mlc, name, tmp_path / "ws")
+    r = mlc("stats", "--json")
+    assert r.code == 0, r.err
+    row = next(s for s in json.loads(r.out) if s["name"] == name)
+    assert row["mem_limit"] > 0 and row["pids"] >= 1
+    assert name in mlc("stats").out
+
+
+def test_pull_failure_and_build_recipe(mlc, name, tmp_path, docker_client, base_image):
+    r = mlc("create", name, "Pytorch", "nopull", "-w", str(tmp_path / "ws"))
+    _one_line_error(r, "cannot pull image mlctest/absent:1")
+    assert not docker_client.containers.list(all=True, filters={"name": f"^{name}"})
+
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "Dockerfile").write_text(f"FROM {base_image}\nARG MARK=x\nRUN echo $MARK > /built\n")
+    image = f"mlctest/built:{name}"
+    catalog = tmp_path / "cat.yaml"
+    catalog.write_text(
+        f"images: [{{framework: Pytorch, version: buildme, arch: [CPU], "
+        f"image: '{image}', build: {{dockerfile: {recipe}/Dockerfile, "
+        f"args: {{MARK: from-recipe}}}}}}]\n"
+    )
+    env = {"MLC_CATALOG": str(catalog)}
+    try:
+        r = mlc("create", name, "Pytorch", "buildme", "-w", str(tmp_path / "ws"), env=env)
+        _one_line_error(r, "--build")
+        r = mlc(
+            "create", name, "Pytorch", "buildme", "-w", str(tmp_path / "ws"), "--build", env=env
+        )
+        assert r.code == 0, r.err
+        assert mlc("open", name, "--", "cat", "/built", env=env).out.strip() == "from-recipe"
+    finally:
+        mlc("remove", name, "-f", env=env)
+        docker_client.images.remove(image, force=True)
+
+
+def test_errors_are_one_line(mlc, name, tmp_path):
+    _one_line_error(mlc("create", "bad#name", "Pytorch", "test"), "invalid container name")
+    _one_line_error(mlc("create", "a._.b", "Pytorch", "test"), "._.")
+    _one_line_error(mlc("create", name, "Tensorflow", "1"), "unknown framework", "Pytorch")
+    _one_line_error(mlc("create", name, "pytorch", "9.9"), "unknown version", "test")
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    _one_line_error(mlc("create", name, "Pytorch", "test", "-w", str(afile)), "is a file")
+    _create(mlc, name, tmp_path / "ws")
+    _one_line_error(
+        mlc("create", name, "Pytorch", "test", "-w", str(tmp_path / "ws")), "already exists"
+    )
+    for verb in ("open", "start", "stop", "remove"):
+        _one_line_error(mlc(verb, name + "x"), "no container named")
+    _one_line_error(
+        mlc("list", env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"}),
+        "cannot reach the Docker engine",
+        "start Docker",
+    )
+
+
+def test_exact_name_match(mlc, name, tmp_path):
+    _create(mlc, name, tmp_path / "ws")
+    longer = "x" + name
+    r = mlc("create", longer, "Pytorch", "test", "-w", str(tmp_path / "ws2"))
+    assert r.code == 0, r.err  # `x<name>` is not taken because `<name>` exists
+    _one_line_error(mlc("open", name[:-1], "--", "true"), "no container named")
+
+
+def test_socket_permission_denied(mlc, test_user, user_dir):
+    sock_path = Path("/tmp") / f"mlc-root-only-{os.getpid()}.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(sock_path))
+    s.listen(1)
+    sock_path.chmod(0o600)
+    try:
+        r = mlc.as_user(test_user.pw_name, "list", env={"DOCKER_HOST": f"unix://{sock_path}"})
+        _one_line_error(r, "permission denied", "docker group")
+    finally:
+        s.close()
+        sock_path.unlink()
