@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,14 +169,20 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
         except pickle.UnpicklingError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+            if not found:
+                raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint") from None
             raise CheckpointError(
-                f"refusing to load {path}: it needs code execution to unpickle "
-                f"(torch.load weights_only: {first})",
+                f"refusing to load {path}: unpickling it would run code ({found.group(1)}), "
+                "and checkpoints are read without code execution",
                 hint=convert_hint(path),
             ) from None
-        except (RuntimeError, OSError, EOFError, ValueError, AttributeError, ImportError) as err:
-            raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint ({err})") from None
+        except OSError as err:
+            raise CheckpointError(f"cannot read {path}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
+            raise CheckpointError(
+                f"cannot read {path}: not a PyTorch checkpoint ({type(err).__name__})"
+            ) from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
@@ -248,11 +255,28 @@ def load_tokenizer(source: ModelSource) -> Any:
     return CLIPTokenizer.from_pretrained(str(source.part("tokenizer")), local_files_only=True)
 
 
-def _text_encoder_from_state(sd: dict[str, Any], config_dir: Path, dtype: Any) -> Any:
+def yaml_text_config(source: ModelSource) -> dict[str, Any]:
+    """CLIP text config overrides from an original YAML (an mlc extension, usually empty).
+
+    ``model.params.cond_stage_config.params.text_config`` may hold CLIPTextConfig values
+    (e.g. ``hidden_size``) for non-ViT-L/14 encoders; the bundled ViT-L/14 config is the base.
+    """
+    if source.yaml is None:
+        return {}
+    cond = source.yaml["model"]["params"].get("cond_stage_config") or {}
+    extra = (cond.get("params") or {}).get("text_config") or {}
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def _text_encoder_from_state(
+    sd: dict[str, Any], config_dir: Path, dtype: Any, overrides: dict[str, Any] | None = None
+) -> Any:
     from accelerate import init_empty_weights
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config = CLIPTextConfig.from_pretrained(str(config_dir), local_files_only=True)
+    config = CLIPTextConfig.from_pretrained(
+        str(config_dir), local_files_only=True, **(overrides or {})
+    )
     with init_empty_weights():
         model = CLIPTextModel(config)
     want_prefix = any(k.startswith("text_model.") for k in model.state_dict())
@@ -268,9 +292,12 @@ def _text_encoder_from_state(sd: dict[str, Any], config_dir: Path, dtype: Any) -
             name = "text_model." + name
         weights[name] = value.to(dtype)
     expected = {k for k in model.state_dict() if not k.endswith("position_ids")}
-    missing = sorted(expected - set(weights))
-    if missing:
-        raise CheckpointError(f"text encoder weights missing from checkpoint: {missing[:3]}")
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            "the checkpoint's text encoder does not match its config "
+            f"(missing {missing[:2]}, unexpected {unexpected[:2]})"
+        )
     try:
         model.load_state_dict(weights, strict=False, assign=True)
     except RuntimeError as err:
@@ -360,7 +387,9 @@ def _load_single_file(source: ModelSource, dtype: Any) -> tuple[Any, Any, Any]:
                 f"{source.path} does not match config {source.config_label} ({name}): "
                 f"{_first_line(err)}"
             ) from None
-    parts.append(_text_encoder_from_state(sd, source.part("text_encoder"), dtype))
+    parts.append(
+        _text_encoder_from_state(sd, source.part("text_encoder"), dtype, yaml_text_config(source))
+    )
     return parts[0], parts[1], parts[2]
 
 

@@ -77,11 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint (.ckpt/.safetensors) or model folder",
     )
     a("--seed", type=int, default=42, help="seed of the first image; image k gets seed+k")
-    a("--precision", type=str, choices=["full", "autocast"], default="autocast",
-      help="autocast: fp16 on GPUs, fp32 on CPU; full: fp32")  # fmt: skip
+    a(
+        "--precision",
+        type=str,
+        choices=["full", "autocast"],
+        default="autocast",
+        help="autocast: fp16 on GPUs, fp32 on CPU; full: fp32",
+    )
     a("--device", type=str, choices=["auto", "cuda", "cpu", "mps"], default="auto")
-    a("--batched", action="store_true",
-      help="one UNet call per batch: faster on GPUs; images match within 1/255")  # fmt: skip
+    a(
+        "--batched",
+        action="store_true",
+        help="one UNet call per batch: faster on GPUs; images match within 1/255",
+    )
     a("--json", action="store_true", help="print a machine-readable summary on stdout")
     return p
 
@@ -264,11 +272,15 @@ def execute(spec: RunSpec) -> dict[str, Any]:
     dtype = pick_dtype(spec.precision, device)
     components = load(spec.ckpt, spec.config, device=device, dtype=dtype)
     if components.latent_channels != spec.latent_channels:
-        raise UsageError(f"--C {spec.latent_channels} does not match the model's "
-                         f"{components.latent_channels} latent channels")  # fmt: skip
+        raise UsageError(
+            f"--C {spec.latent_channels} does not match the model's "
+            f"{components.latent_channels} latent channels"
+        )
     if components.vae_scale_factor != spec.factor:
-        raise UsageError(f"--f {spec.factor} does not match the model's VAE, which "
-                         f"downsamples by {components.vae_scale_factor}")  # fmt: skip
+        raise UsageError(
+            f"--f {spec.factor} does not match the model's VAE, which "
+            f"downsamples by {components.vae_scale_factor}"
+        )
     if spec.height % components.vae_scale_factor or spec.width % components.vae_scale_factor:
         raise UsageError(f"--H and --W must be multiples of {components.vae_scale_factor}")
     sampler = get_sampler(spec.sampler)
@@ -325,8 +337,13 @@ def execute(spec: RunSpec) -> dict[str, Any]:
             ("Eta", spec.eta if sampler.uses_eta and spec.eta else None),
             ("Version", f"mlc {__version__}"),
         ]
-        data = {**run_info, "prompt": s.prompt, "negative_prompt": s.negative_prompt,
-                "seed": s.seed, "index": s.index}  # fmt: skip
+        data = {
+            **run_info,
+            "prompt": s.prompt,
+            "negative_prompt": s.negative_prompt,
+            "seed": s.seed,
+            "index": s.index,
+        }
         path = None
         if not spec.skip_save:
             text = outputs.a1111_parameters(s.prompt, s.negative_prompt, fields)
@@ -356,12 +373,19 @@ def execute(spec: RunSpec) -> dict[str, Any]:
         text = outputs.a1111_parameters(
             first["prompt"],
             first["negative_prompt"],
-            [("Steps", spec.steps), ("Sampler", sampler.label), ("CFG scale", spec.scale),
-             ("Seed", first["seed"]), ("Size", f"{spec.width}x{spec.height}"),
-             ("Model hash", components.model_hash), ("Model", components.name),
-             ("Batch size", spec.n_samples), ("Batch count", spec.n_iter),
-             ("Version", f"mlc {__version__}")],
-        )  # fmt: skip
+            [
+                ("Steps", spec.steps),
+                ("Sampler", sampler.label),
+                ("CFG scale", spec.scale),
+                ("Seed", first["seed"]),
+                ("Size", f"{spec.width}x{spec.height}"),
+                ("Model hash", components.model_hash),
+                ("Model", components.name),
+                ("Batch size", spec.n_samples),
+                ("Batch count", spec.n_iter),
+                ("Version", f"mlc {__version__}"),
+            ],
+        )
         data = {"run": run_info, "n_rows": spec.n_rows, "images": done}
         grid_path = outputs.save_png(grid, outputs.grid_numbering(spec.outdir), text, data)
     t_end = time.perf_counter()

@@ -1,0 +1,90 @@
+"""Engine test fixtures: one tiny random-weight SD v1 model, built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+SIZE = 32  # pixels: 4x4 latents with the tiny VAE (downsamples by 8 like SD's)
+STEPS = 3
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """The tiny model written in both single-file formats, sharing one sidecar config."""
+
+    dir: Path
+    safetensors: Path
+    ckpt: Path
+    config: Path  # the sidecar diffusers config folder
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Build the demo model once; also save it as a .ckpt ({"state_dict": ...})."""
+    from safetensors.torch import load_file
+
+    from mlc.engine.demo import build_demo_checkpoint, sidecar_dir
+    from mlc.engine.export import save_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    st = build_demo_checkpoint(root, name="tiny", fmt="safetensors")
+    ckpt = save_checkpoint(load_file(str(st)), root / "tiny.ckpt")
+    return TinyModel(root, st, ckpt, sidecar_dir(st))
+
+
+@pytest.fixture(scope="session")
+def components(tiny: TinyModel):
+    """The tiny model loaded once (fp32, CPU)."""
+    from mlc.engine.loading import load
+
+    return load(tiny.safetensors)
+
+
+@pytest.fixture
+def renderer(components):
+    """A fresh Renderer (its prompt cache is per instance)."""
+    from mlc.engine.generate import Renderer
+
+    return Renderer(components)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """``python -m mlc.engine.txt2img ARGS`` in a subprocess, offline, one thread."""
+    full_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "mlc.engine.txt2img", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def copy_model(tiny: TinyModel, dest: Path, *, fmt: str = "safetensors") -> Path:
+    """A copy of the tiny model (file + sidecar) in ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    src = tiny.safetensors if fmt == "safetensors" else tiny.ckpt
+    shutil.copy2(src, dest / src.name)
+    shutil.copytree(tiny.config, dest / tiny.config.name)
+    return dest / src.name

@@ -1,0 +1,207 @@
+"""Exporter round trip, single-file and folder loading, sidecar configs, safe pickles."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlc.engine.loading import CheckpointError, load, read_checkpoint, resolve
+
+from .conftest import SIZE, STEPS, TinyModel, copy_model, run_cli
+
+
+def _same_weights(a, b) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k].float(), sb[k].float()), k
+
+
+def test_export_roundtrip_is_exact(tiny: TinyModel, components):
+    """tiny_components -> export -> from_single_file gives the same weights (stored fp16)."""
+    from mlc.engine.demo import tiny_components
+
+    unet, vae, text = tiny_components()
+    for model in (unet, vae, text):
+        model.to(torch.float16).to(torch.float32)
+    _same_weights(unet, components.unet)
+    _same_weights(vae, components.vae)
+    _same_weights(text, components.text_encoder)
+
+
+def test_export_layout_is_the_original_one(tiny: TinyModel):
+    sd = read_checkpoint(tiny.safetensors)
+    assert "model.diffusion_model.input_blocks.0.0.weight" in sd
+    assert "model.diffusion_model.out.2.weight" in sd
+    assert "first_stage_model.encoder.mid.attn_1.q.weight" in sd
+    assert sd["first_stage_model.encoder.mid.attn_1.q.weight"].ndim == 4  # 1x1 conv
+    assert "first_stage_model.decoder.up.0.block.0.conv1.weight" in sd
+    assert any(k.startswith("cond_stage_model.transformer.text_model.encoder.") for k in sd)
+
+
+def test_ckpt_and_safetensors_load_the_same(tiny: TinyModel, components):
+    from_ckpt = load(tiny.ckpt)
+    _same_weights(from_ckpt.unet, components.unet)
+    _same_weights(from_ckpt.text_encoder, components.text_encoder)
+    assert from_ckpt.source.config_dir == tiny.config  # the sidecar folder
+
+
+def test_diffusers_folder_loads(tmp_path: Path, components):
+    folder = tmp_path / "model"
+    components.unet.save_pretrained(folder / "unet")
+    components.vae.save_pretrained(folder / "vae")
+    components.text_encoder.save_pretrained(folder / "text_encoder")
+    loaded = load(folder)
+    _same_weights(loaded.unet, components.unet)
+    _same_weights(loaded.text_encoder, components.text_encoder)
+    assert loaded.tokenizer("a").input_ids == components.tokenizer("a").input_ids
+
+
+TINY_YAML = """\
+model:
+  params:
+    linear_start: 0.00085
+    linear_end: 0.0120
+    timesteps: 1000
+    scale_factor: 0.18215
+    unet_config:
+      params:
+        in_channels: 4
+        out_channels: 4
+        model_channels: 32
+        attention_resolutions: [1]
+        num_res_blocks: 1
+        channel_mult: [1, 2]
+        num_heads: 4
+        transformer_depth: 1
+        context_dim: 32
+    first_stage_config:
+      params:
+        embed_dim: 4
+        ddconfig: {z_channels: 4, in_channels: 3, out_ch: 3, ch: 32, ch_mult: [1, 1, 1, 1],
+                   num_res_blocks: 1}
+    cond_stage_config:
+      target: ldm.modules.encoders.modules.FrozenCLIPEmbedder
+      params:
+        text_config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
+                      num_attention_heads: 4, projection_dim: 32}
+"""
+
+
+def test_yaml_sidecar_gives_the_same_model(tmp_path: Path, tiny: TinyModel, components):
+    """An original inference YAML beside the file (<stem>.yaml) is used automatically."""
+    ckpt = tmp_path / "m.safetensors"
+    shutil.copy2(tiny.safetensors, ckpt)
+    (tmp_path / "m.yaml").write_text(TINY_YAML)
+    src = resolve(ckpt)
+    assert src.yaml is not None and src.config_label.endswith("m.yaml")
+    loaded = load(ckpt)
+    _same_weights(loaded.unet, components.unet)
+    _same_weights(loaded.vae, components.vae)
+    _same_weights(loaded.text_encoder, components.text_encoder)
+    assert loaded.schedule["beta_end"] == pytest.approx(0.012)
+
+
+def test_explicit_config_beats_sidecar(tmp_path: Path, tiny: TinyModel):
+    from mlc.engine import CONFIG_DIR
+
+    ckpt = copy_model(tiny, tmp_path)
+    assert resolve(ckpt).config_dir == tmp_path / "tiny.config"
+    assert resolve(ckpt, CONFIG_DIR).config_dir == CONFIG_DIR
+    # The classic default path falls back to the bundled YAML when it is not there.
+    assert resolve(ckpt, "configs/stable-diffusion/v1-inference.yaml").yaml is not None
+
+
+def test_mismatched_config_is_a_clear_error(tiny: TinyModel):
+    from mlc.engine import CONFIG_DIR
+
+    with pytest.raises(CheckpointError, match="does not match"):
+        load(tiny.safetensors, CONFIG_DIR)  # full-size config, tiny weights
+
+
+def test_missing_checkpoint_names_path_and_setup_command(tmp_path: Path):
+    with pytest.raises(CheckpointError) as err:
+        resolve(tmp_path / "nope" / "v1-5-pruned-emaonly.ckpt")
+    text = str(err.value)
+    assert str(tmp_path / "nope" / "v1-5-pruned-emaonly.ckpt") in text
+    assert "mlc setup NAME stable-diffusion-v1-5" in text
+
+
+def test_corrupt_and_unrelated_files_are_refused(tmp_path: Path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        read_checkpoint(bad)
+    bad_st = tmp_path / "bad.safetensors"
+    bad_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        read_checkpoint(bad_st)
+    other = tmp_path / "other.safetensors"
+    save_file({"classifier.weight": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(CheckpointError, match="not a Stable Diffusion v1 checkpoint"):
+        load(other)
+
+
+class _Evil:
+    """Unpickling this runs os.system: a checkpoint must never do that."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _evil_ckpt(tmp_path: Path) -> tuple[Path, Path]:
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _Evil(marker)}, path)
+    assert not marker.exists()
+    return path, marker
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path):
+    path, marker = _evil_ckpt(tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert "run code (posix.system)" in str(err.value) and "safetensors" in str(err.value)
+    assert not marker.exists()
+
+
+def test_malicious_pickle_via_cli(tmp_path: Path):
+    path, marker = _evil_ckpt(tmp_path)
+    proc = run_cli(
+        "--ckpt",
+        str(path),
+        "--H",
+        str(SIZE),
+        "--W",
+        str(SIZE),
+        "--ddim_steps",
+        str(STEPS),
+        "--outdir",
+        str(tmp_path / "out"),
+    )
+    assert proc.returncode == 1
+    assert "refusing to load" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+    assert not (tmp_path / "out" / "samples").exists()
+
+
+def test_plain_pickle_helper_is_not_used():
+    """loading never calls pickle.load / torch.load without weights_only."""
+    import inspect
+
+    import mlc.engine.loading as loading
+
+    source = inspect.getsource(loading)
+    assert "weights_only=True" in source and "pickle.load(" not in source
+    assert pickle  # imported for the UnpicklingError type only
