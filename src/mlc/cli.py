@@ -30,6 +30,7 @@ out = Console()
 err = Console(stderr=True)
 
 CONTAINERS = "Containers"
+MODELS = "Models and generation"
 IMAGES = "Images"
 
 NameArg = Annotated[str, typer.Argument(help="Container name, as given to `mlc create`.")]
@@ -290,6 +291,120 @@ def _size(n: int | None) -> str:
             return f"{value:.1f}{unit}" if unit != "B" else f"{int(value)}B"
         value /= 1024
     return str(n)
+
+
+@app.command(rich_help_panel=MODELS)
+def setup(
+    name: NameArg,
+    recipe: Annotated[str, typer.Argument(help="Model recipe (see `mlc models`).")]
+    = "stable-diffusion-v1-5",
+    models_dir: Annotated[Path | None, typer.Option("--models-dir", help="Host folder for the "
+                                                    "weights (default: the container's models "
+                                                    "mount, else its workspace).")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Download from this URL instead.")]
+    = None,
+    from_archive: Annotated[Path | None, typer.Option("--from-archive", help="Install from a "
+                                                      "local archive (air-gapped hosts).")] = None,
+    keep_archive: Annotated[bool, typer.Option("--keep-archive", help="Keep the downloaded "
+                                               "archive.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even when installed.")]
+    = False,
+) -> None:
+    """Make NAME ready to generate: packages, the bundled engine, and the RECIPE's weights.
+
+    Safe to re-run: what is done is skipped.
+
+    Example: [bold]mlc setup sd[/] or [bold]mlc setup sd demo[/]
+    """
+    from mlc import fetch, models, recipes
+
+    rec = recipes.get_recipe(recipe)
+    dc = _docker()
+    c = containers.find(dc, name, host.current_user())
+    started = containers.start(c)
+    _say(f"[{name}] {rec.name}: {rec.description}")
+    if rec.licence:
+        _say(f"licence: {rec.licence}")
+    try:
+        with fetch.RichProgress(console=err) as bar:
+            result = models.setup(dc, c, rec, models_dir=models_dir, url=url,
+                                  from_archive=from_archive, keep_archive=keep_archive,
+                                  force=force, progress=bar, say=_say)
+    finally:
+        if started:
+            containers.stop_if_idle(dc, c)
+    got = result.installed
+    if got.skipped:
+        _say(f"{rec.name} is already installed in {got.models_dir}")
+    if got.sha256_recorded:
+        _say(f"recorded sha256 {got.sha256} (the recipe publishes none)")
+    _show(f"[{name}] ready: {rec.name} at {result.ckpt_inside}. "
+          f"Generate with: mlc txt2img {name} --prompt \"...\"")
+
+
+@app.command("models", rich_help_panel=MODELS)
+def models_(
+    models_dir: Annotated[list[Path] | None, typer.Option("--models-dir", help="Also look "
+                                                          "here.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The model recipes, and where each is installed.
+
+    Example: [bold]mlc models[/]
+    """
+    from mlc import models
+
+    dirs = list(models_dir or [])
+    try:
+        for c in containers.mine(_docker(), host.current_user()):
+            dirs += [outside for outside, _ in models.mounts_of(c)]
+    except MlcError:
+        pass  # without Docker, list the recipes and the folders given
+    rows = models.catalogue(dirs)
+    if as_json:
+        print(json.dumps([{"name": r.name, "description": r.description, "source": r.source,
+                           "size": r.size, "ckpt": r.ckpt, "licence": r.licence,
+                           "installed": [str(d) for d in where]} for r, where in rows], indent=2))
+        return
+    table = Table("RECIPE", "DESCRIPTION", "SIZE", "INSTALLED IN", box=None)
+    for r, where in rows:
+        table.add_row(r.name, r.description, _size(r.size) if r.size else "-",
+                      "\n".join(map(str, where)) or "-")
+    out.print(table)
+
+
+@app.command(rich_help_panel=MODELS, context_settings={"allow_extra_args": True,
+                                                      "ignore_unknown_options": True,
+                                                      "help_option_names": []})
+def txt2img(ctx: typer.Context, name: NameArg) -> None:
+    """Generate images in NAME with the bundled engine; the classic txt2img flags pass through.
+
+    --ckpt defaults to the model `mlc setup` installed; images land in the workspace.
+
+    Example: [bold]mlc txt2img sd --prompt "a photo of a pink cube" --plms --n_samples 1[/]
+    """
+    from mlc import provision
+
+    if name in ("-h", "--help"):
+        _show(ctx.get_help())
+        raise typer.Exit()
+    flags = list(ctx.args)
+    dc = _docker()
+    c = containers.find(dc, name, host.current_user())
+    started = containers.start(c)
+    try:
+        state = provision.load_state(c)
+        if "engine" not in state:
+            raise MlcError(f"the engine is not set up in '{name}'",
+                           hint=f"run: mlc setup {name}")
+        if state.get("ckpt") and not any(f == "--ckpt" or f.startswith("--ckpt=") for f in flags):
+            flags = ["--ckpt", state["ckpt"], *flags]
+        cmd = [state.get("python", "python3"), "-m", "mlc.engine.txt2img", *flags]
+        code = containers.exec_stream(dc, c, cmd, env={"PYTHONUNBUFFERED": "1"})
+    finally:
+        if started:
+            containers.stop_if_idle(dc, c)
+    raise typer.Exit(code)
 
 
 @app.command("update-sys", rich_help_panel=IMAGES)

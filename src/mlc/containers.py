@@ -372,6 +372,9 @@ HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_CERT SSL_CERT_FILE REQUESTS_CA_BUNDLE CURL_C
 else
   home=/root
 fi
+# Login shells reset PATH in /etc/profile; keep the image's (its venv or conda env first).
+mkdir -p /etc/profile.d
+printf 'export PATH="%s"\n' "$PATH" > /etc/profile.d/00-mlc-path.sh
 for rc in "$home/.bashrc" /root/.bashrc; do
   touch "$rc"
   grep -q '# mlc prompt' "$rc" || cat >> "$rc" <<'EOF'

@@ -1,0 +1,206 @@
+"""Inside a container: apt/pip provisioning, the bundled engine, and a state record. Idempotent."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import docker
+from docker.errors import NotFound
+from docker.models.containers import Container
+
+import mlc
+from mlc import containers
+from mlc.errors import MlcError
+from mlc.recipes import Recipe
+
+STATE = PurePosixPath("/etc/mlc/state.json")
+ENGINE_ROOT = PurePosixPath("/opt/mlc/lib")
+Say = Callable[[str], None]
+
+
+# -- files in a container ----------------------------------------------------------------------
+
+def read_file(c: Container, path: PurePosixPath) -> bytes | None:
+    """The bytes of PATH inside C, or None when it does not exist."""
+    try:
+        stream, _ = c.get_archive(str(path))
+    except NotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.getmembers()[0]
+        f = tar.extractfile(member)
+        return f.read() if f else None
+
+
+def write_files(
+    c: Container, files: dict[str, bytes], *, root: str = "/", mode: int = 0o644
+) -> None:
+    """Write FILES (paths relative to ROOT) into C as root, creating folders."""
+    buf = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dirs: set[str] = set()
+        for rel in files:
+            parts = PurePosixPath(rel).parts[:-1]
+            for i in range(1, len(parts) + 1):
+                dirs.add("/".join(parts[:i]))
+        for d in sorted(dirs):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+            tar.addfile(info)
+        for rel, data in files.items():
+            info = tarfile.TarInfo(rel)
+            info.size, info.mode, info.mtime = len(data), mode, now
+            tar.addfile(info, io.BytesIO(data))
+    c.exec_run(["mkdir", "-p", root], user="root")
+    if not c.put_archive(root, buf.getvalue()):
+        raise MlcError(f"cannot write files into container {containers.display_name(c)}")
+
+
+def load_state(c: Container) -> dict[str, Any]:
+    raw = read_file(c, STATE)
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+
+
+def save_state(c: Container, state: dict[str, Any]) -> None:
+    data = json.dumps(state, indent=2, sort_keys=True).encode()
+    write_files(c, {STATE.name: data}, root=str(STATE.parent))
+
+
+# -- provisioning ------------------------------------------------------------------------------
+
+@dataclass
+class Python:
+    """The container's Python: its path, torch version and site-packages."""
+
+    path: str
+    torch: str | None
+    site: str
+
+
+@dataclass
+class Provisioned:
+    python: Python
+    apt_installed: list[str] = field(default_factory=list)
+    pip_installed: list[str] = field(default_factory=list)
+    engine_copied: bool = False
+
+
+def find_python(c: Container) -> Python:
+    """The Python the image puts first on PATH (a venv or conda env counts)."""
+    probe = (
+        "import json, site, sys, sysconfig\n"
+        "try:\n    import torch; tv = torch.__version__\nexcept Exception:\n    tv = None\n"
+        "print(json.dumps({'path': sys.executable, 'torch': tv,"
+        " 'site': sysconfig.get_paths()['purelib']}))\n"
+    )
+    for exe in ("python3", "python"):
+        code, out = c.exec_run([exe, "-c", probe], user="root")
+        if code == 0:
+            return Python(**json.loads(out.decode().strip().splitlines()[-1]))
+    raise MlcError(f"container {containers.display_name(c)} has no Python",
+                   hint="create it from a PyTorch image of the catalog (`mlc images`)")
+
+
+def _run(dc: docker.DockerClient, c: Container, cmd: list[str]) -> int:
+    return containers.exec_stream(dc, c, cmd, user="root", workdir="/")
+
+
+def apt_install(dc: docker.DockerClient, c: Container, packages: list[str], say: Say) -> None:
+    say(f"apt: installing {' '.join(packages)}")
+    script = ("export DEBIAN_FRONTEND=noninteractive; "
+              "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
+              + " ".join(packages))
+    if _run(dc, c, ["sh", "-c", script]) != 0:
+        code, out = c.exec_run(["dpkg-query", "-W", "-f=${Package} ${Status}\\n", *packages],
+                               user="root")
+        lines = out.decode().splitlines()
+        ok = {line.split()[0] for line in lines if "install ok installed" in line}
+        missing = [p for p in packages if p not in ok] or packages
+        raise MlcError(f"apt could not install {', '.join(missing)}",
+                       hint="the container is unchanged otherwise; check its network and retry")
+
+
+def pip_install(
+    dc: docker.DockerClient, c: Container, py: Python, reqs: list[str], say: Say
+) -> None:
+    say(f"pip: installing {' '.join(reqs)}" + (f" (keeping torch {py.torch})" if py.torch else ""))
+    constraints = f"torch=={py.torch}\n" if py.torch else ""
+    write_files(c, {"constraints.txt": constraints.encode()}, root="/etc/mlc")
+    cmd = [py.path, "-m", "pip", "install", "-q", "--no-input", "--disable-pip-version-check",
+           "-c", "/etc/mlc/constraints.txt", *reqs]
+    if _run(dc, c, cmd) != 0:
+        raise MlcError(f"pip could not install {' '.join(reqs)}",
+                       hint="torch was kept; the container is usable; check its network and retry")
+
+
+def engine_files() -> dict[str, bytes]:
+    """The mlc package as files (the engine is inside it), relative to ENGINE_ROOT."""
+    root = Path(mlc.__file__).resolve().parent
+    files: dict[str, bytes] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            files[f"mlc/{path.relative_to(root).as_posix()}"] = path.read_bytes()
+    return files
+
+
+def install_engine(c: Container, py: Python, state: dict[str, Any]) -> bool:
+    """Copy the bundled engine into C (no network, no git host); returns whether it changed."""
+    files = engine_files()
+    digest = hashlib.sha256()
+    for rel, data in files.items():
+        digest.update(rel.encode() + b"\0" + data)
+    if state.get("engine", {}).get("digest") == digest.hexdigest() and \
+            read_file(c, PurePosixPath(py.site) / "mlc-engine.pth") is not None:
+        return False
+    c.exec_run(["rm", "-rf", str(ENGINE_ROOT / "mlc")], user="root")
+    write_files(c, files, root=str(ENGINE_ROOT))
+    write_files(c, {"mlc-engine.pth": f"{ENGINE_ROOT}\n".encode()}, root=py.site)
+    launcher = f'#!/bin/sh\nexec {py.path} -m mlc.engine.txt2img "$@"\n'.encode()
+    write_files(c, {"mlc-txt2img": launcher}, root="/usr/local/bin", mode=0o755)
+    state["engine"] = {"digest": digest.hexdigest(), "version": mlc.__version__}
+    return True
+
+
+def provision(dc: docker.DockerClient, c: Container, recipe: Recipe, say: Say) -> Provisioned:
+    """Apt packages, pip requirements and the engine for RECIPE; a re-run skips what is done."""
+    state = load_state(c)
+    py = find_python(c)
+    done = Provisioned(py)
+    apt_done = set(state.get("apt", []))
+    if todo := [p for p in recipe.apt if p not in apt_done]:
+        apt_install(dc, c, todo, say)
+        state["apt"] = sorted(apt_done | set(todo))
+        done.apt_installed = todo
+        save_state(c, state)
+    pip_done = set(state.get("pip", []))
+    if todo := [r for r in recipe.pip if r not in pip_done]:
+        pip_install(dc, c, py, todo, say)
+        state["pip"] = sorted(pip_done | set(todo))
+        done.pip_installed = todo
+        save_state(c, state)
+    state["python"] = py.path
+    done.engine_copied = install_engine(c, py, state)
+    save_state(c, state)
+    return done
+
+
+def record_model(c: Container, recipe: Recipe, ckpt_inside: str) -> None:
+    """Remember the installed model: `mlc txt2img` and the engine default to its checkpoint."""
+    state = load_state(c)
+    state.setdefault("models", {})[recipe.name] = ckpt_inside
+    state["ckpt"] = ckpt_inside
+    save_state(c, state)
+    profile = f"export MLC_CKPT='{ckpt_inside}'\n".encode()
+    write_files(c, {"mlc-engine.sh": profile}, root="/etc/profile.d")
