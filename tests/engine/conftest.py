@@ -88,3 +88,9 @@ def copy_model(tiny: TinyModel, dest: Path, *, fmt: str = "safetensors") -> Path
     shutil.copy2(src, dest / src.name)
     shutil.copytree(tiny.config, dest / tiny.config.name)
     return dest / src.name
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Silence numpy 2 deprecation noise raised inside diffusers' schedulers."""
+    for message in ("__array_wrap__ must accept context", "__array__ implementation doesn't"):
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:DeprecationWarning")

@@ -1,0 +1,255 @@
+"""The classic command line: flags, runs, --from-file, --json, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlc.engine import txt2img
+from mlc.engine.outputs import read_metadata
+
+from .conftest import SIZE, STEPS, TinyModel, run_cli
+
+
+def _run(capsys, tiny: TinyModel, outdir: Path, *args: str) -> dict:
+    argv = [
+        "--ckpt",
+        str(tiny.safetensors),
+        "--H",
+        str(SIZE),
+        "--W",
+        str(SIZE),
+        "--ddim_steps",
+        str(STEPS),
+        "--outdir",
+        str(outdir),
+        "--json",
+        *args,
+    ]
+    code = txt2img.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_classic_defaults():
+    args = txt2img.build_parser().parse_args([])
+    assert (args.ddim_steps, args.n_iter, args.n_samples, args.n_rows) == (50, 2, 3, 0)
+    assert (args.H, args.W, args.C, args.f, args.scale, args.seed) == (512, 512, 4, 8, 7.5, 42)
+    assert args.outdir == "outputs/txt2img-samples" and args.precision == "autocast"
+    assert args.ckpt == "stable-diffusion-v1-5-emaonly/v1-5-pruned-emaonly.ckpt"
+    assert args.ddim_eta == 0.0 and args.from_file is None and args.config is None
+    assert txt2img.validate(args).sampler == "ddim"
+    assert txt2img.validate(txt2img.build_parser().parse_args(["--plms"])).sampler == "plms"
+    both = txt2img.build_parser().parse_args(["--plms", "--dpm_solver"])
+    assert txt2img.validate(both).sampler == "dpm_solver"  # classic precedence
+    h = txt2img.build_parser().parse_args(["--height", "256", "--width", "128"])
+    assert (h.H, h.W) == (256, 128)
+
+
+def test_seed_command_line_runs(capsys, tiny: TinyModel, tmp_path: Path):
+    """The seed's first command line, unchanged except for model and size."""
+    out = tmp_path / "out"
+    summary = _run(
+        capsys,
+        tiny,
+        out,
+        "--prompt",
+        "a photo of a pink cube, black background",
+        "--plms",
+        "--skip_grid",
+        "--n_samples",
+        "1",
+    )
+    assert summary["grid"] is None and summary["sampler"] == "plms"
+    assert summary["seeds"] == [42, 43]  # n_iter 2
+    assert [Path(f).name for f in summary["files"]] == ["00000.png", "00001.png"]
+    assert not list(out.glob("grid-*.png"))
+    params, data = read_metadata(summary["files"][1])
+    assert params.startswith("a photo of a pink cube, black background\nSteps: 3, Sampler: PLMS")
+    assert "Seed: 43" in params and f"Size: {SIZE}x{SIZE}" in params and "Model hash: " in params
+    assert data["seed"] == 43 and data["sampler"] == "plms" and data["model"] == "tiny"
+    assert set(summary["timings"]) >= {"load_s", "generate_s", "total_s", "per_image_s"}
+
+
+def test_grid_and_numbering_across_runs(capsys, tiny: TinyModel, tmp_path: Path):
+    out = tmp_path / "out"
+    first = _run(capsys, tiny, out, "--n_samples", "3", "--n_iter", "2", "--sampler", "euler")
+    grid = Image.open(first["grid"])
+    assert Path(first["grid"]).name == "grid-0000.png"
+    assert grid.size == (3 * (SIZE + 2) + 2, 2 * (SIZE + 2) + 2)
+    _, gdata = read_metadata(first["grid"])
+    assert [i["seed"] for i in gdata["images"]] == list(range(42, 48))
+    assert gdata["run"]["sampler"] == "euler"
+    second = _run(capsys, tiny, out, "--n_samples", "2", "--n_iter", "1", "--n_rows", "1")
+    assert [Path(f).name for f in second["files"]] == ["00006.png", "00007.png"]
+    assert Path(second["grid"]).name == "grid-0001.png"
+    assert Image.open(second["grid"]).size == (SIZE + 4, 2 * (SIZE + 2) + 2)
+    # The first run's image 4 is reproduced alone with --seed 46.
+    alone = _run(
+        capsys,
+        tiny,
+        tmp_path / "alone",
+        "--seed",
+        "46",
+        "--n_samples",
+        "1",
+        "--n_iter",
+        "1",
+        "--sampler",
+        "euler",
+        "--skip_grid",
+    )
+    a = np.asarray(Image.open(first["files"][4]))
+    b = np.asarray(Image.open(alone["files"][0]))
+    assert np.array_equal(a, b)
+
+
+def test_from_file_short_last_batch(capsys, tiny: TinyModel, tmp_path: Path, monkeypatch):
+    prompts = ["a red cube", "", "a green ball", "  ", "a blue cone", "a pink cube", "a bär 🐻"]
+    pfile = tmp_path / "prompts.txt"
+    pfile.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    import mlc.engine.loading as loading
+
+    calls = []
+    real_load = loading.load
+    monkeypatch.setattr(loading, "load", lambda *a, **k: calls.append(a) or real_load(*a, **k))
+    summary = _run(
+        capsys,
+        tiny,
+        tmp_path / "bulk",
+        "--from-file",
+        str(pfile),
+        "--n_samples",
+        "2",
+        "--n_iter",
+        "1",
+        "--skip_grid",
+    )
+    assert len(calls) == 1  # the model is loaded once
+    lines = [p for p in prompts if p.strip()]
+    assert len(lines) == 5
+    assert [i["prompt"] for i in summary["images"]] == lines
+    assert summary["seeds"] == [42, 43, 44, 45, 46]
+    for f, line in zip(summary["files"], lines, strict=True):
+        params, data = read_metadata(f)
+        assert data["prompt"] == line and params.splitlines()[0] == line
+
+
+def test_negative_prompt_in_metadata(capsys, tiny: TinyModel, tmp_path: Path):
+    summary = _run(
+        capsys,
+        tiny,
+        tmp_path / "o",
+        "--negative_prompt",
+        "blurry, low quality",
+        "--n_samples",
+        "1",
+        "--n_iter",
+        "1",
+        "--skip_grid",
+    )
+    params, data = read_metadata(summary["files"][0])
+    assert params.splitlines()[1] == "Negative prompt: blurry, low quality"
+    assert data["negative_prompt"] == "blurry, low quality"
+
+
+def test_skip_save_writes_only_the_grid(capsys, tiny: TinyModel, tmp_path: Path):
+    summary = _run(capsys, tiny, tmp_path / "o", "--skip_save", "--n_samples", "2", "--n_iter", "1")
+    assert summary["files"] == [] and summary["grid"]
+    assert not (tmp_path / "o" / "samples").exists() or not any(
+        (tmp_path / "o" / "samples").iterdir()
+    )
+
+
+def test_human_output_and_module_entry_point(tiny: TinyModel, tmp_path: Path):
+    proc = run_cli(
+        "--ckpt",
+        str(tiny.ckpt),
+        "--H",
+        str(SIZE),
+        "--W",
+        str(SIZE),
+        "--ddim_steps",
+        "2",
+        "--n_samples",
+        "1",
+        "--n_iter",
+        "1",
+        "--outdir",
+        str(tmp_path / "o"),
+        "--dpm_solver",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Your samples are ready and waiting for you here:" in proc.stdout
+    assert (tmp_path / "o" / "samples" / "00000.png").is_file()
+    assert (tmp_path / "o" / "grid-0000.png").is_file()
+
+
+ERRORS = [
+    (["--H", "500"], "--H 500 is not a multiple of 8; use 496 or 504"),
+    (["--W", "4"], "--W 4 is not a multiple of 8; use 8"),
+    (["--sampler", "k_lms"], "unknown sampler 'k_lms'; choose one of: ddim, plms, dpm_solver"),
+    (["--plms", "--ddim_eta", "0.5"], "ddim_eta must be 0 for PLMS"),
+    (["--ddim_steps", "0"], "--ddim_steps must be at least 1"),
+    (["--n_samples", "0"], "--n_samples must be at least 1"),
+    (["--n_iter", "0"], "--n_iter must be at least 1"),
+    (["--scale", "-1"], "--scale must be 0 or more"),
+    (["--precision", "half"], "argument --precision: invalid choice"),
+    (["--H", "abc"], "argument --H/--height: invalid int value"),
+    (["--plms", "--sampler", "euler"], "--plms conflicts with --sampler euler"),
+    (["--from-file", "/nonexistent/prompts.txt"], "prompt file not found"),
+    (
+        ["--ckpt", "/nonexistent/v1-5-pruned-emaonly.ckpt"],
+        "checkpoint not found: /nonexistent/v1-5-pruned-emaonly.ckpt",
+    ),
+    (["--laion400m"], "--laion400m"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), ERRORS, ids=[" ".join(a) for a, _ in ERRORS])
+def test_bad_input_is_one_line(args: list[str], message: str):
+    proc = run_cli(*args)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("mlc-txt2img: error: ") and message in lines[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_exit_codes(tmp_path: Path):
+    assert run_cli("--H", "500").returncode == 2
+    missing = run_cli("--ckpt", str(tmp_path / "x.ckpt"))
+    assert missing.returncode == 1
+    assert "mlc setup NAME stable-diffusion-v1-5" in missing.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    proc = run_cli("--from-file", str(empty))
+    assert proc.returncode == 2 and "has no prompts" in proc.stderr
+    corrupt = tmp_path / "model.ckpt"
+    corrupt.write_bytes(b"\x00" * 1000)
+    proc = run_cli("--ckpt", str(corrupt), "--H", "64", "--W", "64")
+    assert proc.returncode == 1 and "not a PyTorch checkpoint" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_help_is_fast_and_lists_samplers():
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "--dpm_solver" in proc.stdout and "euler_a" in proc.stdout
+
+
+def test_engine_never_imports_host_libraries():
+    code = (
+        "import sys, mlc.engine.txt2img, mlc.engine.loading, mlc.engine.generate, "
+        "mlc.engine.outputs, mlc.engine.export, mlc.engine.demo, mlc.engine.samplers\n"
+        "bad = [m for m in ('docker', 'typer', 'rich') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
