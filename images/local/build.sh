@@ -68,6 +68,11 @@ build_torch() {
   wheel="$(cd "$WHEEL_DIR" && ls torch-"${TORCH_VERSION}"*-cp311-*.whl | head -n1)"
   [ -n "$wheel" ] || { log "no cp311 torch $TORCH_VERSION wheel in $WHEEL_DIR"; exit 1; }
   log "torch wheel: $wheel"
+  case "$wheel" in
+    *+cpu-*) ;;
+    *) log "warning: $wheel is not a +cpu build; pip's find-links on this machine type normally"
+       log "provide torch-${TORCH_VERSION}+cpu (plain PyPI's wheel pulls the CUDA libraries)" ;;
+  esac
   docker rm -f "$BUILD_CONTAINER" >/dev/null 2>&1 || true
   # The host CA bundle is mounted over the image's bundle for the build only (the
   # HTTPS proxy's CA must not end up in the image: bind mounts are not committed).
