@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -73,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--ckpt",
         type=str,
-        default=DEFAULT_CKPT,
-        help="checkpoint (.ckpt/.safetensors) or model folder",
+        default=os.environ.get("MLC_CKPT") or DEFAULT_CKPT,
+        help="checkpoint (.ckpt/.safetensors) or model folder (default: $MLC_CKPT, which "
+        "`mlc setup` sets, else the classic path)",
     )
     a("--seed", type=int, default=42, help="seed of the first image; image k gets seed+k")
     a(

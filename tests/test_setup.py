@@ -1,0 +1,150 @@
+"""End to end: create, setup (real HTTP download), txt2img, as a real non-root user."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import TORCH_IMAGE, _missing
+from httpserver import FileServer
+
+pytestmark = pytest.mark.docker
+
+RECIPE = """\
+name: tiny-sd
+description: a tiny random-weight SD v1 model served by the test
+licence: MIT (test weights)
+source: download
+urls: [{url}]
+archive: zip
+files: [tiny-sd/tiny.ckpt]
+ckpt: tiny-sd/tiny.ckpt
+apt: []
+pip: [diffusers, transformers]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_zip(tmp_path_factory) -> bytes:
+    """A zip like the seed's: a folder holding an original-format single-file checkpoint."""
+    from mlc.engine.demo import build_demo_checkpoint
+
+    d = tmp_path_factory.mktemp("tiny")
+    ckpt = build_demo_checkpoint(d, name="tiny", fmt="ckpt")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted(p for p in d.rglob("*") if p.is_file()):
+            zf.write(path, f"tiny-sd/{path.relative_to(d).as_posix()}")
+    assert ckpt.name == "tiny.ckpt"
+    return buf.getvalue()
+
+
+@pytest.fixture
+def torch_catalog(docker_client, shared_dir: Path) -> Path:
+    import docker.errors
+
+    try:
+        docker_client.images.get(TORCH_IMAGE)
+    except docker.errors.ImageNotFound:
+        _missing(f"test image {TORCH_IMAGE} is missing: run images/local/build.sh")
+    path = shared_dir / "torch-catalog.yaml"
+    path.write_text(f"images: [{{framework: Pytorch, version: 2.13.0-cpu, arch: [CPU], "
+                    f"image: '{TORCH_IMAGE}'}}]\n")
+    path.chmod(0o644)
+    return path
+
+
+def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_catalog, tiny_zip):
+    recipes = user_dir / "recipes"
+    recipes.mkdir()
+    with FileServer({"/models/tiny-sd.zip": tiny_zip}) as srv:
+        (recipes / "tiny-sd.yaml").write_text(RECIPE.format(url=srv.url("/models/tiny-sd.zip")))
+        for p in (recipes, recipes / "tiny-sd.yaml"):
+            os.chown(p, test_user.pw_uid, test_user.pw_gid)
+        env = {"MLC_CATALOG": str(torch_catalog), "MLC_RECIPES": str(recipes)}
+        ws, models = user_dir / "ws", user_dir / "models"
+
+        def run(*args: str):
+            return mlc.as_user(test_user.pw_name, *args, env=env, timeout=600)
+
+        r = run("create", name, "Pytorch", "2.13.0-cpu", "-w", str(ws), "-m", str(models))
+        assert r.code == 0, r.err
+        r = run("setup", name, "tiny-sd")
+        assert r.code == 0, r.err
+        assert "/models/tiny-sd/tiny.ckpt" in r.out
+        assert "recorded sha256" in r.err  # the recipe publishes none: shown once recorded
+        assert len(srv.gets("/models/tiny-sd.zip")) == 1
+        assert (models / "tiny-sd" / "tiny.ckpt").is_file()
+        assert not list(models.glob("*.zip"))  # the archive is removed after success
+
+        r = run("setup", name, "tiny-sd")  # a re-run downloads nothing
+        assert r.code == 0, r.err
+        assert "already installed" in r.err
+        assert len(srv.gets("/models/tiny-sd.zip")) == 1
+
+    prompt = "a photo of a pink cube, black background"
+    r = run("txt2img", name, "--prompt", prompt, "--plms", "--skip_grid", "--n_samples", "1",
+            "--n_iter", "1", "--H", "64", "--W", "64", "--ddim_steps", "4", "--json")
+    assert r.code == 0, r.err
+    png = ws / "outputs" / "txt2img-samples" / "samples" / "00000.png"
+    assert png.is_file(), r.out
+    assert (png.stat().st_uid, png.stat().st_gid) == (test_user.pw_uid, test_user.pw_gid)
+    info = Image.open(png).info
+    assert info["parameters"].startswith(prompt)
+    assert "Steps: 4" in info["parameters"] and "Seed: 42" in info["parameters"]
+    assert "Size: 64x64" in info["parameters"]
+
+    # Bad input inside the container: the engine's one line and its exit code come back.
+    r = run("txt2img", name, "--H", "63", "--n_samples", "1")
+    assert r.code == 2 and "Traceback" not in r.err
+    assert "multiple of 8" in r.err
+
+    # The seed's manual path: a login shell in the container, the engine by module name.
+    r = run("open", name, "--", "bash", "-lc",
+            "python -m mlc.engine.txt2img --prompt x --n_samples 1 --n_iter 1 --H 64 --W 64 "
+            "--ddim_steps 2 --skip_grid --outdir manual")
+    assert r.code == 0, r.err
+    assert (ws / "manual" / "samples" / "00000.png").is_file()
+
+    r = run("models", "--json")
+    assert r.code == 0, r.err
+    row = next(m for m in json.loads(r.out) if m["name"] == "tiny-sd")
+    assert str(models) in row["installed"]
+
+
+def test_setup_errors_leave_things_intact(mlc, name, tmp_path, torch_catalog, tiny_zip):
+    env = {"MLC_CATALOG": str(torch_catalog), "MLC_RECIPES": str(tmp_path / "recipes")}
+    (tmp_path / "recipes").mkdir()
+    models = tmp_path / "models"
+    r = mlc("setup", name, "demo", env=env)
+    assert r.code != 0 and "Traceback" not in r.err
+    assert "no container named" in r.err
+    r = mlc("create", name, "Pytorch", "2.13.0-cpu", "-w", str(tmp_path / "ws"), "-m", str(models),
+            env=env)
+    assert r.code == 0, r.err
+    r = mlc("setup", name, "no-such-recipe", env=env)
+    assert r.code != 0 and "stable-diffusion-v1-5" in r.err  # lists the valid recipes
+
+    with FileServer({"/tiny.zip": tiny_zip}) as srv:
+        recipe = RECIPE.format(url=srv.url("/tiny.zip")) + f"sha256: {'0' * 64}\n"
+        (tmp_path / "recipes" / "tiny-sd.yaml").write_text(recipe)
+        r = mlc("setup", name, "tiny-sd", env=env)
+        assert r.code != 0 and "Traceback" not in r.err
+        assert "sha256" in r.err.lower()
+        assert not (models / "tiny-sd").exists()  # nothing half-installed
+
+        r = mlc("txt2img", name, "--n_samples", "1", env=env)  # the engine is in, no weights
+        assert r.code != 0 and "Traceback" not in r.err
+
+    srv_url = "http://127.0.0.1:9/tiny.zip"  # nothing listens on the discard port
+    (tmp_path / "recipes" / "tiny-sd.yaml").write_text(RECIPE.format(url=srv_url))
+    r = mlc("setup", name, "tiny-sd", env=env)
+    assert r.code != 0 and "Traceback" not in r.err
+    lines = [line for line in r.err.splitlines() if line.startswith("mlc: error:")]
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0]
