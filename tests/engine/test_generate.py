@@ -130,3 +130,16 @@ def test_fp16_vae_nan_falls_back_to_fp32(components):
     images, fallback = r.decode(torch.zeros(2, 4, 1, 1))
     assert fallback and len(images) == 2
     assert np.asarray(images[0]).tolist()[0][0] == [128, 128, 128]
+
+
+def test_fp16_path_runs_and_stays_close(tiny, renderer: Renderer):
+    """The fp16 (GPU autocast) code path, exercised on CPU with the tiny model."""
+    from mlc.engine.loading import load
+
+    half = Renderer(load(tiny.safetensors, dtype=torch.float16), "cpu", torch.float16)
+    assert half.c.unet.dtype == torch.float16
+    specs = plan([["a cat"]], n_iter=1, seed=1)[0]
+    s = _settings(sampler="euler_a")
+    a = _pixels(half.render(specs, s))[0]
+    b = _pixels(renderer.render(specs, s))[0]
+    assert np.abs(a - b).max() <= 3

@@ -37,7 +37,8 @@ def _run(capsys, tiny: TinyModel, outdir: Path, *args: str) -> dict:
     return json.loads(out)
 
 
-def test_classic_defaults():
+def test_classic_defaults(monkeypatch):
+    monkeypatch.delenv("MLC_CKPT", raising=False)
     args = txt2img.build_parser().parse_args([])
     assert (args.ddim_steps, args.n_iter, args.n_samples, args.n_rows) == (50, 2, 3, 0)
     assert (args.H, args.W, args.C, args.f, args.scale, args.seed) == (512, 512, 4, 8, 7.5, 42)
