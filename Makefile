@@ -18,6 +18,9 @@ test:  ## the whole suite, Docker tests included (they fail when CI is set and n
 test-fast:  ## without the Docker tests
 	$(PYTHON) -m pytest -q -m "not docker"
 
+demo:  ## the main job end to end: engine, image, container, model, an image in the workspace
+	bash examples/quickstart.sh
+
 lint:
 	$(PYTHON) -m ruff check src tests
 
