@@ -205,3 +205,43 @@ def test_plain_pickle_helper_is_not_used():
     source = inspect.getsource(loading)
     assert "weights_only=True" in source and "pickle.load(" not in source
     assert pickle  # imported for the UnpicklingError type only
+
+
+def test_full_size_layout_matches_sd15_names():
+    """The exporter gives SD 1.5's real key names for the bundled (full-size) configs.
+
+    Built on the meta device: no memory, no compute.
+    """
+    from accelerate import init_empty_weights
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from mlc.engine import CONFIG_DIR
+    from mlc.engine.export import text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(
+            UNet2DConditionModel.load_config(CONFIG_DIR / "unet")
+        )
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(CONFIG_DIR / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(CONFIG_DIR / "text_encoder"))
+    keys = set(unet_to_ldm(unet.state_dict(), dict(unet.config)))
+    keys |= set(vae_to_ldm(vae.state_dict(), dict(vae.config)))
+    keys |= set(text_encoder_to_ldm(text.state_dict()))
+    for known in (
+        "model.diffusion_model.input_blocks.3.0.op.weight",
+        "model.diffusion_model.input_blocks.11.0.out_layers.3.weight",
+        "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight",
+        "model.diffusion_model.output_blocks.2.1.conv.weight",
+        "model.diffusion_model.output_blocks.5.2.conv.weight",
+        "model.diffusion_model.output_blocks.8.2.conv.weight",
+        "model.diffusion_model.output_blocks.11.1.proj_out.weight",
+        "model.diffusion_model.time_embed.2.weight",
+        "first_stage_model.decoder.up.3.upsample.conv.weight",
+        "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight",
+        "first_stage_model.decoder.mid.attn_1.proj_out.weight",
+        "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+    ):
+        assert known in keys, known
+    # SD 1.5 files hold 1143 tensors: these 1130, 12 schedule buffers and position_ids.
+    assert len(keys) == 1130
