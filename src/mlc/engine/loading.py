@@ -15,7 +15,7 @@ import json
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class Components:
     model_hash: str | None  # A1111 "Model hash" (legacy 8-hex form)
     source: ModelSource
     load_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def vae_scale_factor(self) -> int:

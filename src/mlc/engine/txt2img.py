@@ -434,10 +434,15 @@ def main(argv: list[str] | None = None) -> int:
             msg = f"{type(err).__name__}: {lines[0] if lines else 'failed'}"
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 1
-    if spec.json:
-        print(json.dumps(summary, ensure_ascii=False, indent=2))
-    else:
-        print(f"Your samples are ready and waiting for you here: \n{spec.outdir} \n \nEnjoy.")
+    try:
+        if spec.json:
+            print(json.dumps(summary, ensure_ascii=False, indent=2))
+        else:
+            print(f"Your samples are ready and waiting for you here: \n{spec.outdir} \n \nEnjoy.")
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `| head`: the reader left; the images are saved
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     return 0
 
 
