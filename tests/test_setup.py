@@ -148,3 +148,42 @@ def test_setup_errors_leave_things_intact(mlc, name, tmp_path, torch_catalog, ti
     assert r.code != 0 and "Traceback" not in r.err
     lines = [line for line in r.err.splitlines() if line.startswith("mlc: error:")]
     assert len(lines) == 1 and "127.0.0.1:9" in lines[0]
+
+
+def test_provisioning_is_idempotent_and_names_failures(mlc, name, tmp_path, torch_catalog):
+    """Real apt and pip inside the container (through this host's proxy and CA bundle)."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    gen = "source: generate\ngenerator: [python, -m, mlc.engine.demo, --format, ckpt, --name, m]\n"
+    common = "description: t\nlicence: MIT\nfiles: [m/m.ckpt]\nckpt: m/m.ckpt\nunpack_to: m\n" + gen
+    (recipes / "withapt.yaml").write_text(f"name: withapt\n{common}apt: [jq]\npip: [six]\n")
+    (recipes / "badapt.yaml").write_text(f"name: badapt\n{common}apt: [no-such-package-mlc]\n")
+    (recipes / "badpip.yaml").write_text(f"name: badpip\n{common}pip: [no-such-package-mlc==1]\n")
+    env = {"MLC_CATALOG": str(torch_catalog), "MLC_RECIPES": str(recipes)}
+    r = mlc("create", name, "Pytorch", "2.13.0-cpu", "-w", str(tmp_path / "ws"), "-m",
+            str(tmp_path / "models"), env=env)
+    assert r.code == 0, r.err
+    assert mlc("start", name, env=env).code == 0
+
+    r = mlc("setup", name, "withapt", env=env, timeout=600)
+    assert r.code == 0, r.err
+    assert "apt: installing jq" in r.err and "pip: installing six" in r.err
+    assert "keeping torch 2.13.0" in r.err
+    r = mlc("open", name, "--", "sh", "-c", "jq --version && python -c 'import six, torch; "
+            "print(torch.__version__)'", env=env)
+    assert r.code == 0, r.err
+    assert r.out.split()[-1] == "2.13.0+cpu"  # torch was kept
+
+    r = mlc("setup", name, "withapt", env=env)  # a re-run skips what is done
+    assert r.code == 0, r.err
+    assert "apt: installing" not in r.err and "pip: installing" not in r.err
+    assert "already installed" in r.err
+
+    r = mlc("setup", name, "badapt", env=env, timeout=600)
+    assert r.code != 0 and "Traceback" not in r.err
+    assert "mlc: error: apt could not install no-such-package-mlc" in r.err
+    r = mlc("setup", name, "badpip", env=env, timeout=600)
+    assert r.code != 0 and "mlc: error: pip could not install no-such-package-mlc==1" in r.err
+    r = mlc("txt2img", name, "--n_samples", "1", "--n_iter", "1", "--H", "64", "--W", "64",
+            "--ddim_steps", "2", "--skip_grid", env=env)
+    assert r.code == 0, r.err  # the last good state (withapt's model) is still usable
