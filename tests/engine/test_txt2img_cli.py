@@ -254,3 +254,34 @@ def test_engine_never_imports_host_libraries():
     import subprocess
 
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_explicit_config_folder(capsys, tiny: TinyModel, tmp_path: Path):
+    """A checkpoint alone (no sidecar) needs --config; without it the error says why."""
+    import shutil
+
+    lone = tmp_path / "lone.ckpt"
+    shutil.copy2(tiny.ckpt, lone)
+    base = [
+        "--ckpt",
+        str(lone),
+        "--H",
+        str(SIZE),
+        "--W",
+        str(SIZE),
+        "--ddim_steps",
+        "2",
+        "--n_samples",
+        "1",
+        "--n_iter",
+        "1",
+        "--outdir",
+        str(tmp_path / "o"),
+        "--json",
+    ]
+    assert txt2img.main(base) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match config bundled sd-v1" in err[0]
+    assert txt2img.main([*base, "--config", str(tiny.config)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["config"] == str(tiny.config) and len(summary["files"]) == 1
