@@ -399,3 +399,12 @@ def test_socket_permission_denied(mlc, test_user, user_dir):
     finally:
         s.close()
         sock_path.unlink()
+
+
+def test_container_id_prefix_is_not_a_name(mlc, name, tmp_path, docker_client):
+    """Docker resolves ID prefixes too; `mlc remove <prefix>` must never hit that container."""
+    _create(mlc, name, tmp_path / "ws")
+    cid = docker_client.containers.get(f"{name}._.{os.getuid()}").id
+    for prefix in (cid[:4], cid[:12]):
+        _one_line_error(mlc("remove", prefix, "-f"), "no container named")
+    assert docker_client.containers.get(cid).status == "running"

@@ -86,17 +86,22 @@ def create(
     framework: Annotated[str, typer.Argument(help="Framework from the catalog, e.g. Pytorch.")],
     version: Annotated[str, typer.Argument(help="Version from the catalog, e.g. 2.0.1-aime.")],
     workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", help="Host folder at /workspace.")
+        Path,
+        typer.Option("--workspace", "-w", "--workspace_dir", help="Host folder at /workspace."),
     ] = Path("~/workspace"),
-    data: Annotated[Path | None, typer.Option("--data", "-d", help="Host folder at /data.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", "--data_dir", help="Host folder at /data.")
+    ] = None,
     models: Annotated[
-        Path | None, typer.Option("--models", "-m", help="Host folder at /models.")
+        Path | None, typer.Option("--models", "-m", "--models_dir", help="Host folder at /models.")
     ] = None,
     gpus: Annotated[
-        str | None, typer.Option("--gpus", "-g", help="all, a count, ids (0,1) or none.")
+        str | None,
+        typer.Option("--gpus", "-g", "--num_gpus", help="all, a count, ids (0,1) or none."),
     ] = None,
     arch: Annotated[
-        str | None, typer.Option("--arch", help="Catalog architecture, e.g. CUDA_ADA.")
+        str | None,
+        typer.Option("--arch", "--architecture", help="Catalog architecture, e.g. CUDA_ADA."),
     ] = None,
     ulimit: Annotated[
         str, typer.Option("--ulimit", envvar="MLC_ULIMITS", help="NAME=SOFT[:HARD],... or none.")
@@ -120,6 +125,8 @@ def create(
     Example: [bold]mlc create sd Pytorch 2.0.1-aime -w ~/sd -m ~/models[/]
     """
     containers.validate_name(name)
+    containers.gpu_requests(gpus or "all")  # bad -g or --ulimit: fail before any pull
+    containers.parse_ulimits(ulimit)
     arch_name = host.detect_arch(arch)
     entry = catalog.load(catalog_path).resolve(framework, version, arch_name)
     user = host.current_user()
@@ -166,12 +173,20 @@ def open_(
     c = containers.find(dc, name, host.current_user())
     if containers.start(c):
         _say(f"[{name}] starting container")
-    if command:
-        code = containers.exec_stream(dc, c, command[1:] if command[0] == "--" else command)
-    else:
-        code = containers.shell(c)
-    if containers.stop_if_idle(dc, c):
-        _say(f"[{name}] last shell closed: container stopped")
+    try:
+        if command:
+            from mlc import provision
+
+            ckpt = provision.load_state(c).get("ckpt")
+            env = {"MLC_CKPT": ckpt} if ckpt else {}
+            code = containers.exec_stream(
+                dc, c, command[1:] if command[0] == "--" else command, env=env
+            )
+        else:
+            code = containers.shell(c)
+    finally:
+        if containers.stop_if_idle(dc, c):
+            _say(f"[{name}] last shell closed: container stopped")
     raise typer.Exit(code)
 
 
@@ -296,19 +311,31 @@ def _size(n: int | None) -> str:
 @app.command(rich_help_panel=MODELS)
 def setup(
     name: NameArg,
-    recipe: Annotated[str, typer.Argument(help="Model recipe (see `mlc models`).")]
-    = "stable-diffusion-v1-5",
-    models_dir: Annotated[Path | None, typer.Option("--models-dir", help="Host folder for the "
-                                                    "weights (default: the container's models "
-                                                    "mount, else its workspace).")] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Download from this URL instead.")]
-    = None,
-    from_archive: Annotated[Path | None, typer.Option("--from-archive", help="Install from a "
-                                                      "local archive (air-gapped hosts).")] = None,
-    keep_archive: Annotated[bool, typer.Option("--keep-archive", help="Keep the downloaded "
-                                               "archive.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Fetch again even when installed.")]
-    = False,
+    recipe: Annotated[
+        str, typer.Argument(help="Model recipe (see `mlc models`).")
+    ] = "stable-diffusion-v1-5",
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--models-dir",
+            help="Host folder for the "
+            "weights (default: the container's models "
+            "mount, else its workspace).",
+        ),
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Download from this URL instead.")
+    ] = None,
+    from_archive: Annotated[
+        Path | None,
+        typer.Option("--from-archive", help="Install from a local archive (air-gapped hosts)."),
+    ] = None,
+    keep_archive: Annotated[
+        bool, typer.Option("--keep-archive", help="Keep the downloaded archive.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Fetch again even when installed.")
+    ] = False,
 ) -> None:
     """Make NAME ready to generate: packages, the bundled engine, and the RECIPE's weights.
 
@@ -327,9 +354,18 @@ def setup(
         _say(f"licence: {rec.licence}")
     try:
         with fetch.RichProgress(console=err) as bar:
-            result = models.setup(dc, c, rec, models_dir=models_dir, url=url,
-                                  from_archive=from_archive, keep_archive=keep_archive,
-                                  force=force, progress=bar, say=_say)
+            result = models.setup(
+                dc,
+                c,
+                rec,
+                models_dir=models_dir,
+                url=url,
+                from_archive=from_archive,
+                keep_archive=keep_archive,
+                force=force,
+                progress=bar,
+                say=_say,
+            )
     finally:
         if started:
             containers.stop_if_idle(dc, c)
@@ -338,14 +374,17 @@ def setup(
         _say(f"{rec.name} is already installed in {got.models_dir}")
     if got.sha256_recorded:
         _say(f"recorded sha256 {got.sha256} (the recipe publishes none)")
-    _show(f"[{name}] ready: {rec.name} at {result.ckpt_inside}. "
-          f"Generate with: mlc txt2img {name} --prompt \"...\"")
+    _show(
+        f"[{name}] ready: {rec.name} at {result.ckpt_inside}. "
+        f'Generate with: mlc txt2img {name} --prompt "..."'
+    )
 
 
 @app.command("models", rich_help_panel=MODELS)
 def models_(
-    models_dir: Annotated[list[Path] | None, typer.Option("--models-dir", help="Also look "
-                                                          "here.")] = None,
+    models_dir: Annotated[
+        list[Path] | None, typer.Option("--models-dir", help="Also look here.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The model recipes, and where each is installed.
@@ -362,20 +401,43 @@ def models_(
         pass  # without Docker, list the recipes and the folders given
     rows = models.catalogue(dirs)
     if as_json:
-        print(json.dumps([{"name": r.name, "description": r.description, "source": r.source,
-                           "size": r.size, "ckpt": r.ckpt, "licence": r.licence,
-                           "installed": [str(d) for d in where]} for r, where in rows], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "description": r.description,
+                        "source": r.source,
+                        "size": r.size,
+                        "ckpt": r.ckpt,
+                        "licence": r.licence,
+                        "installed": [str(d) for d in where],
+                    }
+                    for r, where in rows
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table("RECIPE", "DESCRIPTION", "SIZE", "INSTALLED IN", box=None)
     for r, where in rows:
-        table.add_row(r.name, r.description, _size(r.size) if r.size else "-",
-                      "\n".join(map(str, where)) or "-")
+        table.add_row(
+            r.name,
+            r.description,
+            _size(r.size) if r.size else "-",
+            "\n".join(map(str, where)) or "-",
+        )
     out.print(table)
 
 
-@app.command(rich_help_panel=MODELS, context_settings={"allow_extra_args": True,
-                                                      "ignore_unknown_options": True,
-                                                      "help_option_names": []})
+@app.command(
+    rich_help_panel=MODELS,
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
 def txt2img(ctx: typer.Context, name: NameArg) -> None:
     """Generate images in NAME with the bundled engine; the classic txt2img flags pass through.
 
@@ -395,8 +457,7 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
     try:
         state = provision.load_state(c)
         if "engine" not in state:
-            raise MlcError(f"the engine is not set up in '{name}'",
-                           hint=f"run: mlc setup {name}")
+            raise MlcError(f"the engine is not set up in '{name}'", hint=f"run: mlc setup {name}")
         if state.get("ckpt") and not any(f == "--ckpt" or f.startswith("--ckpt=") for f in flags):
             flags = ["--ckpt", state["ckpt"], *flags]
         cmd = [state.get("python", "python3"), "-m", "mlc.engine.txt2img", *flags]
@@ -429,7 +490,9 @@ def update_sys(
 @app.command(rich_help_panel=IMAGES)
 def images(
     framework: Annotated[str | None, typer.Argument(help="Only this framework.")] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="Catalog architecture.")] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", "--architecture", help="Catalog architecture.")
+    ] = None,
     catalog_path: Annotated[str | None, typer.Option("--catalog", help="Extra catalog.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -474,24 +537,45 @@ def normalise(argv: list[str]) -> list[str]:
     for i, arg in enumerate(argv):
         if arg == "--":
             return fixed + argv[i:]
+        if arg == "-arch" or arg.startswith("-arch="):  # AIME v2's single-dash long option
+            arg = "--arch" + arg[5:]
         m = _SHORT_WITH_VALUE.match(arg)
         fixed += [m.group(1), m.group(2)] if m else [arg]
     return fixed
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's ClickException family (bad options, missing arguments), by duck typing."""
+    return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
 
 
 def main(argv: list[str] | None = None, prefix: list[str] | None = None) -> None:
     """Run mlc; every MlcError becomes one line on stderr and a non-zero exit."""
     args = normalise((prefix or []) + list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=args, prog_name="mlc")
+        code = app(args=args, prog_name="mlc", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except MlcError as exc:
         err.print(f"mlc: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         err.print("mlc: interrupted")
         sys.exit(130)
     except Exception as exc:  # docker/requests errors we did not foresee: still one line
         import docker.errors
+
+        if _is_usage_error(exc):  # typer vendors click: its exceptions are not importable
+            if not exc.format_message():  # `mlc` alone: the help was shown
+                sys.exit(exc.exit_code)
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see `{ctx.command_path} -h`)" if ctx else ""
+            err.print(
+                f"mlc: error: {exc.format_message()}{where}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+            sys.exit(exc.exit_code)
 
         if isinstance(exc, docker.errors.DockerException):
             err.print(f"mlc: error: Docker: {exc}", highlight=False, markup=False, soft_wrap=True)

@@ -96,6 +96,8 @@ def find(dc: docker.DockerClient, name: str, user: host.User) -> Container:
             c = dc.containers.get(candidate)
         except NotFound:
             continue
+        if c.name != candidate:  # Docker also resolves ID prefixes: `mlc remove ab` must not
+            continue
         if LABEL in c.labels or f"{LABEL}.NAME" in c.labels:
             if _owned_by(c, user):
                 return c
@@ -154,8 +156,8 @@ def gpu_requests(spec: str) -> list[DeviceRequest]:
         return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     if spec.isdigit():
         return [DeviceRequest(count=int(spec), capabilities=[["gpu"]])]
-    ids = [i.strip() for i in spec.removeprefix("device=").split(",") if i.strip()]
-    if not ids or not all(re.match(r"^[A-Za-z0-9-]+$", i) for i in ids):
+    ids = [i.strip() for i in spec.removeprefix("device=").split(",")]
+    if not all(re.match(r"^([0-9]+|(GPU|MIG)-[A-Za-z0-9-]+)$", i) for i in ids):
         raise MlcError(
             f"invalid GPU selection '{spec}'", hint="use all, a count (2), device ids (0,1) or none"
         )

@@ -87,6 +87,7 @@ class Python:
     path: str
     torch: str | None
     site: str
+    version: str = ""
 
 
 @dataclass
@@ -102,8 +103,8 @@ def find_python(c: Container) -> Python:
     probe = (
         "import json, site, sys, sysconfig\n"
         "try:\n    import torch; tv = torch.__version__\nexcept Exception:\n    tv = None\n"
-        "print(json.dumps({'path': sys.executable, 'torch': tv,"
-        " 'site': sysconfig.get_paths()['purelib']}))\n"
+        "print(json.dumps({'path': sys.executable, 'torch': tv, 'version': '%d.%d' %"
+        " sys.version_info[:2], 'site': sysconfig.get_paths()['purelib']}))\n"
     )
     for exe in ("python3", "python"):
         code, out = c.exec_run([exe, "-c", probe], user="root")
@@ -113,8 +114,28 @@ def find_python(c: Container) -> Python:
                    hint="create it from a PyTorch image of the catalog (`mlc images`)")
 
 
+def _version(text: str | None) -> tuple[int, ...]:
+    parts = []
+    for piece in (text or "0").split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def check_engine_support(py: Python, name: str) -> None:
+    """The engine needs Python >= 3.10 and torch >= 2.1 (in the image, never replaced)."""
+    if _version(py.version) < (3, 10) or (py.torch and _version(py.torch) < (2, 1)):
+        raise MlcError(
+            f"the engine needs Python >= 3.10 and torch >= 2.1; container {name} has "
+            f"Python {py.version}, torch {py.torch or 'none'}",
+            hint="create the container from a newer image, e.g. Pytorch 2.5.1 (`mlc images`)",
+        )
+
+
 def _run(dc: docker.DockerClient, c: Container, cmd: list[str]) -> int:
-    return containers.exec_stream(dc, c, cmd, user="root", workdir="/")
+    # PEP 668 images (Ubuntu 24.04, Debian 12 without a venv) refuse system-wide pip otherwise.
+    env = {"PIP_BREAK_SYSTEM_PACKAGES": "1", "PIP_ROOT_USER_ACTION": "ignore"}
+    return containers.exec_stream(dc, c, cmd, user="root", workdir="/", env=env)
 
 
 def apt_install(dc: docker.DockerClient, c: Container, packages: list[str], say: Say) -> None:
@@ -177,6 +198,7 @@ def provision(dc: docker.DockerClient, c: Container, recipe: Recipe, say: Say) -
     """Apt packages, pip requirements and the engine for RECIPE; a re-run skips what is done."""
     state = load_state(c)
     py = find_python(c)
+    check_engine_support(py, containers.display_name(c))
     done = Provisioned(py)
     apt_done = set(state.get("apt", []))
     if todo := [p for p in recipe.apt if p not in apt_done]:
