@@ -259,20 +259,42 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def execute(spec: RunSpec) -> dict[str, Any]:
-    """Load, generate and save; returns the summary (the ``--json`` document)."""
-    from mlc import __version__
-    from mlc.engine import outputs
-    from mlc.engine.loading import resolve
+@dataclass
+class Session:
+    """A model loaded on a device, reused across runs (grids, the warm worker, benchmarks)."""
 
-    t0 = time.perf_counter()
-    resolve(spec.ckpt, spec.config)  # fail fast (missing file/config) before importing torch
-    from mlc.engine.generate import Renderer, Settings, plan
-    from mlc.engine.loading import load
+    key: tuple[str, str | None, str, str]
+    device: str
+    dtype: Any
+    components: Any
+    fresh: bool = True  # loaded for the run at hand (its load time counts there)
 
+    def serves(self, spec: RunSpec) -> bool:
+        """Whether SPEC can run on this loaded model."""
+        return self.key == session_key(spec)
+
+
+def session_key(spec: RunSpec) -> tuple[str, str | None, str, str]:
+    """What identifies a loaded model: checkpoint, config, device and dtype."""
+    device = pick_device(spec.device)
+    ckpt = str(Path(spec.ckpt).expanduser().resolve())
+    config = str(Path(spec.config).expanduser().resolve()) if spec.config else None
+    return (ckpt, config, device, str(pick_dtype(spec.precision, device)))
+
+
+def open_session(spec: RunSpec) -> Session:
+    """Load SPEC's model (failing fast on a missing file before torch is imported)."""
+    from mlc.engine.loading import load, resolve
+
+    resolve(spec.ckpt, spec.config)
     device = pick_device(spec.device)
     dtype = pick_dtype(spec.precision, device)
     components = load(spec.ckpt, spec.config, device=device, dtype=dtype)
+    return Session(session_key(spec), device, dtype, components)
+
+
+def check_shape(spec: RunSpec, components: Any) -> None:
+    """--C, --f, --H and --W against the loaded model."""
     if components.latent_channels != spec.latent_channels:
         raise UsageError(
             f"--C {spec.latent_channels} does not match the model's "
@@ -285,6 +307,23 @@ def execute(spec: RunSpec) -> dict[str, Any]:
         )
     if spec.height % components.vae_scale_factor or spec.width % components.vae_scale_factor:
         raise UsageError(f"--H and --W must be multiples of {components.vae_scale_factor}")
+
+
+def execute(spec: RunSpec, session: Session | None = None) -> dict[str, Any]:
+    """Load (unless SESSION already holds the model), generate and save; returns the summary
+    (the ``--json`` document)."""
+    from mlc import __version__
+    from mlc.engine import outputs
+
+    t0 = time.perf_counter()
+    if session is None or not session.serves(spec):
+        session = open_session(spec)
+    from mlc.engine.generate import Renderer, Settings, plan
+
+    device, dtype, components = session.device, session.dtype, session.components
+    load_seconds = components.load_seconds if session.fresh else 0.0
+    session.fresh = False
+    check_shape(spec, components)
     sampler = get_sampler(spec.sampler)
     settings = Settings(
         spec.sampler, spec.steps, spec.scale, spec.eta, spec.height, spec.width, spec.batched
@@ -322,7 +361,7 @@ def execute(spec: RunSpec) -> dict[str, Any]:
         _log(f"note: {note}")
     if not spec.json:
         _log(
-            f"model {components.name} loaded in {components.load_seconds:.1f} s on {device} "
+            f"model {components.name} loaded in {load_seconds:.1f} s on {device} "
             f"({dtype_name}); {spec.n_images} image(s), {spec.sampler}, {spec.steps} steps"
         )
     renderer = Renderer(components, device, dtype)
@@ -399,7 +438,7 @@ def execute(spec: RunSpec) -> dict[str, Any]:
         "images": done,
         **run_info,
         "timings": {
-            "load_s": round(components.load_seconds, 4),
+            "load_s": round(load_seconds, 4),
             "generate_s": round(t_saved - t_gen, 4),
             "grid_s": round(t_end - t_saved, 4),
             "total_s": round(t_end - t0, 4),
