@@ -93,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="one UNet call per batch: faster on GPUs; images match within 1/255",
     )
     a("--json", action="store_true", help="print a machine-readable summary on stdout")
+    for axis in ("x", "y", "z"):  # see mlc.engine.axes
+        a(
+            f"--{axis}",
+            type=str,
+            default=None,
+            metavar="AXIS=V1,V2",
+            help=f"grid {axis} axis, e.g. sampler=ddim,plms or steps=10,20 (axes: "
+            "sampler, steps, scale, seed, size, H, W, prompt, negative_prompt, eta)",
+        )
     return p
 
 
@@ -125,6 +134,7 @@ class RunSpec:
     batched: bool
     json: bool
     notes: list[str] = field(default_factory=list)
+    axes: list[Any] = field(default_factory=list)  # mlc.engine.axes.Axis: --x, --y, --z
 
     @property
     def n_images(self) -> int:
@@ -230,6 +240,11 @@ def validate(args: argparse.Namespace) -> RunSpec:
     last = spec.seed if spec.fixed_code else spec.seed + spec.n_images - 1
     if spec.seed < 0 or last > MAX_SEED:
         raise UsageError(f"--seed must be between 0 and {MAX_SEED - spec.n_images + 1}")
+    axis_flags = {k: getattr(args, k, None) for k in ("x", "y", "z")}
+    if any(v is not None for v in axis_flags.values()):
+        from mlc.engine.axes import parse_axes
+
+        spec.axes = parse_axes(spec, axis_flags, from_file=bool(args.from_file))
     return spec
 
 
@@ -312,6 +327,10 @@ def check_shape(spec: RunSpec, components: Any) -> None:
 def execute(spec: RunSpec, session: Session | None = None) -> dict[str, Any]:
     """Load (unless SESSION already holds the model), generate and save; returns the summary
     (the ``--json`` document)."""
+    if spec.axes:  # --x/--y/--z: a labelled grid of runs over one session
+        from mlc.engine.axes import execute_axes
+
+        return execute_axes(spec, session)
     from mlc import __version__
     from mlc.engine import outputs
 
