@@ -87,37 +87,79 @@ def create(
     version: Annotated[str, typer.Argument(help="Version from the catalog, e.g. 2.0.1-aime.")],
     workspace: Annotated[
         Path,
-        typer.Option("--workspace", "-w", "--workspace_dir", help="Host folder at /workspace."),
+        typer.Option(
+            "--workspace",
+            "-w",
+            "--workspace_dir",
+            help="Host folder at /workspace.",
+            rich_help_panel="Folders",
+        ),
     ] = Path("~/workspace"),
     data: Annotated[
-        Path | None, typer.Option("--data", "-d", "--data_dir", help="Host folder at /data.")
+        Path | None,
+        typer.Option(
+            "--data", "-d", "--data_dir", help="Host folder at /data.", rich_help_panel="Folders"
+        ),
     ] = None,
     models: Annotated[
-        Path | None, typer.Option("--models", "-m", "--models_dir", help="Host folder at /models.")
+        Path | None,
+        typer.Option(
+            "--models",
+            "-m",
+            "--models_dir",
+            help="Host folder at /models.",
+            rich_help_panel="Folders",
+        ),
     ] = None,
     gpus: Annotated[
         str | None,
-        typer.Option("--gpus", "-g", "--num_gpus", help="all, a count, ids (0,1) or none."),
+        typer.Option(
+            "--gpus",
+            "-g",
+            "--num_gpus",
+            help="all, a count, ids (0,1) or none.",
+            rich_help_panel="GPUs and limits",
+        ),
     ] = None,
     arch: Annotated[
         str | None,
-        typer.Option("--arch", "--architecture", help="Catalog architecture, e.g. CUDA_ADA."),
+        typer.Option(
+            "--arch",
+            "--architecture",
+            help="Catalog architecture, e.g. CUDA_ADA.",
+            rich_help_panel="Image",
+        ),
     ] = None,
     ulimit: Annotated[
-        str, typer.Option("--ulimit", envvar="MLC_ULIMITS", help="NAME=SOFT[:HARD],... or none.")
+        str,
+        typer.Option(
+            "--ulimit",
+            envvar="MLC_ULIMITS",
+            help="NAME=SOFT[:HARD],... or none.",
+            rich_help_panel="GPUs and limits",
+        ),
     ] = containers.DEFAULT_ULIMITS,
     no_forward: Annotated[
         bool,
         typer.Option(
             "--no-forward-network",
             help="Do not pass the host's proxy settings and CA bundle into the container.",
+            rich_help_panel="Network",
         ),
     ] = False,
     build: Annotated[
-        bool, typer.Option("--build", help="Build the image from images/ when the pull fails.")
+        bool,
+        typer.Option(
+            "--build",
+            help="Build the image from images/ when the pull fails.",
+            rich_help_panel="Image",
+        ),
     ] = False,
     catalog_path: Annotated[
-        str | None, typer.Option("--catalog", help="Extra catalog (YAML or AIME CSV).")
+        str | None,
+        typer.Option(
+            "--catalog", help="Extra catalog (YAML or AIME CSV).", rich_help_panel="Image"
+        ),
     ] = None,
 ) -> None:
     """Create a container NAME from the catalog image FRAMEWORK VERSION.
