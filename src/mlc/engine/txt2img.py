@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -466,13 +467,16 @@ def execute(spec: RunSpec, session: Session | None = None) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code."""
+def main(
+    argv: list[str] | None = None, run: Callable[[RunSpec], dict[str, Any]] | None = None
+) -> int:
+    """Run the CLI; returns the exit code. RUN replaces ``execute`` (the warm worker passes
+    one that keeps its Session)."""
     spec: RunSpec | None = None
     try:
         args = build_parser().parse_args(argv)
         spec = validate(args)
-        summary = execute(spec)
+        summary = (run or execute)(spec)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     except EngineError as err:
