@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="one UNet call per batch: faster on GPUs; images match within 1/255",
     )
     a("--json", action="store_true", help="print a machine-readable summary on stdout")
+    # the seed's benchmark (mlc.engine.bench; docs/benchmarks.md)
+    a("--bench", action="store_true", help="run the seed's benchmark (flags override its defaults)")
+    a("--baseline", choices=["diffusers"], default=None, help="--bench: also time plain diffusers")
+    a("--bench_json", type=str, default=None, help="--bench: JSON path (default: in --outdir)")
+    a("--bench_warmup", type=int, default=None, help="--bench: warm-up iterations (default 2)")
+    a("--bench_repeat", type=int, default=1, help="--bench: alternate runs N times (medians)")
     for axis in ("x", "y", "z"):  # see mlc.engine.axes
         a(
             f"--{axis}",
@@ -475,6 +481,10 @@ def main(
     spec: RunSpec | None = None
     try:
         args = build_parser().parse_args(argv)
+        if args.bench:  # the seed's defaults instead of the classic ones: see mlc.engine.bench
+            from mlc.engine.bench import run_bench
+
+            return run_bench(argv)
         spec = validate(args)
         summary = (run or execute)(spec)
     except SystemExit as exc:  # --help
