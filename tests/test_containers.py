@@ -408,3 +408,70 @@ def test_container_id_prefix_is_not_a_name(mlc, name, tmp_path, docker_client):
     for prefix in (cid[:4], cid[:12]):
         _one_line_error(mlc("remove", prefix, "-f"), "no container named")
     assert docker_client.containers.get(cid).status == "running"
+
+
+def test_default_workspace_data_models_and_last_shell(mlc, name, tmp_path, docker_client):
+    """No -w: ~/workspace is made; -d/-m mount; the container stops when the LAST open ends."""
+    import subprocess
+    import time
+
+    r = mlc(
+        "create",
+        name,
+        "Pytorch",
+        "test",
+        "-d",
+        str(tmp_path / "data"),
+        "-m",
+        str(tmp_path / "models"),
+    )
+    assert r.code == 0, r.err
+    ws = mlc.home / "workspace"
+    assert ws.is_dir()
+    r = mlc("open", name, "--", "sh", "-c", "touch /data/d /models/m /workspace/w")
+    assert r.code == 0, r.err
+    assert (tmp_path / "data" / "d").exists() and (tmp_path / "models" / "m").exists()
+    assert (ws / "w").exists()
+
+    c = docker_client.containers.get(f"{name}._.{os.getuid()}")
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "mlc", "open", name, "--", "sleep", "4"],
+        env=mlc.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    for _ in range(100):  # wait until the slow command runs inside
+        c.reload()
+        if c.status == "running" and any(
+            docker_client.api.exec_inspect(e)["Running"] for e in c.attrs.get("ExecIDs") or []
+        ):
+            break
+        time.sleep(0.1)
+    assert mlc("open", name, "--", "true").code == 0
+    c.reload()
+    assert c.status == "running"  # another open is still busy: not stopped under it
+    assert slow.wait(timeout=60) == 0
+    c.reload()
+    assert c.status == "exited"  # the last one stopped it
+
+
+def test_console_scripts_are_the_verbs(mlc, name, tmp_path):
+    import shutil
+    import subprocess
+
+    for verb in ("create", "open", "list", "start", "stop", "remove", "stats", "update-sys"):
+        exe = shutil.which(f"mlc-{verb}")
+        assert exe, f"mlc-{verb} is not installed"
+        p = subprocess.run([exe, "-h"], capture_output=True, text=True, env=mlc.env)
+        assert p.returncode == 0 and f"mlc {verb}" in p.stdout, p.stdout
+    r = subprocess.run(
+        [shutil.which("mlc-create"), name, "Pytorch", "test", "-w", str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        env=mlc.env,
+    )
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [shutil.which("mlc-remove"), name, "-Y"], capture_output=True, text=True, env=mlc.env
+    )  # AIME's -Y
+    assert r.returncode == 0, r.stderr
