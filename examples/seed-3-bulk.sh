@@ -6,7 +6,8 @@
 #   bash examples/seed-3-bulk.sh --ddim_steps 20       # extra flags override the seed's
 #
 # `mlc txt2img` runs in the container's /workspace, so the prompt file is copied into the
-# workspace first. 10 prompts x 3 samples x 3 iterations = 90 images, 100 steps each.
+# workspace first. Each line makes one image per iteration, --n_samples lines at a time:
+# 10 prompts x 3 iterations = 30 images, 100 steps each.
 set -euo pipefail
 
 NAME="${MLC_NAME:-sd}"
