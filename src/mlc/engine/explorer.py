@@ -141,8 +141,7 @@ PAGE = """<!DOCTYPE html>
 <body>
 <header>
   <h1>%TITLE%</h1>
-  <p>Grid image: %GRID% &middot; keys: <kbd>&larr;</kbd><kbd>&rarr;</kbd> x,
-     <kbd>&uarr;</kbd><kbd>&darr;</kbd> y, <kbd>PgUp</kbd><kbd>PgDn</kbd> z</p>
+  <p>Grid image: %GRID% &middot; keys: <span id="keys"></span></p>
 </header>
 <main>
   <section id="controls"></section>
@@ -162,6 +161,8 @@ const pos = D.axes.map(() => 0);
 const byKey = new Map(D.cells.map(c => [c.at.join(","), c]));
 const controls = document.getElementById("controls");
 const KEYS = {x: "&larr; &rarr;", y: "&uarr; &darr;", z: "PgUp PgDn"};
+document.getElementById("keys").innerHTML = D.axes
+  .map(a => `<kbd>${KEYS[a.flag]}</kbd> ${esc(a.name)}`).join(", ");
 
 function esc(s) {
   const map = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"};
@@ -189,7 +190,8 @@ D.axes.forEach((axis, a) => {
 });
 
 const thumbBox = document.createElement("fieldset");
-thumbBox.innerHTML = "<legend>All cells of this z</legend>";
+thumbBox.innerHTML = axisIndex("z") >= 0 ? "<legend>All cells of this z</legend>"
+  : "<legend>All cells</legend>";
 const thumbs = document.createElement("table");
 thumbs.id = "thumbs";
 thumbBox.appendChild(thumbs);
