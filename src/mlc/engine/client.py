@@ -1,0 +1,398 @@
+"""The light client of the warm engine worker: ``python -m mlc.engine.client [txt2img flags]``.
+
+It imports no torch or diffusers (it starts in a fraction of a second), connects to the
+user's worker (``mlc.engine.worker``) on a Unix socket in a private folder, starting the
+worker on first use, sends the command line, streams the worker's stdout and stderr back,
+and exits with the engine's exit code (0, 1, 2 or 130, as ``mlc-txt2img``).
+
+Client flags (everything else goes to the engine unchanged):
+  --no-worker      run the one-shot engine in this process instead (``mlc-txt2img``)
+  --idle SECONDS   the worker exits after this long without requests (default: $MLC_WORKER_IDLE,
+                   else 600); also updates a running worker
+  --stop-worker    ask the worker to exit (after the requests it has queued)
+  --cancel TAG     cancel the request tagged TAG ($MLC_REQUEST_TAG of its client)
+
+Protocol: newline-delimited JSON over ``$MLC_WORKER_DIR/engine.sock`` (default
+``/tmp/mlc-<uid>/``, mode 0700, socket 0600; both ends check the peer's uid). The worker
+greets with ``{"hello": {pid, uid, code, idle}}``; the client sends one request
+``{"op": "run", "argv", "cwd", "env", "umask", "idle", "tag"}`` (or ``stop``, ``cancel``,
+``ping``) and reads ``{"queued": n}``, ``{"out": text}``, ``{"err": text}`` and finally
+``{"exit": code}``; ``{"error": text}`` is a refusal. A connection that ends without an exit
+code means the worker died: it is restarted and the request retried once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import mlc
+
+PROG = "mlc-txt2img"
+SOCKET = "engine.sock"
+LOCK = "start.lock"
+LOG = "worker.log"
+PIDFILE = "worker.pid"
+DEFAULT_IDLE = 600.0
+START_TIMEOUT = 120.0
+ENV_PASSED = ("MLC_CKPT",)  # per-request environment the worker applies
+EXIT_INTERRUPTED = 130
+
+
+class ClientError(Exception):
+    """A one-line error of the client or the worker; EXIT is the exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class WorkerGone(Exception):
+    """The connection ended without an exit code. ACCEPTED: the worker had taken the request."""
+
+    def __init__(self, accepted: bool) -> None:
+        super().__init__("the engine worker went away")
+        self.accepted = accepted
+
+
+# -- the private folder ------------------------------------------------------------------------
+
+
+def worker_dir() -> Path:
+    """``$MLC_WORKER_DIR``, else ``/tmp/mlc-<uid>``."""
+    return Path(os.environ.get("MLC_WORKER_DIR") or f"/tmp/mlc-{os.getuid()}")
+
+
+def private_dir(d: Path) -> Path:
+    """Create D (0700) or check it: a real folder owned by this user that no one else can use."""
+    with contextlib.suppress(FileExistsError, PermissionError):
+        os.mkdir(d, 0o700)
+    try:
+        st = os.lstat(d)
+    except OSError as err:
+        raise ClientError(f"cannot create the engine worker folder {d}: {err.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ClientError(f"{d} is not a folder; remove it or set MLC_WORKER_DIR")
+    if st.st_uid != os.getuid():
+        raise ClientError(
+            f"the engine worker folder {d} belongs to uid {st.st_uid}, not to you "
+            f"(uid {os.getuid()}); it cannot be used (set MLC_WORKER_DIR or use --no-worker)"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(d, 0o700)
+    return d
+
+
+def code_fingerprint() -> str:
+    """Which engine code a process runs: the package folder's identity, version, python."""
+    st = os.stat(Path(mlc.__file__).resolve().parent)
+    return f"{mlc.__version__}:{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}:{sys.executable}"
+
+
+def idle_seconds(text: str | None) -> float:
+    """Parse an idle time in seconds (``--idle``, ``MLC_WORKER_IDLE``)."""
+    if text is None or text == "":
+        return DEFAULT_IDLE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ClientError(f"--idle must be a number of seconds >= 0, not {text!r}", 2)
+    return value
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (None where unknown)."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, opt, 12))
+    return uid
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+def send(sock: socket.socket, message: dict[str, Any]) -> None:
+    """One JSON line."""
+    sock.sendall(json.dumps(message).encode() + b"\n")
+
+
+class Lines:
+    """JSON lines read from a socket; None at the end of the stream."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buf = sock, b""
+
+    def next(self) -> dict[str, Any] | None:
+        """The next message, or None when the peer closed (or the connection broke)."""
+        while b"\n" not in self.buf:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+
+def connect(d: Path) -> tuple[socket.socket, Lines, dict[str, Any]] | None:
+    """Connect to the worker in D and read its greeting; None when no worker listens."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(d / SOCKET))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    except PermissionError:
+        sock.close()
+        raise ClientError(f"permission denied on the engine worker socket {d / SOCKET}") from None
+    uid = peer_uid(sock)
+    if uid is not None and uid != os.getuid():
+        sock.close()
+        raise ClientError(
+            f"the engine worker at {d / SOCKET} runs as uid {uid}, not as you; refusing it"
+        )
+    lines = Lines(sock)
+    first = lines.next()
+    if first is None:  # it was shutting down: as if absent
+        sock.close()
+        return None
+    if "error" in first:
+        sock.close()
+        raise ClientError(str(first["error"]))
+    return sock, lines, first.get("hello", {})
+
+
+def _log_tail(d: Path, n: int = 5) -> str:
+    try:
+        lines = (d / LOG).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in lines[-n:])
+
+
+def start_worker(d: Path, idle: float) -> None:
+    """Start a detached worker in D (the caller holds the start lock)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(d / SOCKET)  # a dead worker's socket
+    log_path = d / LOG
+    with contextlib.suppress(OSError):
+        if log_path.stat().st_size > 1_000_000:
+            log_path.unlink()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlc.engine.worker", "--dir", str(d), "--idle", str(idle)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=str(d),
+            start_new_session=True,  # not killed by the client's Ctrl-C, outlives it
+            close_fds=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if (d / SOCKET).exists():
+            return
+        code = proc.poll()
+        if code is not None:
+            raise ClientError(
+                f"the engine worker did not start (exit {code}): {_log_tail(d)} "
+                "(run with --no-worker to use the one-shot engine)"
+            )
+        time.sleep(0.02)
+    raise ClientError(
+        f"the engine worker did not start within {START_TIMEOUT:.0f} s; see {log_path}"
+    )
+
+
+def open_worker(d: Path, idle: float) -> tuple[socket.socket, Lines, dict[str, Any]]:
+    """Connect to the worker, starting it when absent or when it runs other engine code."""
+    got = connect(d)
+    if got and got[2].get("code") == code_fingerprint():
+        return got
+    if got:  # an engine update (`mlc setup`): retire the old worker, it finishes its queue
+        sock, lines, _ = got
+        with contextlib.suppress(OSError):
+            send(sock, {"op": "stop"})
+            lines.next()
+        sock.close()
+    with open(d / LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one client starts the worker; the others wait
+        try:
+            got = connect(d)
+            if got and got[2].get("code") == code_fingerprint():
+                return got
+            if got:
+                got[0].close()
+            start_worker(d, idle)
+            for _ in range(100):
+                got = connect(d)
+                if got:
+                    return got
+                time.sleep(0.05)
+            raise ClientError(f"cannot connect to the engine worker; see {d / LOG}")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+def _write(stream: Any, text: str) -> None:
+    try:
+        stream.buffer.write(text.encode("utf-8", "replace"))
+        stream.flush()
+    except BrokenPipeError:  # `| head`: keep the request going, drop the rest
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+
+
+def attempt(d: Path, argv: list[str], idle: float, idle_given: bool) -> int:
+    """One try of a request; WorkerGone when the connection ends without an exit code."""
+    sock, lines, _hello = open_worker(d, idle)
+    with sock:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        request = {
+            "op": "run",
+            "argv": argv,
+            "cwd": os.getcwd(),
+            "env": {k: os.environ[k] for k in ENV_PASSED if k in os.environ},
+            "umask": umask,
+            "idle": idle if idle_given else None,
+            "tag": os.environ.get("MLC_REQUEST_TAG"),
+        }
+        try:
+            send(sock, request)
+        except OSError:
+            raise WorkerGone(accepted=False) from None
+        accepted = False
+        while True:
+            msg = lines.next()
+            if msg is None:
+                raise WorkerGone(accepted)
+            accepted = True
+            if "out" in msg:
+                _write(sys.stdout, msg["out"])
+            elif "err" in msg:
+                _write(sys.stderr, msg["err"])
+            elif "queued" in msg:
+                ahead = int(msg["queued"])
+                _write(sys.stderr, f"{PROG}: waiting for the engine worker "
+                                   f"({ahead} request{'s' if ahead != 1 else ''} ahead)\n")
+            elif "exit" in msg:
+                return int(msg["exit"])
+            elif "error" in msg:
+                raise ClientError(str(msg["error"]))
+
+
+def run(argv: list[str], idle: float, idle_given: bool) -> int:
+    """A request with the crash rule: the worker restarted and the request retried once."""
+    d = private_dir(worker_dir())
+    failures = tries = 0
+    while True:
+        tries += 1
+        try:
+            return attempt(d, argv, idle, idle_given)
+        except WorkerGone as gone:
+            if gone.accepted:
+                failures += 1
+            if failures >= 2 or tries >= 5:
+                raise ClientError(
+                    f"the engine worker stopped twice during this request; see {d / LOG} "
+                    "(or run with --no-worker)"
+                ) from None
+            if gone.accepted:
+                _write(sys.stderr, f"{PROG}: note: the engine worker stopped unexpectedly; "
+                                   "restarting it and retrying the request\n")
+
+
+def control(op: str, **fields: Any) -> int:
+    """--stop-worker / --cancel: one control message to a running worker."""
+    d = private_dir(worker_dir())
+    got = connect(d)
+    if not got:
+        _write(sys.stderr, f"{PROG}: no engine worker is running\n")
+        return 0
+    sock, lines, _ = got
+    with sock:
+        send(sock, {"op": op, **fields})
+        reply = lines.next() or {}
+    if "error" in reply:
+        raise ClientError(str(reply["error"]))
+    _write(sys.stderr, f"{PROG}: {reply.get('ok', 'done')}\n")
+    return 0
+
+
+def split_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Take the client's own flags out of ARGV; the rest is the engine's command line."""
+    own: dict[str, Any] = {}
+    rest: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if arg in ("--no-worker", "--stop-worker"):
+            own[arg] = True
+        elif name in ("--idle", "--cancel"):
+            if not eq:
+                value = next(it, None)
+                if value is None:
+                    raise ClientError(f"{name} needs a value", 2)
+            own[name] = value
+        else:
+            rest.append(arg)
+    return own, rest
+
+
+def one_shot(argv: list[str]) -> int:
+    """The classic one-process engine (``mlc-txt2img``), replacing this process."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "mlc.engine.txt2img", *argv])
+    return 1  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the client; returns the exit code."""
+    try:
+        own, rest = split_flags(list(sys.argv[1:] if argv is None else argv))
+        if own.get("--stop-worker"):
+            return control("stop")
+        if "--cancel" in own:
+            return control("cancel", tag=own["--cancel"])
+        idle_given = "--idle" in own or bool(os.environ.get("MLC_WORKER_IDLE"))
+        idle = idle_seconds(own.get("--idle", os.environ.get("MLC_WORKER_IDLE")))
+        # --help and the benchmark (which measures loading) run one-shot.
+        if own.get("--no-worker") or any(a in ("-h", "--help", "--bench") for a in rest):
+            return one_shot(rest)
+        return run(rest, idle, idle_given)
+    except ClientError as err:
+        _write(sys.stderr, f"{PROG}: error: {err}\n")
+        return err.exit_code
+    except KeyboardInterrupt:  # the worker sees the connection close and aborts the request
+        _write(sys.stderr, f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        _write(sys.stderr, f"{PROG}: error: engine worker: {err}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

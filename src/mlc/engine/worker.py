@@ -1,0 +1,424 @@
+"""The warm engine worker: one long-lived process per user that keeps the model loaded.
+
+Started detached by ``mlc.engine.client`` on first use (``python -m mlc.engine.worker --dir D
+--idle S``). It listens on ``D/engine.sock`` (D is 0700, the socket 0600, and every peer's
+uid is checked with SO_PEERCRED: it never serves another user), runs requests one at a
+time in accept order in its main thread, each exactly as ``mlc-txt2img`` would (same
+output, one-line errors and exit codes; outputs relative to the client's folder), reuses
+its loaded model while checkpoint, config, device and precision stay the same, and exits
+after S seconds without requests. A client that disconnects (Ctrl-C) cancels its request;
+the worker stays usable. It logs to ``D/worker.log``. See the client for the protocol.
+"""
+
+from __future__ import annotations
+
+import _thread
+import argparse
+import contextlib
+import gc
+import io
+import logging
+import os
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlc.engine import offline
+from mlc.engine.client import (
+    DEFAULT_IDLE,
+    PIDFILE,
+    SOCKET,
+    ClientError,
+    code_fingerprint,
+    idle_seconds,
+    peer_uid,
+    private_dir,
+    send,
+    worker_dir,
+)
+
+offline()
+log = logging.getLogger("mlc.engine.worker")
+POLL = 0.5  # seconds: how often the main loop looks at its flags
+
+
+@dataclass
+class Request:
+    """One client's run, from accept to exit code."""
+
+    conn: socket.socket
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    umask: int
+    tag: str | None
+    gone: bool = False  # the client disconnected (Ctrl-C) or cancelled
+    done: bool = False
+    dead_output: bool = field(default=False, repr=False)
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send to the client; a client that left is ignored (its request is cancelled)."""
+        if self.dead_output:
+            return
+        try:
+            send(self.conn, message)
+        except OSError:
+            self.dead_output = True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)  # also wakes the watcher thread
+        self.conn.close()
+
+
+class Stream(io.TextIOBase):
+    """stdout or stderr of a request: every write goes to the client at once."""
+
+    def __init__(self, request: Request, key: str) -> None:
+        self.request, self.key = request, key
+
+    def write(self, text: str) -> int:
+        if text:
+            self.request.send({self.key: text})
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """Identity of a checkpoint file (a replaced file is loaded again)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Worker:
+    """The socket, the queue and the loaded Session."""
+
+    def __init__(self, d: Path, idle: float) -> None:
+        self.dir, self.idle = d, idle
+        self.path = d / SOCKET
+        self.uid = os.getuid()
+        self.code = code_fingerprint()
+        self.queue: queue.Queue[Request] = queue.Queue()
+        self.lock = threading.Lock()
+        self.active: Request | None = None
+        self.pending: list[Request] = []
+        self.stopping = False
+        self.closed = False
+        self.session: Any = None
+        self.stamp: tuple[int, int, int] | None = None
+        self.served = 0
+        self.last = time.monotonic()
+        self.listener = self._bind()
+        self.inode = os.stat(self.path).st_ino
+        self.acceptor = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
+
+    # -- socket --------------------------------------------------------------------------------
+
+    def _bind(self) -> socket.socket:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.path))
+        except OSError:
+            pass
+        else:
+            raise ClientError(f"another engine worker is listening on {self.path}")
+        finally:
+            probe.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(64)
+        return sock
+
+    def _close_listener(self) -> None:
+        """Stop taking requests: the socket name is freed at once for a new worker."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self.inode:
+                self.path.unlink()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self.listener.close()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                self._admit(conn)
+            except Exception as err:  # noqa: BLE001 - one bad client must not stop the worker
+                log.warning("connection dropped: %s", err)
+                with contextlib.suppress(OSError):
+                    conn.close()
+
+    def _admit(self, conn: socket.socket) -> None:
+        uid = peer_uid(conn)
+        if uid is not None and uid != self.uid:
+            log.warning("refused a connection from uid %s", uid)
+            with contextlib.suppress(OSError):
+                send(conn, {"error": f"this engine worker serves uid {self.uid} only; "
+                                     f"refusing uid {uid}"})
+            conn.close()
+            return
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 60, 0))
+        send(conn, {"hello": {"pid": os.getpid(), "uid": self.uid, "code": self.code,
+                              "idle": self.idle}})
+        conn.settimeout(10)
+        message = _read_message(conn)
+        conn.settimeout(None)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 60, 0))
+        op = message.get("op")
+        if op == "run":
+            req = Request(
+                conn,
+                [str(a) for a in message.get("argv", [])],
+                str(message.get("cwd") or "/"),
+                {str(k): str(v) for k, v in (message.get("env") or {}).items()},
+                int(message.get("umask", 0o022)),
+                message.get("tag"),
+            )
+            if message.get("idle") is not None:
+                self.idle = idle_seconds(str(message["idle"]))
+            with self.lock:
+                ahead = len(self.pending) + (1 if self.active else 0)
+                self.pending.append(req)
+            if ahead:
+                req.send({"queued": ahead})
+            threading.Thread(target=self._watch, args=(req,), daemon=True).start()
+            self.queue.put(req)
+            log.info("request queued (%d ahead): %s", ahead, " ".join(req.argv))
+        elif op == "stop":
+            self.stopping = True
+            self._close_listener()
+            send(conn, {"ok": f"the engine worker (pid {os.getpid()}) stops after its queue"})
+            conn.close()
+        elif op == "cancel":
+            found = self._cancel(lambda r: r.tag is not None and r.tag == message.get("tag"))
+            send(conn, {"ok": "cancelled" if found else "no such request"})
+            conn.close()
+        elif op == "ping":
+            send(conn, {"ok": f"pid {os.getpid()}, {self.served} request(s) served"})
+            conn.close()
+        else:
+            send(conn, {"error": f"unknown request {op!r}"})
+            conn.close()
+
+    def _watch(self, req: Request) -> None:
+        """Wait for the client to go away (Ctrl-C) and cancel its request."""
+        while True:
+            try:
+                data = req.conn.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                break
+        self._cancel(lambda r: r is req)
+
+    def _cancel(self, match: Any) -> bool:
+        with self.lock:
+            found = False
+            for r in self.pending:
+                if match(r) and not r.gone:
+                    r.gone = found = True
+            r = self.active
+            if r is not None and not r.done and match(r) and not r.gone:
+                r.gone = found = True
+                log.info("client gone: interrupting the running request")
+                _thread.interrupt_main()  # a KeyboardInterrupt in the engine: exit code 130
+            return found
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def execute(self, spec: Any) -> dict[str, Any]:
+        """txt2img.execute on the kept Session (loaded again for another model)."""
+        from mlc.engine import txt2img
+
+        stamp = _stamp(spec.ckpt)
+        if self.session is None or stamp != self.stamp or not self.session.serves(spec):
+            self._drop_session()
+            self.session = txt2img.open_session(spec)
+            self.stamp = stamp
+            log.info("loaded %s", spec.ckpt)
+        summary = txt2img.execute(spec, self.session)
+        summary["worker"] = {"pid": os.getpid(), "requests": self.served + 1}
+        return summary
+
+    def _drop_session(self) -> None:
+        if self.session is None:
+            return
+        device = getattr(self.session, "device", "cpu")
+        self.session = self.stamp = None
+        gc.collect()
+        if str(device).startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def serve_one(self, req: Request) -> None:
+        """Run REQ as ``mlc-txt2img`` would, with its folder, umask and MLC_CKPT."""
+        from mlc.engine import txt2img
+
+        with self.lock:
+            if req in self.pending:
+                self.pending.remove(req)
+            if req.gone:
+                req.close()
+                return
+            self.active = req
+        code = 1
+        started = time.monotonic()
+        try:
+            try:
+                os.chdir(req.cwd)
+            except OSError as err:
+                req.send({"err": f"{txt2img.PROG}: error: cannot enter {req.cwd}: {err}\n"})
+            else:
+                os.umask(req.umask)
+                for key in ("MLC_CKPT",):
+                    if key in req.env:
+                        os.environ[key] = req.env[key]
+                    else:
+                        os.environ.pop(key, None)
+                out, err = Stream(req, "out"), Stream(req, "err")
+                with redirect_stdout(out), redirect_stderr(err):  # type: ignore[type-var]
+                    code = txt2img.main(req.argv, run=self.execute)
+        finally:
+            with self.lock:
+                req.done = True
+                self.active = None
+            with contextlib.suppress(OSError):
+                os.chdir(self.dir)
+        self.served += 1
+        log.info("request done: exit %d in %.2f s", code, time.monotonic() - started)
+        req.send({"exit": code})
+        req.close()
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until idle or stopped; returns the exit code."""
+        (self.dir / PIDFILE).write_text(f"{os.getpid()}\n")
+        self.acceptor.start()
+        log.info("worker %d listening on %s (idle exit after %g s)",
+                 os.getpid(), self.path, self.idle)
+        with contextlib.suppress(Exception):  # warm the imports while the first client waits
+            from mlc.engine import generate, loading, txt2img  # noqa: F401
+        try:
+            while True:
+                try:
+                    self._step()
+                except KeyboardInterrupt:  # a cancel that arrived as its request ended
+                    continue
+                except StopIteration:
+                    break
+        finally:
+            self._close_listener()
+            self.acceptor.join(timeout=15)
+            while True:  # requests that arrived while closing still get served
+                try:
+                    self.serve_one(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+                except KeyboardInterrupt:
+                    continue
+            with contextlib.suppress(OSError):
+                if (self.dir / PIDFILE).read_text().strip() == str(os.getpid()):
+                    (self.dir / PIDFILE).unlink()
+            log.info("worker %d exits after %d request(s)", os.getpid(), self.served)
+        return 0
+
+    def _step(self) -> None:
+        if self.stopping:
+            raise StopIteration
+        left = self.last + self.idle - time.monotonic()
+        if left <= 0 and self.queue.empty():
+            log.info("idle for %g s: exiting", self.idle)
+            self.stopping = True
+            raise StopIteration
+        try:
+            req = self.queue.get(timeout=max(0.0, min(POLL, left)))
+        except queue.Empty:
+            return
+        self.serve_one(req)
+        self.last = time.monotonic()
+
+
+def _read_message(conn: socket.socket, limit: int = 4 << 20) -> dict[str, Any]:
+    import json
+
+    buf = b""
+    while b"\n" not in buf:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("the client closed before sending a request")
+        buf += chunk
+        if len(buf) > limit:
+            raise ConnectionError("request too large")
+    message = json.loads(buf.split(b"\n", 1)[0])
+    if not isinstance(message, dict):
+        raise ValueError("a request is a JSON object")
+    return message
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlc.engine.worker [--dir D] [--idle S]``; normally started by the client."""
+    p = argparse.ArgumentParser(prog="python -m mlc.engine.worker", description=__doc__)
+    p.add_argument("--dir", type=Path, default=None, help="private folder (default /tmp/mlc-UID)")
+    p.add_argument(
+        "--idle",
+        type=str,
+        default=None,
+        help=f"exit after this many idle seconds (default $MLC_WORKER_IDLE, {DEFAULT_IDLE:g})",
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s worker[%(process)d] %(message)s",
+        stream=sys.__stderr__,
+    )
+    try:
+        d = private_dir(args.dir or worker_dir())
+        idle = idle_seconds(args.idle if args.idle is not None
+                            else os.environ.get("MLC_WORKER_IDLE"))
+        worker = Worker(d, idle)
+    except (ClientError, OSError) as err:
+        log.error("cannot start: %s", err)
+        return 1
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        worker.stopping = True  # finish the running request, then exit
+
+    signal.signal(signal.SIGTERM, terminate)
+    # SIGINT keeps Python's handler: _thread.interrupt_main() relies on it to cancel a request
+    # (the worker has its own session, so a terminal's Ctrl-C never reaches it).
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""The warm engine worker as real processes: reuse, idle exit, restart, queueing, Ctrl-C,
+refusal of another user, and the one-shot engine's errors and exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlc.engine import txt2img
+from mlc.engine.client import LOG, PIDFILE, SOCKET
+
+from .conftest import SIZE, STEPS, TinyModel, copy_model
+
+TEST_USER = os.environ.get("MLC_TEST_USER", "mlctester")
+TEST_USER_PYTHON = os.environ.get("MLC_TEST_USER_PYTHON", f"/home/{TEST_USER}/venv/bin/python")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its new parent) counts as gone
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _wait_gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+class Workers:
+    """A private worker folder; every worker started in it is killed at the end."""
+
+    def __init__(self, d: Path, tiny: TinyModel, cwd: Path) -> None:
+        self.dir, self.tiny, self.cwd = d, tiny, cwd
+        self.pids: set[int] = set()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "MLC_WORKER_DIR": str(self.dir),
+            **extra,
+        }
+
+    def argv(self, *args: str, ckpt: Path | None = None) -> list[str]:
+        return [
+            sys.executable, "-m", "mlc.engine.client",
+            "--ckpt", str(ckpt or self.tiny.safetensors),
+            "--H", str(SIZE), "--W", str(SIZE), "--ddim_steps", str(STEPS),
+            "--n_samples", "1", "--n_iter", "1", "--skip_grid", *args,
+        ]  # fmt: skip
+
+    def run(self, *args: str, ckpt: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+        p = subprocess.run(
+            self.argv(*args, ckpt=ckpt),
+            capture_output=True, text=True, env=self.env(**env), cwd=self.cwd, timeout=300,
+        )  # fmt: skip
+        self.note_pid()
+        return p
+
+    def popen(self, *args: str, **env: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=self.env(**env), cwd=self.cwd,
+        )  # fmt: skip
+
+    def json(self, *args: str, ckpt: Path | None = None, **env: str) -> dict:
+        p = self.run("--json", *args, ckpt=ckpt, **env)
+        assert p.returncode == 0, p.stderr
+        summary = json.loads(p.stdout)
+        self.pids.add(summary["worker"]["pid"])
+        return summary
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.dir / PIDFILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def note_pid(self) -> None:
+        if (pid := self.pid()) is not None:
+            self.pids.add(pid)
+
+    def kill_all(self) -> None:
+        self.note_pid()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def workers(tiny: TinyModel, tmp_path: Path) -> Iterator[Workers]:
+    d = Path(tempfile.mkdtemp(prefix="mlc-w-", dir="/tmp"))  # short: socket paths are limited
+    d.chmod(0o755)  # only the worker folder inside is private
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    w = Workers(d / "w", tiny, cwd)
+    yield w
+    w.kill_all()
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _png(path: str | Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_reuse_same_pixels_and_reload(workers: Workers, tiny: TinyModel, tmp_path: Path, capsys):
+    first = workers.json("--seed", "7")
+    assert first["timings"]["load_s"] > 0
+    pid = first["worker"]["pid"]
+    second = workers.json("--seed", "7")
+    assert second["timings"]["load_s"] == 0  # the model stayed loaded
+    assert second["worker"] == {"pid": pid, "requests": 2}
+    # Outputs are relative to the client's folder, numbered on; pixels are the one-shot's.
+    files = [Path(workers.cwd, f) for f in first["files"] + second["files"]]
+    assert [f.name for f in files] == ["00000.png", "00001.png"]
+    assert all(f.is_file() and f.parent.parent == workers.cwd / "outputs" / "txt2img-samples"
+               for f in files)
+    code = txt2img.main(["--ckpt", str(tiny.safetensors), "--H", str(SIZE), "--W", str(SIZE),
+                         "--ddim_steps", str(STEPS), "--n_samples", "1", "--n_iter", "1",
+                         "--skip_grid", "--seed", "7", "--outdir", str(tmp_path / "one-shot"),
+                         "--json"])
+    one_shot = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert np.array_equal(_png(files[1]), _png(one_shot["files"][0]))
+    # Another checkpoint: loaded in the same worker. MLC_CKPT is taken per request.
+    other = copy_model(tiny, tmp_path / "other")
+    third = workers.json(ckpt=other)
+    assert third["timings"]["load_s"] > 0 and third["worker"]["pid"] == pid
+    p = subprocess.run(
+        workers.argv("--json")[:3] + ["--H", str(SIZE), "--W", str(SIZE), "--ddim_steps", "2",
+                                      "--n_samples", "1", "--n_iter", "1", "--json"],
+        capture_output=True, text=True, env=workers.env(MLC_CKPT=str(other)), cwd=workers.cwd,
+        timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    fourth = json.loads(p.stdout)
+    assert fourth["timings"]["load_s"] == 0 and fourth["model"] == "tiny"
+    assert fourth["worker"]["pid"] == pid
+
+
+def test_errors_match_the_one_shot_engine_and_stop(workers: Workers, tiny: TinyModel, capsys):
+    workers.json()
+    missing = str(workers.cwd / "missing.safetensors")
+    for args in (["--H", "63"], ["--sampler", "nope"], ["--ckpt", missing]):
+        p = workers.run(*args)
+        code = txt2img.main(["--ckpt", str(tiny.safetensors), "--n_samples", "1", *args])
+        _, err = capsys.readouterr()
+        assert (p.returncode, p.stderr) == (code, err)
+        assert code in (1, 2) and len(err.splitlines()) == 1 and err.startswith("mlc-txt2img: ")
+    assert workers.run("--H", "63").returncode == 2
+    pid = workers.pid()
+    assert pid is not None and _alive(pid)
+    p = subprocess.run([sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
+                       capture_output=True, text=True, env=workers.env(), timeout=60)
+    assert p.returncode == 0 and "stops" in p.stderr
+    assert _wait_gone(pid)
+    assert not (workers.dir / SOCKET).exists()
+    assert "exits after" in (workers.dir / LOG).read_text()
+
+
+def test_idle_exit(workers: Workers):
+    first = workers.json("--idle", "2")
+    pid = first["worker"]["pid"]
+    assert _wait_gone(pid, 60)
+    assert not (workers.dir / SOCKET).exists()
+    assert "idle for 2 s: exiting" in (workers.dir / LOG).read_text()
+    second = workers.json(MLC_WORKER_IDLE="30")  # started again on demand
+    assert second["worker"]["pid"] != pid and second["timings"]["load_s"] > 0
+
+
+def test_restart_after_a_crash_between_requests(workers: Workers):
+    pid = workers.json()["worker"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_gone(pid)
+    p = workers.run("--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["worker"]["pid"] != pid
+    assert "restarting" not in p.stderr  # nothing was running: nothing to retry
+
+
+def _kill_worker_at_first_image(workers: Workers, proc: subprocess.Popen, times: int) -> list[str]:
+    assert proc.stderr is not None
+    lines: list[str] = []
+    kills = 0
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("[1/") and kills < times:
+            pid = workers.pid()
+            assert pid is not None
+            workers.pids.add(pid)
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+    proc.wait(timeout=300)
+    return lines
+
+
+def test_restart_mid_request_retries_once(workers: Workers):
+    workers.json()
+    proc = workers.popen("--n_iter", "20")
+    err = _kill_worker_at_first_image(workers, proc, times=1)
+    assert proc.returncode == 0, err
+    assert sum("stopped unexpectedly; restarting it and retrying" in e for e in err) == 1
+    assert err[-1].startswith("[20/20]")
+    # A second crash of the same request is one clear error.
+    proc = workers.popen("--n_iter", "20")
+    err = _kill_worker_at_first_image(workers, proc, times=2)
+    assert proc.returncode == 1
+    assert err[-1].startswith("mlc-txt2img: error: the engine worker stopped twice")
+    assert "Traceback" not in "".join(err)
+
+
+def test_concurrent_requests_queue(workers: Workers):
+    pid = workers.json()["worker"]["pid"]
+    long = workers.popen("--n_iter", "30")
+    assert long.stderr is not None
+    for line in long.stderr:
+        if line.startswith("[1/"):
+            break
+    procs = [workers.popen("--json", "--n_iter", "2", "--seed", str(i)) for i in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    long.wait(timeout=300)
+    assert [p.returncode for p in (long, *procs)] == [0, 0, 0], results
+    summaries = [json.loads(out) for out, _ in results]
+    assert {s["worker"]["pid"] for s in summaries} == {pid}
+    assert all(s["timings"]["load_s"] == 0 for s in summaries)
+    assert all("waiting for the engine worker (" in err for _, err in results)
+    files = [f for s in summaries for f in s["files"]]
+    assert len(set(files)) == 4  # nothing overwritten, each numbered on its own
+    names = sorted(p.name for p in (workers.cwd / "outputs/txt2img-samples/samples").iterdir())
+    assert names == [f"{i:05d}.png" for i in range(35)]
+
+
+def test_ctrl_c_cancels_and_the_worker_stays(workers: Workers):
+    pid = workers.json()["worker"]["pid"]
+    proc = workers.popen("--n_iter", "40", "--outdir", "cancelled")
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("[1/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130
+    assert rest.strip().splitlines()[-1] == "mlc-txt2img: interrupted"
+    after = workers.json()
+    assert after["worker"]["pid"] == pid and after["timings"]["load_s"] == 0
+    made = list((workers.cwd / "cancelled" / "samples").glob("*.png"))
+    assert 1 <= len(made) < 40  # the worker stopped the request
+    assert "client gone: interrupting" in (workers.dir / LOG).read_text()
+
+
+def test_another_user_is_refused(workers: Workers, test_user: pwd.struct_passwd,
+                                 shared_dir: Path):
+    pid = workers.json()["worker"]["pid"]
+    d = workers.dir
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert stat.S_IMODE((d / SOCKET).stat().st_mode) == 0o600
+
+    def as_user(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        extra = {"PYTHONPATH": str(shared_dir / "src"), "PATH": os.environ["PATH"],
+                 "HOME": test_user.pw_dir, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        return subprocess.run(
+            ["runuser", "-u", test_user.pw_name, "--", "env", "-i",
+             *[f"{k}={v}" for k, v in extra.items()], TEST_USER_PYTHON, *args],
+            capture_output=True, text=True, timeout=60, cwd="/",
+        )  # fmt: skip
+
+    # The client refuses a worker folder that is not the user's own: one line, exit 1.
+    p = as_user("-m", "mlc.engine.client", "--n_samples", "1", env={"MLC_WORKER_DIR": str(d)})
+    assert p.returncode == 1
+    assert p.stderr.count("\n") == 1 and "belongs to uid 0, not to you" in p.stderr
+    # The folder cannot be entered, so the socket cannot be reached.
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n"
+        "    print('connect:', type(e).__name__); sys.exit(3)\n"
+        "print(s.makefile().readline().strip())\n"
+    )
+    p = as_user("-c", probe, str(d / SOCKET))
+    assert (p.returncode, p.stdout.strip()) == (3, "connect: PermissionError")
+    # Even with the folder and socket opened up, the worker checks the peer's uid.
+    d.chmod(0o711)
+    (d / SOCKET).chmod(0o666)
+    try:
+        p = as_user("-c", probe, str(d / SOCKET))
+    finally:
+        d.chmod(0o700)
+        (d / SOCKET).chmod(0o600)
+    assert p.returncode == 0, p.stderr
+    reply = json.loads(p.stdout)
+    assert reply == {"error": f"this engine worker serves uid 0 only; "
+                              f"refusing uid {test_user.pw_uid}"}
+    assert "refused a connection from uid" in (d / LOG).read_text()
+    after = workers.json()  # still serving its own user
+    assert after["worker"]["pid"] == pid
+
+
+def test_no_worker_and_usage_of_client_flags(workers: Workers):
+    p = workers.run("--no-worker", "--json")
+    assert p.returncode == 0, p.stderr
+    assert "worker" not in json.loads(p.stdout)
+    assert workers.pid() is None  # no worker was started
+    p = workers.run("--idle", "soon")
+    assert p.returncode == 2
+    assert p.stderr == "mlc-txt2img: error: --idle must be a number of seconds >= 0, not 'soon'\n"
+    p = subprocess.run([sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
+                       capture_output=True, text=True, env=workers.env(), timeout=60)
+    assert p.returncode == 0 and "no engine worker is running" in p.stderr
+
+
+def test_the_client_imports_no_torch():
+    code = "import sys, mlc.engine.client; print(sorted(m for m in sys.modules if m in "
+    code += "('torch', 'diffusers', 'transformers', 'numpy', 'PIL')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_stale_socket_is_replaced(workers: Workers):
+    workers.dir.mkdir(mode=0o700)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(workers.dir / SOCKET))  # bound, never listening: a dead worker's leftover
+    s.close()
+    summary = workers.json()
+    assert summary["worker"]["pid"] == workers.pid()
