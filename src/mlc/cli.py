@@ -483,16 +483,23 @@ def models_(
 def txt2img(ctx: typer.Context, name: NameArg) -> None:
     """Generate images in NAME with the bundled engine; the classic txt2img flags pass through.
 
-    --ckpt defaults to the model `mlc setup` installed; images land in the workspace.
+    --ckpt defaults to the model `mlc setup` installed; images land in the workspace. The
+    model stays loaded in a worker inside the container between calls (it exits after
+    --idle SECONDS, default 600 or $MLC_WORKER_IDLE); --no-worker runs one-shot;
+    --stop-worker stops the worker.
 
     Example: [bold]mlc txt2img sd --prompt "a photo of a pink cube" --plms --n_samples 1[/]
     """
+    import uuid
+
     from mlc import provision
 
     if name in ("-h", "--help"):
         _show(ctx.get_help())
         raise typer.Exit()
     flags = list(ctx.args)
+    one_shot = "--no-worker" in flags
+    flags = [f for f in flags if f != "--no-worker"]
     dc = _docker()
     c = containers.find(dc, name, host.current_user())
     started = containers.start(c)
@@ -502,12 +509,32 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
             raise MlcError(f"the engine is not set up in '{name}'", hint=f"run: mlc setup {name}")
         if state.get("ckpt") and not any(f == "--ckpt" or f.startswith("--ckpt=") for f in flags):
             flags = ["--ckpt", state["ckpt"], *flags]
-        cmd = [state.get("python", "python3"), "-m", "mlc.engine.txt2img", *flags]
-        code = containers.exec_stream(dc, c, cmd, env={"PYTHONUNBUFFERED": "1"})
+        python = state.get("python", "python3")
+        if not state["engine"].get("worker"):  # an engine copied before the warm worker
+            one_shot = True
+        module = "mlc.engine.txt2img" if one_shot else "mlc.engine.client"
+        tag = uuid.uuid4().hex
+        env = {"PYTHONUNBUFFERED": "1", "MLC_REQUEST_TAG": tag}
+        if os.environ.get("MLC_WORKER_IDLE"):
+            env["MLC_WORKER_IDLE"] = os.environ["MLC_WORKER_IDLE"]
+        try:
+            code = containers.exec_stream(dc, c, [python, "-m", module, *flags], env=env)
+        except KeyboardInterrupt:
+            if not one_shot:
+                _cancel_request(c, python, tag)
+            raise
     finally:
         if started:
             containers.stop_if_idle(dc, c)
     raise typer.Exit(code)
+
+
+def _cancel_request(c: containers.Container, python: str, tag: str) -> None:
+    """Ctrl-C: docker exec does not pass signals on, so ask the worker to cancel the request."""
+    import contextlib
+
+    with contextlib.suppress(Exception):  # best effort while interrupted
+        c.exec_run([python, "-m", "mlc.engine.client", "--cancel", tag], user=containers.user_of(c))
 
 
 @app.command("update-sys", rich_help_panel=IMAGES)
@@ -557,13 +584,21 @@ def images(
         "CUDA",
         "PYTHON",
         "TORCH",
+        "DRIVER",
         "IMAGE",
         box=None,
         title=f"images for {arch_name}",
     )
     for e in entries:
+        driver = f">= {e.min_driver}" if e.min_driver else "-"
         table.add_row(
-            e.framework, e.version, e.cuda or "-", e.python or "-", e.torch or "-", e.reference
+            e.framework,
+            e.version,
+            e.cuda or "-",
+            e.python or "-",
+            e.torch or "-",
+            driver,
+            e.reference,
         )
     out.print(table)
 

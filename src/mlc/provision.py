@@ -190,7 +190,8 @@ def install_engine(c: Container, py: Python, state: dict[str, Any]) -> bool:
     write_files(c, {"mlc-engine.pth": f"{ENGINE_ROOT}\n".encode()}, root=py.site)
     launcher = f'#!/bin/sh\nexec {py.path} -m mlc.engine.txt2img "$@"\n'.encode()
     write_files(c, {"mlc-txt2img": launcher}, root="/usr/local/bin", mode=0o755)
-    state["engine"] = {"digest": digest.hexdigest(), "version": mlc.__version__}
+    # worker: `mlc txt2img` may use the warm engine (mlc.engine.client) of this copy
+    state["engine"] = {"digest": digest.hexdigest(), "version": mlc.__version__, "worker": 1}
     return True
 
 

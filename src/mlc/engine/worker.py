@@ -287,7 +287,9 @@ class Worker:
         with self.lock:
             if req in self.pending:
                 self.pending.remove(req)
-            if req.gone:
+            if req.gone:  # cancelled while queued
+                req.send({"err": f"{txt2img.PROG}: interrupted\n"})
+                req.send({"exit": 130})
                 req.close()
                 return
             self.active = req

@@ -1,0 +1,71 @@
+"""Through Docker: `mlc txt2img` keeps the engine warm in the container between calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TORCH_IMAGE, _missing
+
+pytestmark = pytest.mark.docker
+
+FLAGS = ("--H", "64", "--W", "64", "--ddim_steps", "2", "--n_samples", "1", "--n_iter", "1",
+         "--skip_grid", "--json")
+
+
+@pytest.fixture
+def torch_catalog(docker_client, shared_dir: Path) -> Path:
+    import docker.errors
+
+    try:
+        docker_client.images.get(TORCH_IMAGE)
+    except docker.errors.ImageNotFound:
+        _missing(f"test image {TORCH_IMAGE} is missing: run images/local/build.sh")
+    path = shared_dir / "torch-catalog-worker.yaml"
+    path.write_text(f"images: [{{framework: Pytorch, version: 2.13.0-cpu, arch: [CPU], "
+                    f"image: '{TORCH_IMAGE}'}}]\n")
+    path.chmod(0o644)
+    return path
+
+
+def test_txt2img_reuses_the_worker(mlc, name, tmp_path, torch_catalog):
+    env = {"MLC_CATALOG": str(torch_catalog)}
+    ws = tmp_path / "ws"
+    r = mlc("create", name, "Pytorch", "2.13.0-cpu", "-w", str(ws), "-m", str(tmp_path / "m"),
+            env=env)
+    assert r.code == 0, r.err
+    r = mlc("setup", name, "demo", env=env, timeout=600)
+    assert r.code == 0, r.err
+
+    r = mlc("txt2img", name, *FLAGS, "--seed", "1", env=env, timeout=600)
+    assert r.code == 0, r.err
+    first = json.loads(r.out)
+    assert first["timings"]["load_s"] > 0 and first["model"] == "demo"
+    r = mlc("txt2img", name, *FLAGS, "--seed", "2", env=env, timeout=600)
+    assert r.code == 0, r.err
+    second = json.loads(r.out)
+    assert second["timings"]["load_s"] == 0  # the worker kept the model loaded
+    assert second["worker"]["pid"] == first["worker"]["pid"]
+    samples = ws / "outputs" / "txt2img-samples" / "samples"
+    assert sorted(p.name for p in samples.iterdir()) == ["00000.png", "00001.png"]
+
+    # Errors through the worker: the engine's one line and exit code.
+    r = mlc("txt2img", name, "--H", "63", "--n_samples", "1", env=env)
+    assert r.code == 2 and r.err.strip().splitlines() == [
+        "mlc-txt2img: error: --H 63 is not a multiple of 8; use 56 or 64"
+    ]
+
+    r = mlc("txt2img", name, *FLAGS, "--no-worker", env=env, timeout=600)
+    assert r.code == 0, r.err
+    one_shot = json.loads(r.out)
+    assert "worker" not in one_shot and one_shot["timings"]["load_s"] > 0
+
+    r = mlc("txt2img", name, "--stop-worker", env=env)
+    assert r.code == 0 and "stops after its queue" in r.err
+    r = mlc("txt2img", name, *FLAGS, "--idle", "30", env=env, timeout=600)
+    assert r.code == 0, r.err
+    third = json.loads(r.out)
+    assert third["worker"]["pid"] != first["worker"]["pid"]
+    assert len(list(samples.iterdir())) == 4
