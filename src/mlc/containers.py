@@ -453,6 +453,16 @@ def _create_and_start(
         except APIError as exc:
             c.remove(force=True)
             reason = str(exc.explanation or exc)
+            if devices and "requirement error" in reason:  # the driver is too old for the image
+                need = (
+                    f" (this image needs driver >= {spec.entry.min_driver})"
+                    if spec.entry.min_driver
+                    else ""
+                )
+                raise MlcError(
+                    f"the NVIDIA driver is too old for {spec.entry.reference}{need}",
+                    hint="update the driver, or pick an image with an older CUDA (`mlc images`)",
+                ) from None
             if devices and any(s in reason for s in GPU_DRIVER_ERRORS):
                 if spec.gpus_explicit:
                     raise MlcError(

@@ -180,6 +180,17 @@ class InstallResult:
 # --------------------------------------------------------------------------- helpers
 
 
+def _ca_bundle() -> str | bool:
+    """Verify TLS with REQUESTS_CA_BUNDLE, else the host's bundle (which holds a corporate or
+    intercepting proxy's CA), not only certifi's list."""
+    from mlc import host
+
+    if os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
+        return True  # requests reads them itself
+    bundle = host.ca_bundle()
+    return str(bundle) if bundle else True
+
+
 def mirror_url(url: str, mirror: str | None = None) -> str:
     """Replace scheme and host of ``url`` with ``mirror`` (default: ``MLC_MODELS_MIRROR``).
 
@@ -341,6 +352,7 @@ def download(
         part.reset()
 
     session = requests.Session()
+    session.verify = _ca_bundle()
     failures = 0
     total: int | None = None
     try:
