@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,12 +329,19 @@ def load(
     quiet_libraries()
     dtype = dtype or torch.float32
     source = resolve(ckpt, config)
+    tokenizer = _Background(load_tokenizer, source)  # overlaps the weights (thread)
     if source.is_folder:
         unet, vae, text_encoder = _load_folder(source, dtype)
         model_hash = legacy_model_hash(_first_weights(source.path / "unet"))
     else:
-        unet, vae, text_encoder = _load_single_file(source, dtype)
         model_hash = legacy_model_hash(source.path)
+        cached = converted_cache(source, dtype, model_hash)
+        loaded = cached.load() if cached is not None else None
+        if loaded is None:
+            loaded = _load_single_file(source, dtype)
+            if cached is not None:
+                cached.save(*loaded)
+        unet, vae, text_encoder = loaded
     for model in (unet, vae, text_encoder):
         if torch.device(device).type != "cpu":
             model.to(device)
@@ -341,7 +350,7 @@ def load(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=load_tokenizer(source),
+        tokenizer=tokenizer.result(),
         schedule=schedule_of(source),
         name=source.path.stem if not source.is_folder else source.path.name,
         model_hash=model_hash,
@@ -409,4 +418,185 @@ def _load_folder(source: ModelSource, dtype: Any) -> tuple[Any, Any, Any]:
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot load diffusers folder {root}: {_first_line(err)}") from None
+    return unet, vae, text_encoder
+
+
+class _Background:
+    """Run ``fn(*args)`` in a daemon thread; ``result()`` waits and re-raises its error."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Any, args: tuple[Any, ...]) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller in result()
+            self._error = err
+
+    def result(self) -> Any:
+        """The function's value (or its exception, raised here)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+# -- converted cache ----------------------------------------------------------------------
+# A single-file checkpoint is converted (original -> diffusers key names, target dtype) on
+# every load. The first load of a large file also writes the converted weights, with each
+# model's config, to one safetensors file in a cache folder; later loads memory-map that file
+# and assign its tensors straight into models built on the meta device (no random init, no
+# key conversion, no torch.load, no single-file machinery). The entry is keyed by the
+# checkpoint's resolved path, size, mtime, A1111 hash, config and dtype: any change makes it
+# stale, and a stale entry is rebuilt, never used.
+
+CACHE_VERSION = "1"
+CACHE_MIN_BYTES = 256 * 2**20  # smaller checkpoints load fast anyway: not worth the disk
+
+
+def cache_root() -> Path | None:
+    """``$MLC_CACHE_DIR`` (``off`` disables), else ``~/.cache/mlc/converted``."""
+    env = os.environ.get("MLC_CACHE_DIR", "")
+    if env.lower() in ("0", "off", "no", "none"):
+        return None
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mlc" / "converted"
+
+
+def _cache_min_bytes() -> int:
+    try:
+        return int(os.environ.get("MLC_CACHE_MIN_BYTES", CACHE_MIN_BYTES))
+    except ValueError:
+        return CACHE_MIN_BYTES
+
+
+def _config_fingerprint(source: ModelSource) -> str:
+    digest = hashlib.sha256()
+    if source.yaml is not None:
+        digest.update(json.dumps(source.yaml, sort_keys=True, default=str).encode())
+    for name in ("unet", "vae", "text_encoder", "scheduler"):
+        cfg = source.part(name)
+        for f in sorted(cfg.glob("*.json")) if cfg.is_dir() else ():
+            digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class ConvertedCache:
+    """One cache entry: ``path`` holds the converted weights when its key matches ``key``."""
+
+    path: Path
+    key: str
+    size: int  # bytes of the source checkpoint (for the free-space check)
+
+    def valid(self) -> bool:
+        """Whether the entry exists and was made from this very checkpoint, config and dtype."""
+        if not self.path.is_file():
+            return False
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt") as fh:
+                return (fh.metadata() or {}).get("mlc_key") == self.key
+        except Exception:  # noqa: BLE001 - unreadable: not valid
+            return False
+
+    def load(self) -> tuple[Any, Any, Any] | None:
+        """(unet, vae, text_encoder) from the entry, or None when missing, stale or unreadable."""
+        if not self.path.is_file():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("mlc_key") != self.key:
+                    return None  # stale: the checkpoint, its config or the dtype changed
+                state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+            configs = json.loads(meta["configs"])
+            return _models_from_state(state, configs)
+        except Exception:  # noqa: BLE001 - a broken entry is rebuilt from the checkpoint
+            return None
+
+    def save(self, unet: Any, vae: Any, text_encoder: Any) -> None:
+        """Write the entry (atomically); a failure (disk full, read-only) only skips it."""
+        from safetensors.torch import save_file
+
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(self.path.parent).free < self.size * 1.2 + 2**30:
+                return
+            state: dict[str, Any] = {}
+            for prefix, model in (("unet.", unet), ("vae.", vae), ("text_encoder.", text_encoder)):
+                for k, v in model.state_dict().items():
+                    state[prefix + k] = v.detach().to("cpu").contiguous()
+            configs = {
+                "unet": _plain(dict(unet.config)),
+                "vae": _plain(dict(vae.config)),
+                "text_encoder": text_encoder.config.to_dict(),
+            }
+            meta = {"format": "pt", "mlc_key": self.key, "configs": json.dumps(configs)}
+            save_file(state, str(tmp), metadata=meta)
+            tmp.replace(self.path)
+        except (OSError, ValueError, RuntimeError):
+            tmp.unlink(missing_ok=True)
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(config, default=list))
+
+
+def converted_cache(
+    source: ModelSource, dtype: Any, model_hash: str | None = None
+) -> ConvertedCache | None:
+    """The cache entry for a single-file checkpoint, or None (disabled, small file, folder)."""
+    root = cache_root()
+    if root is None or source.is_folder:
+        return None
+    try:
+        real = source.path.resolve()
+        st = real.stat()
+    except OSError:
+        return None
+    if st.st_size < _cache_min_bytes():
+        return None
+    ident = [
+        CACHE_VERSION,
+        str(real),
+        st.st_size,
+        st.st_mtime_ns,
+        model_hash or legacy_model_hash(real),
+        _config_fingerprint(source),
+        str(dtype),
+    ]
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()
+    name = hashlib.sha256(f"{real}|{dtype}".encode()).hexdigest()[:20]
+    return ConvertedCache(root / f"{real.stem}-{name}.safetensors", key, st.st_size)
+
+
+def _models_from_state(
+    state: dict[str, Any], configs: dict[str, dict[str, Any]]
+) -> tuple[Any, Any, Any]:
+    """Build the three models on the meta device and assign the (memory-mapped) tensors."""
+    from accelerate import init_empty_weights
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    parts: dict[str, dict[str, Any]] = {"unet": {}, "vae": {}, "text_encoder": {}}
+    for key, value in state.items():
+        prefix, _, name = key.partition(".")
+        parts[prefix][name] = value
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(configs["unet"])
+        vae = AutoencoderKL.from_config(configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"]))
+    for model, name in ((unet, "unet"), (vae, "vae"), (text_encoder, "text_encoder")):
+        model.load_state_dict(parts[name], strict=True, assign=True)
+        if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
+            raise ValueError(f"{name}: incomplete cache entry")
     return unet, vae, text_encoder
