@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,24 @@ def test_txt2img_reuses_the_worker(mlc, name, tmp_path, torch_catalog):
     third = json.loads(r.out)
     assert third["worker"]["pid"] != first["worker"]["pid"]
     assert len(list(samples.iterdir())) == 4
+
+    # Ctrl-C on the host cancels the request inside the container; the worker stays warm.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlc", "txt2img", name, *FLAGS[:-1], "--n_iter", "40",
+         "--outdir", "cancelled"],
+        env={**mlc.env, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("[1/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, rest
+    r = mlc("txt2img", name, *FLAGS, env=env, timeout=600)
+    assert r.code == 0, r.err
+    after = json.loads(r.out)
+    assert after["worker"]["pid"] == third["worker"]["pid"]
+    assert after["timings"]["load_s"] == 0
+    assert 1 <= len(list((ws / "cancelled" / "samples").iterdir())) < 40

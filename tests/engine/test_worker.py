@@ -7,8 +7,8 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -114,36 +114,43 @@ class Workers:
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def workers(tiny: TinyModel, tmp_path: Path) -> Iterator[Workers]:
+def _workers(tiny: TinyModel, cwd: Path) -> Iterator[Workers]:
     d = Path(tempfile.mkdtemp(prefix="mlc-w-", dir="/tmp"))  # short: socket paths are limited
     d.chmod(0o755)  # only the worker folder inside is private
-    cwd = tmp_path / "work"
     cwd.mkdir()
     w = Workers(d / "w", tiny, cwd)
     yield w
     w.kill_all()
-    import shutil
-
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def workers(tiny: TinyModel, tmp_path: Path) -> Iterator[Workers]:
+    """A worker folder of its own (for tests that kill or stop the worker)."""
+    yield from _workers(tiny, tmp_path / "work")
+
+
+@pytest.fixture(scope="module")
+def warm(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    """One worker shared by the tests that leave it running (each uses its own --outdir)."""
+    yield from _workers(tiny, tmp_path_factory.mktemp("warm") / "work")
 
 
 def _png(path: str | Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def test_reuse_same_pixels_and_reload(workers: Workers, tiny: TinyModel, tmp_path: Path, capsys):
-    first = workers.json("--seed", "7")
-    assert first["timings"]["load_s"] > 0
+def test_reuse_same_pixels_and_reload(warm: Workers, tiny: TinyModel, tmp_path: Path, capsys):
+    workers = warm
+    first = workers.json("--seed", "7", "--outdir", "reuse")
     pid = first["worker"]["pid"]
-    second = workers.json("--seed", "7")
+    second = workers.json("--seed", "7", "--outdir", "reuse")
     assert second["timings"]["load_s"] == 0  # the model stayed loaded
-    assert second["worker"] == {"pid": pid, "requests": 2}
+    assert second["worker"] == {"pid": pid, "requests": first["worker"]["requests"] + 1}
     # Outputs are relative to the client's folder, numbered on; pixels are the one-shot's.
     files = [Path(workers.cwd, f) for f in first["files"] + second["files"]]
     assert [f.name for f in files] == ["00000.png", "00001.png"]
-    assert all(f.is_file() and f.parent.parent == workers.cwd / "outputs" / "txt2img-samples"
-               for f in files)
+    assert all(f.is_file() and f.parent.parent == workers.cwd / "reuse" for f in files)
     code = txt2img.main(["--ckpt", str(tiny.safetensors), "--H", str(SIZE), "--W", str(SIZE),
                          "--ddim_steps", str(STEPS), "--n_samples", "1", "--n_iter", "1",
                          "--skip_grid", "--seed", "7", "--outdir", str(tmp_path / "one-shot"),
@@ -153,11 +160,12 @@ def test_reuse_same_pixels_and_reload(workers: Workers, tiny: TinyModel, tmp_pat
     assert np.array_equal(_png(files[1]), _png(one_shot["files"][0]))
     # Another checkpoint: loaded in the same worker. MLC_CKPT is taken per request.
     other = copy_model(tiny, tmp_path / "other")
-    third = workers.json(ckpt=other)
+    third = workers.json("--outdir", "reuse", ckpt=other)
     assert third["timings"]["load_s"] > 0 and third["worker"]["pid"] == pid
     p = subprocess.run(
         workers.argv("--json")[:3] + ["--H", str(SIZE), "--W", str(SIZE), "--ddim_steps", "2",
-                                      "--n_samples", "1", "--n_iter", "1", "--json"],
+                                      "--n_samples", "1", "--n_iter", "1", "--json",
+                                      "--outdir", "reuse"],
         capture_output=True, text=True, env=workers.env(MLC_CKPT=str(other)), cwd=workers.cwd,
         timeout=300,
     )  # fmt: skip
@@ -167,8 +175,9 @@ def test_reuse_same_pixels_and_reload(workers: Workers, tiny: TinyModel, tmp_pat
     assert fourth["worker"]["pid"] == pid
 
 
-def test_errors_match_the_one_shot_engine_and_stop(workers: Workers, tiny: TinyModel, capsys):
-    workers.json()
+def test_errors_match_the_one_shot_engine(warm: Workers, tiny: TinyModel, capsys):
+    workers = warm
+    workers.json("--outdir", "errors")
     missing = str(workers.cwd / "missing.safetensors")
     for args in (["--H", "63"], ["--sampler", "nope"], ["--ckpt", missing]):
         p = workers.run(*args)
@@ -178,7 +187,11 @@ def test_errors_match_the_one_shot_engine_and_stop(workers: Workers, tiny: TinyM
         assert code in (1, 2) and len(err.splitlines()) == 1 and err.startswith("mlc-txt2img: ")
     assert workers.run("--H", "63").returncode == 2
     pid = workers.pid()
-    assert pid is not None and _alive(pid)
+    assert pid is not None and _alive(pid)  # errors do not stop the worker
+
+
+def test_stop_worker(workers: Workers):
+    pid = workers.json()["worker"]["pid"]
     p = subprocess.run([sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
                        capture_output=True, text=True, env=workers.env(), timeout=60)
     assert p.returncode == 0 and "stops" in p.stderr
@@ -197,14 +210,6 @@ def test_idle_exit(workers: Workers):
     assert second["worker"]["pid"] != pid and second["timings"]["load_s"] > 0
 
 
-def test_restart_after_a_crash_between_requests(workers: Workers):
-    pid = workers.json()["worker"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    assert _wait_gone(pid)
-    p = workers.run("--json")
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["worker"]["pid"] != pid
-    assert "restarting" not in p.stderr  # nothing was running: nothing to retry
 
 
 def _kill_worker_at_first_image(workers: Workers, proc: subprocess.Popen, times: int) -> list[str]:
@@ -223,8 +228,16 @@ def _kill_worker_at_first_image(workers: Workers, proc: subprocess.Popen, times:
     return lines
 
 
-def test_restart_mid_request_retries_once(workers: Workers):
-    workers.json()
+def test_restart_after_crashes(workers: Workers):
+    pid = workers.json()["worker"]["pid"]
+    os.kill(pid, signal.SIGKILL)  # between requests: its socket stays behind, stale
+    assert _wait_gone(pid)
+    assert (workers.dir / SOCKET).exists()
+    p = workers.run("--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["worker"]["pid"] != pid
+    assert "restarting" not in p.stderr  # nothing was running: nothing to retry
+    # During a request: the worker is started again and the request retried once.
     proc = workers.popen("--n_iter", "20")
     err = _kill_worker_at_first_image(workers, proc, times=1)
     assert proc.returncode == 0, err
@@ -238,14 +251,16 @@ def test_restart_mid_request_retries_once(workers: Workers):
     assert "Traceback" not in "".join(err)
 
 
-def test_concurrent_requests_queue(workers: Workers):
-    pid = workers.json()["worker"]["pid"]
-    long = workers.popen("--n_iter", "30")
+def test_concurrent_requests_queue(warm: Workers):
+    workers = warm
+    pid = workers.json("--outdir", "queue")["worker"]["pid"]
+    long = workers.popen("--n_iter", "30", "--outdir", "queue")
     assert long.stderr is not None
     for line in long.stderr:
         if line.startswith("[1/"):
             break
-    procs = [workers.popen("--json", "--n_iter", "2", "--seed", str(i)) for i in range(2)]
+    procs = [workers.popen("--json", "--n_iter", "2", "--seed", str(i), "--outdir", "queue")
+             for i in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
     long.wait(timeout=300)
     assert [p.returncode for p in (long, *procs)] == [0, 0, 0], results
@@ -255,12 +270,13 @@ def test_concurrent_requests_queue(workers: Workers):
     assert all("waiting for the engine worker (" in err for _, err in results)
     files = [f for s in summaries for f in s["files"]]
     assert len(set(files)) == 4  # nothing overwritten, each numbered on its own
-    names = sorted(p.name for p in (workers.cwd / "outputs/txt2img-samples/samples").iterdir())
+    names = sorted(p.name for p in (workers.cwd / "queue/samples").iterdir())
     assert names == [f"{i:05d}.png" for i in range(35)]
 
 
-def test_ctrl_c_cancels_and_the_worker_stays(workers: Workers):
-    pid = workers.json()["worker"]["pid"]
+def test_ctrl_c_cancels_and_the_worker_stays(warm: Workers):
+    workers = warm
+    pid = workers.json("--outdir", "ctrl-c")["worker"]["pid"]
     proc = workers.popen("--n_iter", "40", "--outdir", "cancelled")
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -271,16 +287,16 @@ def test_ctrl_c_cancels_and_the_worker_stays(workers: Workers):
     proc.wait(timeout=120)
     assert proc.returncode == 130
     assert rest.strip().splitlines()[-1] == "mlc-txt2img: interrupted"
-    after = workers.json()
+    after = workers.json("--outdir", "ctrl-c")
     assert after["worker"]["pid"] == pid and after["timings"]["load_s"] == 0
     made = list((workers.cwd / "cancelled" / "samples").glob("*.png"))
     assert 1 <= len(made) < 40  # the worker stopped the request
     assert "client gone: interrupting" in (workers.dir / LOG).read_text()
 
 
-def test_another_user_is_refused(workers: Workers, test_user: pwd.struct_passwd,
-                                 shared_dir: Path):
-    pid = workers.json()["worker"]["pid"]
+def test_another_user_is_refused(warm: Workers, test_user: pwd.struct_passwd, shared_dir: Path):
+    workers = warm
+    pid = workers.json("--outdir", "refusal")["worker"]["pid"]
     d = workers.dir
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     assert stat.S_IMODE((d / SOCKET).stat().st_mode) == 0o600
@@ -321,7 +337,7 @@ def test_another_user_is_refused(workers: Workers, test_user: pwd.struct_passwd,
     assert reply == {"error": f"this engine worker serves uid 0 only; "
                               f"refusing uid {test_user.pw_uid}"}
     assert "refused a connection from uid" in (d / LOG).read_text()
-    after = workers.json()  # still serving its own user
+    after = workers.json("--outdir", "refusal")  # still serving its own user
     assert after["worker"]["pid"] == pid
 
 
@@ -344,11 +360,3 @@ def test_the_client_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
 
-
-def test_a_stale_socket_is_replaced(workers: Workers):
-    workers.dir.mkdir(mode=0o700)
-    s = socket.socket(socket.AF_UNIX)
-    s.bind(str(workers.dir / SOCKET))  # bound, never listening: a dead worker's leftover
-    s.close()
-    summary = workers.json()
-    assert summary["worker"]["pid"] == workers.pid()

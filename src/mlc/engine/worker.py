@@ -358,7 +358,9 @@ class Worker:
     def _step(self) -> None:
         if self.stopping:
             raise StopIteration
-        left = self.last + self.idle - time.monotonic()
+        # A new worker waits at least 10 s for the request of the client that started it.
+        idle = self.idle if self.served else max(self.idle, 10.0)
+        left = self.last + idle - time.monotonic()
         if left <= 0 and self.queue.empty():
             log.info("idle for %g s: exiting", self.idle)
             self.stopping = True
