@@ -294,6 +294,37 @@ def test_ctrl_c_cancels_and_the_worker_stays(warm: Workers):
     assert "client gone: interrupting" in (workers.dir / LOG).read_text()
 
 
+def test_cancel_by_tag_running_and_queued(warm: Workers):
+    """What `mlc txt2img` does on Ctrl-C: docker exec passes no signals, so it cancels by tag."""
+    workers = warm
+    pid = workers.json("--outdir", "tagged")["worker"]["pid"]
+    running = workers.popen("--n_iter", "40", "--outdir", "tagged", MLC_REQUEST_TAG="run-1")
+    assert running.stderr is not None
+    for line in running.stderr:
+        if line.startswith("[1/"):
+            break
+    queued = workers.popen("--outdir", "tagged", MLC_REQUEST_TAG="queued-1")
+    assert queued.stderr is not None
+    assert queued.stderr.readline().startswith("mlc-txt2img: waiting for the engine worker")
+
+    def cancel(tag: str) -> str:
+        p = subprocess.run([sys.executable, "-m", "mlc.engine.client", "--cancel", tag],
+                           capture_output=True, text=True, env=workers.env(), timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stderr
+
+    assert cancel("queued-1") == "mlc-txt2img: cancelled\n"
+    assert cancel("run-1") == "mlc-txt2img: cancelled\n"
+    assert cancel("no-such-tag") == "mlc-txt2img: no such request\n"
+    for proc in (running, queued):
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == 130
+        assert rest.strip().splitlines()[-1] == "mlc-txt2img: interrupted"
+    assert len(list((workers.cwd / "tagged" / "samples").glob("*.png"))) < 41
+    assert workers.json("--outdir", "tagged")["worker"]["pid"] == pid
+
+
 def test_another_user_is_refused(warm: Workers, test_user: pwd.struct_passwd, shared_dir: Path):
     workers = warm
     pid = workers.json("--outdir", "refusal")["worker"]["pid"]

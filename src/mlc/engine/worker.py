@@ -62,6 +62,7 @@ class Request:
     tag: str | None
     gone: bool = False  # the client disconnected (Ctrl-C) or cancelled
     done: bool = False
+    closed: bool = False
     dead_output: bool = field(default=False, repr=False)
 
     def send(self, message: dict[str, Any]) -> None:
@@ -74,6 +75,7 @@ class Request:
             self.dead_output = True
 
     def close(self) -> None:
+        self.closed = True
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RDWR)  # also wakes the watcher thread
         self.conn.close()
@@ -116,7 +118,8 @@ class Worker:
         self.code = code_fingerprint()
         self.queue: queue.Queue[Request] = queue.Queue()
         self.lock = threading.Lock()
-        self.active: Request | None = None
+        self.active: Request | None = None  # the request the engine runs (may be interrupted)
+        self.current: Request | None = None  # the request serve_one handles, until answered
         self.pending: list[Request] = []
         self.stopping = False
         self.closed = False
@@ -292,7 +295,7 @@ class Worker:
                 req.send({"exit": 130})
                 req.close()
                 return
-            self.active = req
+            self.active = self.current = req
         code = 1
         started = time.monotonic()
         try:
@@ -320,6 +323,21 @@ class Worker:
         log.info("request done: exit %d in %.2f s", code, time.monotonic() - started)
         req.send({"exit": code})
         req.close()
+        self.current = None
+
+    def _settle(self) -> None:
+        """A cancel's KeyboardInterrupt landed outside the engine: answer its request (130)."""
+        req, self.current = self.current, None
+        with self.lock:
+            self.active = None
+            if req is not None:
+                req.done = True
+        if req is not None and not req.closed:
+            req.send({"exit": 130})
+            req.close()
+        with contextlib.suppress(OSError):
+            os.chdir(self.dir)
+        self.last = time.monotonic()
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -336,6 +354,7 @@ class Worker:
                 try:
                     self._step()
                 except KeyboardInterrupt:  # a cancel that arrived as its request ended
+                    self._settle()
                     continue
                 except StopIteration:
                     break
@@ -348,7 +367,7 @@ class Worker:
                 except queue.Empty:
                     break
                 except KeyboardInterrupt:
-                    continue
+                    self._settle()
             with contextlib.suppress(OSError):
                 if (self.dir / PIDFILE).read_text().strip() == str(os.getpid()):
                     (self.dir / PIDFILE).unlink()
