@@ -21,6 +21,17 @@ test-fast:  ## without the Docker tests
 demo:  ## the main job end to end: engine, image, container, model, an image in the workspace
 	bash examples/quickstart.sh
 
+# The seed's benchmark against plain diffusers, on a cached full-size SD v1.5 checkpoint with
+# random weights (built once, 4.3 GB, under $MLC_BENCH_DIR or ~/.cache/mlc/bench). Reduced for
+# a CPU: BENCH_FLAGS='' runs the seed's full 512x512, 50 steps, n_iter 3. See docs/benchmarks.md.
+BENCH_FLAGS ?= --H 256 --W 256 --ddim_steps 2 --n_iter 2 --bench_repeat 2
+BENCH_OUT ?= outputs/bench
+
+bench:  ## the seed's benchmark, mlc vs plain diffusers side by side (JSON in $(BENCH_OUT))
+	ckpt=$$($(PYTHON) -m mlc.engine.fullsize) && \
+	$(PYTHON) -m mlc.engine.txt2img --bench --baseline diffusers --ckpt "$$ckpt" \
+		--outdir $(BENCH_OUT) --bench_json $(BENCH_OUT)/bench.json $(BENCH_FLAGS)
+
 lint:
 	$(PYTHON) -m ruff check src tests
 
