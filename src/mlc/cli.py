@@ -76,7 +76,7 @@ def _root(
 ) -> None:
     """Per-user GPU containers from pinned images, one-shot model setup, and Stable Diffusion.
 
-    Example: [bold]mlc create sd Pytorch 2.0.1-aime -w ~/sd[/] then [bold]mlc open sd[/].
+    Example: [bold]mlc create sd Pytorch 2.9.1 -w ~/sd[/] then [bold]mlc open sd[/].
     """
 
 
@@ -84,7 +84,9 @@ def _root(
 def create(
     name: NameArg,
     framework: Annotated[str, typer.Argument(help="Framework from the catalog, e.g. Pytorch.")],
-    version: Annotated[str, typer.Argument(help="Version from the catalog, e.g. 2.0.1-aime.")],
+    version: Annotated[
+        str, typer.Argument(help="Version from the catalog, e.g. 2.9.1 or 2.0.1-aime.")
+    ],
     workspace: Annotated[
         Path,
         typer.Option(
@@ -164,7 +166,7 @@ def create(
 ) -> None:
     """Create a container NAME from the catalog image FRAMEWORK VERSION.
 
-    Example: [bold]mlc create sd Pytorch 2.0.1-aime -w ~/sd -m ~/models[/]
+    Example: [bold]mlc create sd Pytorch 2.9.1 -w ~/sd -m ~/models[/]
     """
     containers.validate_name(name)
     containers.gpu_requests(gpus or "all")  # bad -g or --ulimit: fail before any pull
