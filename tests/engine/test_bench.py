@@ -1,0 +1,157 @@
+"""--bench (the seed's benchmark, with the plain-diffusers baseline) and the converted cache.
+
+No test asserts a time: the benchmark runs end to end on the tiny model, its JSON has the
+fields for both rows, and the converted safetensors cache is reused, and rebuilt when the
+checkpoint changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlc.engine import bench, loading
+from mlc.engine.txt2img import main
+
+ROW_FIELDS = {
+    "load_s",
+    "processing_s",
+    "total_s",
+    "cold_start_s",
+    "first_step_done_s",
+    "step_s",
+    "it_per_s",
+    "wall_s",
+    "peak_host_bytes",
+    "peak_device_bytes",
+    "device",
+    "dtype",
+    "unet_calls_per_image",
+    "repeats",
+}
+
+
+def test_bench_defaults_are_the_seeds_and_flags_override() -> None:
+    args = bench.bench_args([])
+    assert (args.prompt, args.scale, args.ddim_steps, args.n_iter, args.n_samples) == (
+        "a photograph of an astronaut riding a horse",
+        7.5,
+        50,
+        3,
+        1,
+    )
+    assert (args.H, args.W, args.plms) == (512, 512, True)
+    from mlc.engine.txt2img import validate
+
+    args = bench.bench_args(["--H", "256", "--ddim_steps", "2", "--sampler", "ddim"])
+    spec = validate(args)
+    assert spec.sampler == "ddim" and spec.height == 256 and spec.width == 512
+    assert bench.what_was_run(args, spec, 2) == ["--H 256", "--ddim_steps 2", "--sampler ddim"]
+
+
+def test_bench_end_to_end_with_baseline(tiny, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MLC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLC_CACHE_MIN_BYTES", "0")  # the tiny model goes through the cache too
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "b.json"
+    argv = ["--bench", "--baseline", "diffusers", "--ckpt", str(tiny.safetensors)]
+    argv += ["--H", "32", "--W", "32", "--ddim_steps", "2", "--n_iter", "2"]
+    argv += ["--outdir", str(tmp_path / "out"), "--bench_json", str(out)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    for column in ("TIME TO LOAD MODEL", "PROCESSING TIME", "TOTAL TIME", "it/s", "cold start"):
+        assert column in table
+    assert "mlc engine" in table and "diffusers baseline" in table
+    report = json.loads(out.read_text())
+    assert set(report["rows"]) == {"mlc", "diffusers"}
+    for row in report["rows"].values():
+        assert set(row) >= ROW_FIELDS
+        assert row["unet_calls_per_image"] == 3  # PLMS: S+1 calls
+        assert 0 < row["cold_start_s"] < row["first_step_done_s"] <= row["wall_s"]
+        assert row["peak_host_bytes"] > 0 and row["device"] == "cpu"
+    assert set(report["ratios"]) >= {"cold_start_s", "step_s", "total_s", "peak_host_bytes"}
+    assert report["output"]["identical"] is True
+    assert report["changed_from_seed"] == ["--H 32", "--W 32", "--ddim_steps 2", "--n_iter 2"]
+    assert report["settings"]["warmup"] == 1 and len(report["runs"]) == 2
+    assert "converted cache: built" in report["cache"]
+
+
+def test_bench_refuses_bad_warmup(tiny, capsys) -> None:
+    argv = ["--bench", "--ckpt", str(tiny.safetensors), "--n_iter", "2", "--bench_warmup", "2"]
+    assert main(argv) == 2
+    assert "--bench_warmup" in capsys.readouterr().err
+
+
+@pytest.fixture
+def cache_env(tmp_path: Path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("MLC_CACHE_DIR", str(root))
+    monkeypatch.setenv("MLC_CACHE_MIN_BYTES", "0")
+    return root
+
+
+def _count_conversions(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = loading._load_single_file
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "_load_single_file", counting)
+    return calls
+
+
+@pytest.mark.parametrize("fmt", ["ckpt", "safetensors"])
+def test_converted_cache_reused_and_invalidated(tiny, tmp_path, cache_env, monkeypatch, fmt):
+    src = tiny.ckpt if fmt == "ckpt" else tiny.safetensors
+    ckpt = tmp_path / f"model.{fmt}"
+    shutil.copy(src, ckpt)
+    shutil.copytree(tiny.config, tmp_path / "model.config")
+    calls = _count_conversions(monkeypatch)
+
+    first = loading.load(ckpt)
+    entries = list(cache_env.glob("*.safetensors"))
+    assert len(calls) == 1 and len(entries) == 1
+
+    second = loading.load(ckpt)  # reused: no conversion, same tensors
+    assert len(calls) == 1
+    a, b = first.unet.state_dict(), second.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert type(second.unet) is type(first.unet) and second.text_encoder.config.hidden_size == 32
+
+    # the checkpoint changes (new weights, new mtime): the entry is stale and rebuilt
+    from mlc.engine.export import save_checkpoint
+
+    state = loading.read_checkpoint(ckpt)
+    key = loading.UNET_PREFIX + "input_blocks.0.0.weight"  # the UNet's conv_in
+    state = {k: v.clone() for k, v in state.items()}
+    state[key] += 1.0
+    save_checkpoint(state, ckpt)
+    os.utime(ckpt, ns=(1, ckpt.stat().st_mtime_ns + 10**9))
+    third = loading.load(ckpt)
+    assert len(calls) == 2
+    assert torch.equal(third.unet.conv_in.weight, state[key].float())  # the new weights
+    assert not torch.equal(third.unet.conv_in.weight, first.unet.conv_in.weight)
+    assert len(list(cache_env.glob("*.safetensors"))) == 1  # replaced, not piled up
+    fourth = loading.load(ckpt)
+    assert len(calls) == 2 and torch.equal(fourth.unet.conv_in.weight, third.unet.conv_in.weight)
+
+
+def test_cache_off_small_files_and_other_dtype(tiny, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLC_CACHE_DIR", "off")
+    assert loading.converted_cache(loading.resolve(tiny.safetensors), torch.float32) is None
+    monkeypatch.setenv("MLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("MLC_CACHE_MIN_BYTES", raising=False)  # default: only large files
+    assert loading.converted_cache(loading.resolve(tiny.safetensors), torch.float32) is None
+    monkeypatch.setenv("MLC_CACHE_MIN_BYTES", "0")
+    source = loading.resolve(tiny.safetensors)
+    e32 = loading.converted_cache(source, torch.float32)
+    e16 = loading.converted_cache(source, torch.float16)
+    assert e32 is not None and e16 is not None
+    assert e32.path != e16.path and e32.key != e16.key and not e32.valid()
