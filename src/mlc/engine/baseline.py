@@ -87,6 +87,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         "peak_host_bytes": host,
         "peak_device_bytes": dev,
         "device": device,
+        "threads": torch.get_num_threads(),
         "dtype": str(dtype).replace("torch.", ""),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "t_end": time.time(),

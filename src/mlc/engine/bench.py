@@ -212,6 +212,7 @@ def summarize(raw: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     per_image = len(starts) // max(1, n_images)
     timed = list(range(cfg["warmup"] * cfg["n_samples"], n_images))
     loop = [ends[(k + 1) * per_image - 1] - starts[k * per_image] for k in timed]
+    calls = [ends[i] - starts[i] for k in timed for i in range(k * per_image, (k + 1) * per_image)]
     processing = statistics.mean(raw["images"][k]["seconds"] for k in timed)
     load = raw["t_loaded"] - t0
     steps = per_image * len(timed)
@@ -222,12 +223,14 @@ def summarize(raw: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
         "cold_start_s": starts[0] - t0,
         "first_step_done_s": ends[0] - t0,
         "step_s": sum(loop) / steps,
+        "unet_call_s": sum(calls) / steps,  # the UNet alone, without the scheduler between calls
         "it_per_s": steps / sum(loop),
         "unet_calls_per_image": per_image,
         "wall_s": raw["t_end"] - t0,
         "peak_host_bytes": raw["peak_host_bytes"],
         "peak_device_bytes": raw["peak_device_bytes"],
         "device": raw["device"],
+        "threads": raw.get("threads"),
         "dtype": raw["dtype"],
         "versions": raw.get("versions", {}),
         "last_image": raw["images"][-1]["file"],
@@ -241,6 +244,7 @@ METRICS = (
     "cold_start_s",
     "first_step_done_s",
     "step_s",
+    "unet_call_s",
     "it_per_s",
     "wall_s",
     "peak_host_bytes",
@@ -446,6 +450,7 @@ def _engine_child(cfg: dict[str, Any]) -> dict[str, Any]:
         "peak_host_bytes": host,
         "peak_device_bytes": dev,
         "device": session.device,
+        "threads": torch.get_num_threads(),
         "dtype": summary["dtype"],
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "t_end": time.time(),
