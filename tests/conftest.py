@@ -186,3 +186,21 @@ def user_dir(test_user) -> Iterator[Path]:
     os.chown(d, test_user.pw_uid, test_user.pw_gid)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def torch_catalog(docker_client, shared_dir: Path) -> Path:
+    """A catalog with the CPU torch test image as `Pytorch 2.13.0-cpu`."""
+    import docker.errors
+
+    try:
+        docker_client.images.get(TORCH_IMAGE)
+    except docker.errors.ImageNotFound:
+        _missing(f"test image {TORCH_IMAGE} is missing: run images/local/build.sh")
+    path = shared_dir / "torch-catalog.yaml"
+    path.write_text(
+        "images: [{framework: Pytorch, version: 2.13.0-cpu, arch: [CPU], "
+        f"image: '{TORCH_IMAGE}'}}]\n"
+    )
+    path.chmod(0o644)
+    return path

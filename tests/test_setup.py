@@ -6,12 +6,10 @@ import io
 import json
 import os
 import zipfile
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import TORCH_IMAGE, _missing
 from httpserver import FileServer
 
 pytestmark = pytest.mark.docker
@@ -43,21 +41,6 @@ def tiny_zip(tmp_path_factory) -> bytes:
             zf.write(path, f"tiny-sd/{path.relative_to(d).as_posix()}")
     assert ckpt.name == "tiny.ckpt"
     return buf.getvalue()
-
-
-@pytest.fixture
-def torch_catalog(docker_client, shared_dir: Path) -> Path:
-    import docker.errors
-
-    try:
-        docker_client.images.get(TORCH_IMAGE)
-    except docker.errors.ImageNotFound:
-        _missing(f"test image {TORCH_IMAGE} is missing: run images/local/build.sh")
-    path = shared_dir / "torch-catalog.yaml"
-    path.write_text(f"images: [{{framework: Pytorch, version: 2.13.0-cpu, arch: [CPU], "
-                    f"image: '{TORCH_IMAGE}'}}]\n")
-    path.chmod(0o644)
-    return path
 
 
 def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_catalog, tiny_zip):

@@ -6,31 +6,13 @@ import json
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-from conftest import TORCH_IMAGE, _missing
 
 pytestmark = pytest.mark.docker
 
 FLAGS = ("--H", "64", "--W", "64", "--ddim_steps", "2", "--n_samples", "1", "--n_iter", "1",
          "--skip_grid", "--json")
-
-
-@pytest.fixture
-def torch_catalog(docker_client, shared_dir: Path) -> Path:
-    import docker.errors
-
-    try:
-        docker_client.images.get(TORCH_IMAGE)
-    except docker.errors.ImageNotFound:
-        _missing(f"test image {TORCH_IMAGE} is missing: run images/local/build.sh")
-    path = shared_dir / "torch-catalog-worker.yaml"
-    path.write_text(f"images: [{{framework: Pytorch, version: 2.13.0-cpu, arch: [CPU], "
-                    f"image: '{TORCH_IMAGE}'}}]\n")
-    path.chmod(0o644)
-    return path
 
 
 def test_txt2img_reuses_the_worker(mlc, name, tmp_path, torch_catalog):

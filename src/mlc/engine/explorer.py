@@ -10,7 +10,6 @@ updated on every change and applied on load, through the same code path as the b
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import os
@@ -19,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mlc.engine.outputs import GRID_PATTERN, Numbering
+from mlc.engine.outputs import GRID_PATTERN, Numbering, write_claimed
 
 PAGE_PATTERN = re.compile(r"^explore-(\d+)")
 
@@ -68,18 +67,8 @@ def write_page(
     data = page_data(outdir, axes, cells, grid)
     title = " × ".join(f"{a['name']}" for a in data["axes"]) or "cells"
     text = render(data, f"mlc explorer: {title}")
-    path = page_numbering(outdir, grid).claim()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
-    return path
+    numbering = page_numbering(outdir, grid)
+    return write_claimed(numbering, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def render(data: dict[str, Any], title: str) -> str:

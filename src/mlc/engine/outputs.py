@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,12 +69,15 @@ def grid_numbering(outdir: str | Path) -> Numbering:
     return Numbering(Path(outdir), "grid-{:04}.png", GRID_PATTERN)
 
 
-def save_png(image: Any, numbering: Numbering, parameters: str, data: dict[str, Any]) -> Path:
-    """Save ``image`` under the next claimed name, with both metadata chunks; return the path."""
+def write_claimed(numbering: Numbering, write: Callable[[Path], None]) -> Path:
+    """Claim the next name, WRITE a temporary file beside it and rename it into place.
+
+    A failure removes both, so no half-written file and no empty claim is left behind.
+    """
     path = numbering.claim()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        image.save(tmp, format="PNG", pnginfo=png_info(parameters, data))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -83,6 +86,12 @@ def save_png(image: Any, numbering: Numbering, parameters: str, data: dict[str, 
             path.unlink()
         raise
     return path
+
+
+def save_png(image: Any, numbering: Numbering, parameters: str, data: dict[str, Any]) -> Path:
+    """Save ``image`` under the next claimed name, with both metadata chunks; return the path."""
+    info = png_info(parameters, data)
+    return write_claimed(numbering, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def png_info(parameters: str, data: dict[str, Any]) -> Any:
