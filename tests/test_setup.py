@@ -94,6 +94,9 @@ def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_cata
             "--ddim_steps 2 --skip_grid --outdir manual")
     assert r.code == 0, r.err
     assert (ws / "manual" / "samples" / "00000.png").is_file()
+    # The engine's converted-weights cache lives beside the models, not in the container layer.
+    r = run("open", name, "--", "sh", "-c", 'echo "$MLC_CACHE_DIR"')
+    assert r.out.strip() == "/models/.mlc-cache"
 
     r = run("models", "--json")
     assert r.code == 0, r.err

@@ -221,8 +221,7 @@ def open_(
         if command:
             from mlc import provision
 
-            ckpt = provision.load_state(c).get("ckpt")
-            env = {"MLC_CKPT": ckpt} if ckpt else {}
+            env = provision.engine_env(provision.load_state(c))
             code = containers.exec_stream(
                 dc, c, command[1:] if command[0] == "--" else command, env=env
             )
@@ -516,7 +515,7 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
             one_shot = True
         module = "mlc.engine.txt2img" if one_shot else "mlc.engine.client"
         tag = uuid.uuid4().hex
-        env = {"PYTHONUNBUFFERED": "1", "MLC_REQUEST_TAG": tag}
+        env = {"PYTHONUNBUFFERED": "1", "MLC_REQUEST_TAG": tag, **provision.engine_env(state)}
         if os.environ.get("MLC_WORKER_IDLE"):
             env["MLC_WORKER_IDLE"] = os.environ["MLC_WORKER_IDLE"]
         try:

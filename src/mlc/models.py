@@ -40,8 +40,10 @@ def inside_path(c: Container, host_path: Path) -> PurePosixPath:
         if host_path == outside or outside in host_path.parents:
             return inside / host_path.relative_to(outside).as_posix()
     places = ", ".join(str(o) for o, _ in mounts_of(c))
-    raise MlcError(f"{host_path} is not visible inside {containers.display_name(c)}",
-                   hint=f"use a folder under {places}")
+    raise MlcError(
+        f"{host_path} is not visible inside {containers.display_name(c)}",
+        hint=f"use a folder under {places}",
+    )
 
 
 @dataclass
@@ -51,28 +53,45 @@ class SetupResult:
     ckpt_inside: str
 
 
-def setup(dc: docker.DockerClient, c: Container, recipe: Recipe, *, models_dir: Path | None,
-          url: str | None, from_archive: Path | None, keep_archive: bool, force: bool,
-          progress: fetch.Progress, say: provision.Say) -> SetupResult:
+def setup(
+    dc: docker.DockerClient,
+    c: Container,
+    recipe: Recipe,
+    *,
+    models_dir: Path | None,
+    url: str | None,
+    from_archive: Path | None,
+    keep_archive: bool,
+    force: bool,
+    progress: fetch.Progress,
+    say: provision.Say,
+) -> SetupResult:
     """Provision C for RECIPE, put its weights in the models folder, and record the checkpoint."""
     models_dir = (models_dir or default_models_dir(c)).expanduser().absolute()
     inside_path(c, models_dir)  # fail before any work when the container could not see it
     done = provision.provision(dc, c, recipe, say)
 
     def generate(dest: Path) -> None:
-        cmd = [done.python.path if part in ("python", "python3") else part
-               for part in recipe.generator]
+        cmd = [
+            done.python.path if part in ("python", "python3") else part for part in recipe.generator
+        ]
         dest.chmod(0o755)
         code = containers.exec_stream(dc, c, [*cmd, str(inside_path(c, dest))])
         if code != 0:
             raise MlcError(f"generating the {recipe.name} weights failed (exit {code})")
 
-    installed = fetch.install(recipe, models_dir, url=url, from_archive=from_archive,
-                              keep_archive=keep_archive, force=force,
-                              generator=generate if recipe.source == "generate" else None,
-                              progress=progress)
+    installed = fetch.install(
+        recipe,
+        models_dir,
+        url=url,
+        from_archive=from_archive,
+        keep_archive=keep_archive,
+        force=force,
+        generator=generate if recipe.source == "generate" else None,
+        progress=progress,
+    )
     ckpt_inside = str(inside_path(c, installed.ckpt))
-    provision.record_model(c, recipe, ckpt_inside)
+    provision.record_model(c, recipe, ckpt_inside, str(inside_path(c, models_dir)))
     return SetupResult(done, installed, ckpt_inside)
 
 

@@ -28,6 +28,7 @@ Say = Callable[[str], None]
 
 # -- files in a container ----------------------------------------------------------------------
 
+
 def read_file(c: Container, path: PurePosixPath) -> bytes | None:
     """The bytes of PATH inside C, or None when it does not exist."""
     try:
@@ -80,6 +81,7 @@ def save_state(c: Container, state: dict[str, Any]) -> None:
 
 # -- provisioning ------------------------------------------------------------------------------
 
+
 @dataclass
 class Python:
     """The container's Python: its path, torch version and site-packages."""
@@ -110,8 +112,10 @@ def find_python(c: Container) -> Python:
         code, out = c.exec_run([exe, "-c", probe], user="root")
         if code == 0:
             return Python(**json.loads(out.decode().strip().splitlines()[-1]))
-    raise MlcError(f"container {containers.display_name(c)} has no Python",
-                   hint="create it from a PyTorch image of the catalog (`mlc images`)")
+    raise MlcError(
+        f"container {containers.display_name(c)} has no Python",
+        hint="create it from a PyTorch image of the catalog (`mlc images`)",
+    )
 
 
 def _version(text: str | None) -> tuple[int, ...]:
@@ -140,17 +144,21 @@ def _run(dc: docker.DockerClient, c: Container, cmd: list[str]) -> int:
 
 def apt_install(dc: docker.DockerClient, c: Container, packages: list[str], say: Say) -> None:
     say(f"apt: installing {' '.join(packages)}")
-    script = ("export DEBIAN_FRONTEND=noninteractive; "
-              "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
-              + " ".join(packages))
+    script = (
+        "export DEBIAN_FRONTEND=noninteractive; "
+        "apt-get update -qq && apt-get install -y -qq --no-install-recommends " + " ".join(packages)
+    )
     if _run(dc, c, ["sh", "-c", script]) != 0:
-        code, out = c.exec_run(["dpkg-query", "-W", "-f=${Package} ${Status}\\n", *packages],
-                               user="root")
+        code, out = c.exec_run(
+            ["dpkg-query", "-W", "-f=${Package} ${Status}\\n", *packages], user="root"
+        )
         lines = out.decode().splitlines()
         ok = {line.split()[0] for line in lines if "install ok installed" in line}
         missing = [p for p in packages if p not in ok] or packages
-        raise MlcError(f"apt could not install {', '.join(missing)}",
-                       hint="the container is unchanged otherwise; check its network and retry")
+        raise MlcError(
+            f"apt could not install {', '.join(missing)}",
+            hint="the container is unchanged otherwise; check its network and retry",
+        )
 
 
 def pip_install(
@@ -159,11 +167,23 @@ def pip_install(
     say(f"pip: installing {' '.join(reqs)}" + (f" (keeping torch {py.torch})" if py.torch else ""))
     constraints = f"torch=={py.torch}\n" if py.torch else ""
     write_files(c, {"constraints.txt": constraints.encode()}, root="/etc/mlc")
-    cmd = [py.path, "-m", "pip", "install", "-q", "--no-input", "--disable-pip-version-check",
-           "-c", "/etc/mlc/constraints.txt", *reqs]
+    cmd = [
+        py.path,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-input",
+        "--disable-pip-version-check",
+        "-c",
+        "/etc/mlc/constraints.txt",
+        *reqs,
+    ]
     if _run(dc, c, cmd) != 0:
-        raise MlcError(f"pip could not install {' '.join(reqs)}",
-                       hint="torch was kept; the container is usable; check its network and retry")
+        raise MlcError(
+            f"pip could not install {' '.join(reqs)}",
+            hint="torch was kept; the container is usable; check its network and retry",
+        )
 
 
 def engine_files() -> dict[str, bytes]:
@@ -182,8 +202,10 @@ def install_engine(c: Container, py: Python, state: dict[str, Any]) -> bool:
     digest = hashlib.sha256()
     for rel, data in files.items():
         digest.update(rel.encode() + b"\0" + data)
-    if state.get("engine", {}).get("digest") == digest.hexdigest() and \
-            read_file(c, PurePosixPath(py.site) / "mlc-engine.pth") is not None:
+    if (
+        state.get("engine", {}).get("digest") == digest.hexdigest()
+        and read_file(c, PurePosixPath(py.site) / "mlc-engine.pth") is not None
+    ):
         return False
     c.exec_run(["rm", "-rf", str(ENGINE_ROOT / "mlc")], user="root")
     write_files(c, files, root=str(ENGINE_ROOT))
@@ -219,11 +241,20 @@ def provision(dc: docker.DockerClient, c: Container, recipe: Recipe, say: Say) -
     return done
 
 
-def record_model(c: Container, recipe: Recipe, ckpt_inside: str) -> None:
-    """Remember the installed model: `mlc txt2img` and the engine default to its checkpoint."""
+def record_model(c: Container, recipe: Recipe, ckpt_inside: str, models_inside: str) -> None:
+    """Remember the installed model: `mlc txt2img` and the engine default to its checkpoint,
+    and keep the engine's converted-weights cache beside the models (not in the container's
+    own layer, where gigabytes would grow unseen and vanish with `mlc remove`)."""
     state = load_state(c)
     state.setdefault("models", {})[recipe.name] = ckpt_inside
     state["ckpt"] = ckpt_inside
+    state["cache_dir"] = f"{models_inside.rstrip('/')}/.mlc-cache"
     save_state(c, state)
-    profile = f"export MLC_CKPT='{ckpt_inside}'\n".encode()
-    write_files(c, {"mlc-engine.sh": profile}, root="/etc/profile.d")
+    profile = "".join(f"export {k}='{v}'\n" for k, v in engine_env(state).items())
+    write_files(c, {"mlc-engine.sh": profile.encode()}, root="/etc/profile.d")
+
+
+def engine_env(state: dict[str, Any]) -> dict[str, str]:
+    """The engine's defaults that `mlc setup` recorded, as environment variables."""
+    env = {"MLC_CKPT": state.get("ckpt"), "MLC_CACHE_DIR": state.get("cache_dir")}
+    return {k: v for k, v in env.items() if v}
