@@ -72,8 +72,25 @@ def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_cata
         assert len(srv.gets("/models/tiny-sd.zip")) == 1
 
     prompt = "a photo of a pink cube, black background"
-    r = run("txt2img", name, "--prompt", prompt, "--plms", "--skip_grid", "--n_samples", "1",
-            "--n_iter", "1", "--H", "64", "--W", "64", "--ddim_steps", "4", "--json")
+    r = run(
+        "txt2img",
+        name,
+        "--prompt",
+        prompt,
+        "--plms",
+        "--skip_grid",
+        "--n_samples",
+        "1",
+        "--n_iter",
+        "1",
+        "--H",
+        "64",
+        "--W",
+        "64",
+        "--ddim_steps",
+        "4",
+        "--json",
+    )
     assert r.code == 0, r.err
     png = ws / "outputs" / "txt2img-samples" / "samples" / "00000.png"
     assert png.is_file(), r.out
@@ -83,15 +100,54 @@ def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_cata
     assert "Steps: 4" in info["parameters"] and "Seed: 42" in info["parameters"]
     assert "Size: 64x64" in info["parameters"]
 
+    # Bulk from a prompt file given as a host path: it is found through the workspace mount.
+    prompts = ws / "prompts.txt"
+    prompts.write_text("a red cube\n\na blue sphere\na green cone\n")
+    os.chown(prompts, test_user.pw_uid, test_user.pw_gid)
+    r = run(
+        "txt2img",
+        name,
+        "--from-file",
+        str(prompts),
+        "--n_samples",
+        "2",
+        "--n_iter",
+        "1",
+        "--H",
+        "64",
+        "--W",
+        "64",
+        "--ddim_steps",
+        "2",
+        "--skip_grid",
+        "--outdir",
+        "bulk",
+    )
+    assert r.code == 0, r.err
+    bulk = sorted((ws / "bulk" / "samples").glob("*.png"))
+    assert [Image.open(p).info["parameters"].split("\n")[0] for p in bulk] == [
+        "a red cube",
+        "a blue sphere",
+        "a green cone",
+    ]
+    r = run("txt2img", name, "--from-file", "/etc/hostname", "--n_samples", "1")
+    assert r.code != 0 and "not visible inside" in r.err  # a host file outside the mounts
+
     # Bad input inside the container: the engine's one line and its exit code come back.
     r = run("txt2img", name, "--H", "63", "--n_samples", "1")
     assert r.code == 2 and "Traceback" not in r.err
     assert "multiple of 8" in r.err
 
     # The seed's manual path: a login shell in the container, the engine by module name.
-    r = run("open", name, "--", "bash", "-lc",
-            "python -m mlc.engine.txt2img --prompt x --n_samples 1 --n_iter 1 --H 64 --W 64 "
-            "--ddim_steps 2 --skip_grid --outdir manual")
+    r = run(
+        "open",
+        name,
+        "--",
+        "bash",
+        "-lc",
+        "python -m mlc.engine.txt2img --prompt x --n_samples 1 --n_iter 1 --H 64 --W 64 "
+        "--ddim_steps 2 --skip_grid --outdir manual",
+    )
     assert r.code == 0, r.err
     assert (ws / "manual" / "samples" / "00000.png").is_file()
     # The engine's converted-weights cache lives beside the models, not in the container layer.
@@ -111,8 +167,17 @@ def test_setup_errors_leave_things_intact(mlc, name, tmp_path, torch_catalog, ti
     r = mlc("setup", name, "demo", env=env)
     assert r.code != 0 and "Traceback" not in r.err
     assert "no container named" in r.err
-    r = mlc("create", name, "Pytorch", "2.13.0-cpu", "-w", str(tmp_path / "ws"), "-m", str(models),
-            env=env)
+    r = mlc(
+        "create",
+        name,
+        "Pytorch",
+        "2.13.0-cpu",
+        "-w",
+        str(tmp_path / "ws"),
+        "-m",
+        str(models),
+        env=env,
+    )
     assert r.code == 0, r.err
     r = mlc("setup", name, "no-such-recipe", env=env)
     assert r.code != 0 and "stable-diffusion-v1-5" in r.err  # lists the valid recipes
@@ -146,8 +211,17 @@ def test_provisioning_is_idempotent_and_names_failures(mlc, name, tmp_path, torc
     (recipes / "badapt.yaml").write_text(f"name: badapt\n{common}apt: [no-such-package-mlc]\n")
     (recipes / "badpip.yaml").write_text(f"name: badpip\n{common}pip: [no-such-package-mlc==1]\n")
     env = {"MLC_CATALOG": str(torch_catalog), "MLC_RECIPES": str(recipes)}
-    r = mlc("create", name, "Pytorch", "2.13.0-cpu", "-w", str(tmp_path / "ws"), "-m",
-            str(tmp_path / "models"), env=env)
+    r = mlc(
+        "create",
+        name,
+        "Pytorch",
+        "2.13.0-cpu",
+        "-w",
+        str(tmp_path / "ws"),
+        "-m",
+        str(tmp_path / "models"),
+        env=env,
+    )
     assert r.code == 0, r.err
     assert mlc("start", name, env=env).code == 0
 
@@ -155,8 +229,15 @@ def test_provisioning_is_idempotent_and_names_failures(mlc, name, tmp_path, torc
     assert r.code == 0, r.err
     assert "apt: installing jq" in r.err and "pip: installing six" in r.err
     assert "keeping torch 2.13.0" in r.err
-    r = mlc("open", name, "--", "sh", "-c", "jq --version && python -c 'import six, torch; "
-            "print(torch.__version__)'", env=env)
+    r = mlc(
+        "open",
+        name,
+        "--",
+        "sh",
+        "-c",
+        "jq --version && python -c 'import six, torch; print(torch.__version__)'",
+        env=env,
+    )
     assert r.code == 0, r.err
     assert r.out.split()[-1] == "2.13.0+cpu"  # torch was kept
 
@@ -170,6 +251,20 @@ def test_provisioning_is_idempotent_and_names_failures(mlc, name, tmp_path, torc
     assert "mlc: error: apt could not install no-such-package-mlc" in r.err
     r = mlc("setup", name, "badpip", env=env, timeout=600)
     assert r.code != 0 and "mlc: error: pip could not install no-such-package-mlc==1" in r.err
-    r = mlc("txt2img", name, "--n_samples", "1", "--n_iter", "1", "--H", "64", "--W", "64",
-            "--ddim_steps", "2", "--skip_grid", env=env)
+    r = mlc(
+        "txt2img",
+        name,
+        "--n_samples",
+        "1",
+        "--n_iter",
+        "1",
+        "--H",
+        "64",
+        "--W",
+        "64",
+        "--ddim_steps",
+        "2",
+        "--skip_grid",
+        env=env,
+    )
     assert r.code == 0, r.err  # the last good state (withapt's model) is still usable

@@ -508,6 +508,9 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
         state = provision.load_state(c)
         if "engine" not in state:
             raise MlcError(f"the engine is not set up in '{name}'", hint=f"run: mlc setup {name}")
+        from mlc.models import translate_paths
+
+        flags = translate_paths(c, flags)
         if state.get("ckpt") and not any(f == "--ckpt" or f.startswith("--ckpt=") for f in flags):
             flags = ["--ckpt", state["ckpt"], *flags]
         python = state.get("python", "python3")

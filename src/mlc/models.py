@@ -108,3 +108,33 @@ def catalogue(dirs: list[Path]) -> list[tuple[Recipe, list[Path]]]:
     """Every recipe with the folders holding it."""
     where = installed_in(dirs)
     return [(r, where.get(name, [])) for name, r in sorted(load_recipes().items())]
+
+
+PATH_FLAGS = ("--from-file", "--ckpt", "--config")
+
+
+def translate_paths(c: Container, flags: list[str]) -> list[str]:
+    """Host paths in FLAGS (`--from-file prompts.txt`, ...) as the container sees them.
+
+    A value that exists on the host (relative to the current folder) is rewritten to its
+    place under C's mounts; one outside every mount is an error; anything else (a path that
+    only exists in the container) passes unchanged.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(flags):
+        flag, value = flags[i], None
+        if flag in PATH_FLAGS and i + 1 < len(flags):
+            value, i = flags[i + 1], i + 2
+        elif flag.partition("=")[0] in PATH_FLAGS and "=" in flag:
+            flag, _, value = flag.partition("=")
+            i += 1
+        else:
+            out.append(flag)
+            i += 1
+            continue
+        host_path = Path(value).expanduser()
+        if host_path.exists() and not value.startswith(("/workspace", "/models", "/data")):
+            value = str(inside_path(c, host_path))
+        out += [flag, value]
+    return out
