@@ -12,7 +12,15 @@ install:  ## everything: host CLI, engine, test tools
 install-host:  ## host CLI only (no torch)
 	$(PIP) install -e .
 
+# `make test` installs mlc first when it is missing and, as root, prepares what the suite needs
+# (tests/support/prepare.sh: Docker engine, test images, test user, Chromium); PREPARE=0 skips
+# the preparation.
+PREPARE ?= 1
+
 test:  ## the whole suite, Docker tests included (they fail when CI is set and no engine runs)
+	@if [ "$(PREPARE)" = 1 ] && [ "$$(id -u)" = 0 ]; then bash tests/support/prepare.sh; \
+	elif [ "$(PREPARE)" = 1 ]; then echo "not root: skipping tests/support/prepare.sh"; fi
+	@$(PYTHON) -c "import pytest, torch, diffusers, mlc.cli" 2>/dev/null || $(MAKE) install
 	$(PYTHON) -m pytest -q
 
 test-fast:  ## without the Docker tests
