@@ -107,6 +107,8 @@ def run_bench(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 1)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.bench_modes:
+        return _speed_modes(args, spec, stamp)
     work = spec.outdir / f"bench-{stamp}"
     json_path = Path(args.bench_json) if args.bench_json else spec.outdir / f"bench-{stamp}.json"
     cfg = {
@@ -162,6 +164,20 @@ def run_bench(argv: list[str] | None = None) -> int:
     print(format_table(report))
     print(f"JSON: {json_path}")
     return 0
+
+
+def _speed_modes(args: argparse.Namespace, spec: Any, stamp: str) -> int:
+    """``--bench_modes``: mlc.engine.speedbench, with the CLI's one-line errors."""
+    from mlc.engine import EngineError, speedbench
+    from mlc.engine.txt2img import PROG
+
+    default = spec.outdir / f"bench-modes-{stamp}" / "bench-modes.json"
+    json_path = Path(args.bench_json) if args.bench_json else default
+    try:
+        return speedbench.run(args, spec, json_path)
+    except EngineError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def baseline_config(source: Any, dest: Path) -> Path:

@@ -11,6 +11,7 @@ the single-image result only up to float rounding (about 1e-6, at most 1/255 per
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +47,15 @@ class Settings:
     height: int = 512
     width: int = 512
     batched: bool = False
+    # opt-in speed modes that change pixels (docs/benchmarks.md lists their cost)
+    deepcache: int = 0  # full UNet every N steps, cached deep features between (0: off)
+    tome: float = 0.0  # token merging ratio in the highest-resolution blocks (0: off)
+    tiny_vae: bool = False  # decode with TAESD (Renderer.tiny_vae) instead of the full VAE
+
+    @property
+    def exact(self) -> bool:
+        """Whether no speed mode changes the pixels."""
+        return not (self.deepcache > 1 or self.tome > 0 or self.tiny_vae)
 
 
 @dataclass
@@ -94,12 +104,25 @@ def initial_noise(seed: int, shape: tuple[int, ...], generator: torch.Generator 
 class Renderer:
     """Runs the denoise loop on loaded components (see loading.Components)."""
 
-    def __init__(self, components: Any, device: str | torch.device = "cpu", dtype: Any = None):
+    def __init__(
+        self,
+        components: Any,
+        device: str | torch.device = "cpu",
+        dtype: Any = None,
+        *,
+        tiny_vae: Any = None,
+        offload: Any = None,
+    ):
         self.c = components
         self.device = torch.device(device)
         self.dtype = dtype or torch.float32
+        self.tiny_vae = tiny_vae  # AutoencoderTiny for Settings.tiny_vae (mlc.engine.tinyvae)
+        self.offload = offload  # mlc.engine.lowvram.Offload: models visit the GPU one at a time
         self._embeds: dict[str, torch.Tensor] = {}
         self._vae32: Any = None
+
+    def _on_device(self, model: Any) -> Any:
+        return self.offload.use(model) if self.offload is not None else contextlib.nullcontext()
 
     # -- text -------------------------------------------------------------------------
     @torch.no_grad()
@@ -114,7 +137,8 @@ class Renderer:
                 truncation=True,
                 return_tensors="pt",
             ).input_ids
-            out = self.c.text_encoder(ids.to(self.device), attention_mask=None)
+            with self._on_device(self.c.text_encoder):
+                out = self.c.text_encoder(ids.to(self.device), attention_mask=None)
             self._embeds[text] = out[0].to(self.dtype)
         return self._embeds[text]
 
@@ -155,33 +179,65 @@ class Renderer:
             extra["generator"] = generators
 
         timesteps = scheduler.timesteps
-        for i, t in enumerate(timesteps):
-            model_input = torch.cat([latents] * 2) if cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            eps = self.c.unet(
-                model_input.to(self.dtype), t, encoder_hidden_states=cond, return_dict=False
-            )[0].to(latents.dtype)
-            if cfg:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + settings.scale * (eps_cond - eps_uncond)
-            latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]
-            if on_step is not None:
-                on_step(i + 1, len(timesteps))
+        with self._on_device(self.c.unet), self._speed_modes(settings) as unet:
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if cfg else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                eps = unet(
+                    model_input.to(self.dtype), t, encoder_hidden_states=cond, return_dict=False
+                )[0].to(latents.dtype)
+                if cfg:
+                    eps_uncond, eps_cond = eps.chunk(2)
+                    eps = eps_uncond + settings.scale * (eps_cond - eps_uncond)
+                latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]
+                if on_step is not None:
+                    on_step(i + 1, len(timesteps))
         return latents
 
+    @contextlib.contextmanager
+    def _speed_modes(self, settings: Settings) -> Iterator[Any]:
+        """The UNet to call for one image/batch: the model itself, or with token merging
+        patched in (removed again afterwards: a session's model stays exact) and/or wrapped
+        in DeepCache."""
+        unet = self.c.unet
+        if settings.tome > 0:
+            from mlc.engine import tome
+
+            tome.apply(unet, settings.tome)
+        try:
+            if settings.deepcache > 1:
+                from mlc.engine.deepcache import DeepCache
+
+                yield DeepCache(unet, settings.deepcache)
+            else:
+                yield unet
+        finally:
+            if settings.tome > 0:
+                tome.remove(unet)
+
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> tuple[list[Any], bool]:
-        """Latents -> PIL images; redo in fp32 when fp16 gives NaN/inf or all-black output."""
+    def decode(self, latents: torch.Tensor, tiny: bool = False) -> tuple[list[Any], bool]:
+        """Latents -> PIL images; redo in fp32 when fp16 gives NaN/inf or all-black output.
+        TINY decodes with the tiny VAE (a speed mode: fast, approximate)."""
+        if tiny:
+            from mlc.engine.tinyvae import decode as tiny_decode
+
+            if self.tiny_vae is None:
+                raise ValueError("Settings.tiny_vae needs a Renderer with tiny_vae")
+            with self._on_device(self.tiny_vae):
+                return to_pil(tiny_decode(self.tiny_vae, latents)), False
         vae = self.c.vae
         scaled = latents / vae.config.scaling_factor
-        image = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+        with self._on_device(vae):
+            image = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
         fallback = False
         if vae.dtype != torch.float32 and _bad_decode(image):
             if self._vae32 is None:
                 import copy
 
                 self._vae32 = copy.deepcopy(vae).to(torch.float32)
-            image = self._vae32.decode(scaled.float(), return_dict=False)[0]
+            with self._on_device(self._vae32):
+                image = self._vae32.decode(scaled.float(), return_dict=False)[0]
             fallback = True
         return to_pil(image), fallback
 
@@ -198,7 +254,7 @@ class Renderer:
             start = time.perf_counter()
             generators = [torch.Generator("cpu").manual_seed(s.seed) for s in group]
             latents = self.denoise(group, settings, generators, on_step)
-            images, fallback = self.decode(latents)
+            images, fallback = self.decode(latents, tiny=settings.tiny_vae)
             share = (time.perf_counter() - start) / len(group)
             results += [
                 Generated(s, im, share, fallback) for s, im in zip(group, images, strict=True)

@@ -27,6 +27,8 @@ offline()
 PROG = "mlc-txt2img"
 DEFAULT_PROMPT = "a painting of a virus monster playing guitar"
 DEFAULT_CKPT = "stable-diffusion-v1-5-emaonly/v1-5-pruned-emaonly.ckpt"
+DEFAULT_STEPS = 50
+FAST_SAMPLER, FAST_STEPS = "dpmpp_2m_karras", 20  # --fast
 MAX_SEED = 2**64 - 1
 
 
@@ -55,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--skip_grid", action="store_true", help="do not save a grid, only individual samples")
     a("--skip_save", action="store_true", help="do not save individual samples")
-    a("--ddim_steps", type=int, default=50, help="number of sampling steps (every sampler)")
+    a(
+        "--ddim_steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help="number of sampling steps (every sampler)",
+    )
     a("--plms", action="store_true", help="use plms sampling (= --sampler plms)")
     a("--dpm_solver", action="store_true", help="use dpm_solver sampling (= --sampler dpm_solver)")
     a("--sampler", type=str, default=None, help=f"sampler: {', '.join(SAMPLERS)} (default: ddim)")
@@ -94,12 +101,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="one UNet call per batch: faster on GPUs; images match within 1/255",
     )
     a("--json", action="store_true", help="print a machine-readable summary on stdout")
+    g = p.add_argument_group(
+        "speed",
+        "memory and speed options; those marked (changes pixels) trade exactness "
+        "for speed, with their measured cost in docs/benchmarks.md",
+    ).add_argument
+    g("--low_vram", action="store_true", help="GPU: one model on the GPU at a time (4 GB cards)")
+    g(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet (GPU; the first run compiles for minutes, later runs "
+        "reuse the compiled code from the cache)",
+    )
+    g(
+        "--fast",
+        action="store_true",
+        help="(changes pixels) DPM++ 2M Karras, 20 steps, unless --sampler/--ddim_steps say "
+        "otherwise",
+    )
+    g(
+        "--deepcache",
+        type=int,
+        default=0,
+        metavar="N",
+        help="(changes pixels) full UNet every N steps, cached deep features between (try 3)",
+    )
+    g(
+        "--tome",
+        type=float,
+        default=0.0,
+        metavar="RATIO",
+        help="(changes pixels) merge this share of tokens in the highest-resolution "
+        "attention (0 < RATIO < 1, try 0.5)",
+    )
+    g(
+        "--tiny_vae",
+        type=str,
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="PATH",
+        help="(changes pixels) decode with TAESD: a folder or .safetensors (default: "
+        "$MLC_TINY_VAE, which `mlc setup NAME --model taesd` sets)",
+    )
     # the seed's benchmark (mlc.engine.bench; docs/benchmarks.md)
     a("--bench", action="store_true", help="run the seed's benchmark (flags override its defaults)")
     a("--baseline", choices=["diffusers"], default=None, help="--bench: also time plain diffusers")
     a("--bench_json", type=str, default=None, help="--bench: JSON path (default: in --outdir)")
     a("--bench_warmup", type=int, default=None, help="--bench: warm-up iterations (default 2)")
     a("--bench_repeat", type=int, default=1, help="--bench: alternate runs N times (medians)")
+    a(
+        "--bench_modes",
+        action="store_true",
+        help="--bench: time each speed mode against the exact output, with its pixel deviation",
+    )
     for axis in ("x", "y", "z"):  # see mlc.engine.axes
         a(
             f"--{axis}",
@@ -140,6 +195,11 @@ class RunSpec:
     device: str
     batched: bool
     json: bool
+    low_vram: bool = False
+    compile: bool = False
+    deepcache: int = 0
+    tome: float = 0.0
+    tiny_vae: str | None = None  # path of the TAESD weights
     notes: list[str] = field(default_factory=list)
     axes: list[Any] = field(default_factory=list)  # mlc.engine.axes.Axis: --x, --y, --z
 
@@ -188,11 +248,16 @@ def validate(args: argparse.Namespace) -> RunSpec:
         if chosen and chosen[0] != sampler:
             raise UsageError(f"--{chosen[0]} conflicts with --sampler {sampler}; use one of them")
     else:
-        sampler = chosen[0] if chosen else "ddim"
+        sampler = chosen[0] if chosen else FAST_SAMPLER if args.fast else "ddim"
+    steps = args.ddim_steps
+    if args.fast and steps == DEFAULT_STEPS:
+        steps = FAST_STEPS
+    if args.fast:
+        notes.append(f"--fast: {sampler}, {steps} steps")
     _multiple_of_8("--H", args.H)
     _multiple_of_8("--W", args.W)
     for flag, value in (
-        ("--ddim_steps", args.ddim_steps),
+        ("--ddim_steps", steps),
         ("--n_samples", args.n_samples),
         ("--n_iter", args.n_iter),
         ("--C", args.C),
@@ -210,6 +275,12 @@ def validate(args: argparse.Namespace) -> RunSpec:
         raise UsageError("ddim_eta must be 0 for PLMS")
     if args.ddim_eta != 0 and not get_sampler(sampler).uses_eta:
         notes.append(f"--ddim_eta only affects ddim; ignored for {sampler}")
+    if args.deepcache < 0:
+        raise UsageError(f"--deepcache must be 0 (off) or more, not {args.deepcache}")
+    if args.deepcache == 1:
+        notes.append("--deepcache 1 runs the full UNet every step (no caching)")
+    if not (args.tome == 0 or 0 < args.tome < 1):
+        raise UsageError(f"--tome must be between 0 and 1 (a share of tokens), not {args.tome}")
     if args.from_file:
         prompts = read_prompt_file(args.from_file)
         batches = [prompts[i : i + args.n_samples] for i in range(0, len(prompts), args.n_samples)]
@@ -220,7 +291,7 @@ def validate(args: argparse.Namespace) -> RunSpec:
     spec = RunSpec(
         batches=batches,
         sampler=sampler,
-        steps=args.ddim_steps,
+        steps=steps,
         scale=args.scale,
         eta=args.ddim_eta,
         height=args.H,
@@ -242,6 +313,11 @@ def validate(args: argparse.Namespace) -> RunSpec:
         device=args.device,
         batched=args.batched,
         json=args.json,
+        low_vram=args.low_vram,
+        compile=args.compile,
+        deepcache=args.deepcache if args.deepcache > 1 else 0,
+        tome=args.tome,
+        tiny_vae=tiny_vae_path(args.tiny_vae),
         notes=notes,
     )
     last = spec.seed if spec.fixed_code else spec.seed + spec.n_images - 1
@@ -253,6 +329,23 @@ def validate(args: argparse.Namespace) -> RunSpec:
 
         spec.axes = parse_axes(spec, axis_flags, from_file=bool(args.from_file))
     return spec
+
+
+def tiny_vae_path(value: str | None) -> str | None:
+    """--tiny_vae's weights: the given path, or $MLC_TINY_VAE for a bare --tiny_vae."""
+    if value is None:
+        return None
+    if value == "auto":
+        value = os.environ.get("MLC_TINY_VAE", "")
+        if not value:
+            raise UsageError(
+                "--tiny_vae: no TAESD weights set up; run `mlc setup NAME --model taesd` or "
+                "pass --tiny_vae PATH"
+            )
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise UsageError(f"--tiny_vae: {path} does not exist")
+    return str(path)
 
 
 def pick_device(name: str) -> str:
@@ -285,23 +378,37 @@ def _log(message: str) -> None:
 class Session:
     """A model loaded on a device, reused across runs (grids, the warm worker, benchmarks)."""
 
-    key: tuple[str, str | None, str, str]
+    key: tuple[Any, ...]
     device: str
     dtype: Any
     components: Any
     fresh: bool = True  # loaded for the run at hand (its load time counts there)
+    offload: Any = None  # mlc.engine.lowvram.Offload with --low_vram on a GPU
+    tiny_vaes: dict[str, Any] = field(default_factory=dict)  # --tiny_vae path -> model
 
     def serves(self, spec: RunSpec) -> bool:
         """Whether SPEC can run on this loaded model."""
         return self.key == session_key(spec)
 
+    def tiny_vae(self, path: str | None) -> Any:
+        """The TAESD model at PATH (loaded once per session), or None."""
+        if path is None:
+            return None
+        if path not in self.tiny_vaes:
+            from mlc.engine.tinyvae import load_tiny_vae
 
-def session_key(spec: RunSpec) -> tuple[str, str | None, str, str]:
-    """What identifies a loaded model: checkpoint, config, device and dtype."""
+            where = "cpu" if self.offload is not None else self.device
+            self.tiny_vaes[path] = load_tiny_vae(path, device=where, dtype=self.dtype)
+        return self.tiny_vaes[path]
+
+
+def session_key(spec: RunSpec) -> tuple[Any, ...]:
+    """What identifies a loaded model: checkpoint, config, device, dtype and how it is held."""
     device = pick_device(spec.device)
     ckpt = str(Path(spec.ckpt).expanduser().resolve())
     config = str(Path(spec.config).expanduser().resolve()) if spec.config else None
-    return (ckpt, config, device, str(pick_dtype(spec.precision, device)))
+    offload = spec.low_vram and device != "cpu"
+    return (ckpt, config, device, str(pick_dtype(spec.precision, device)), offload, spec.compile)
 
 
 def open_session(spec: RunSpec) -> Session:
@@ -311,8 +418,16 @@ def open_session(spec: RunSpec) -> Session:
     resolve(spec.ckpt, spec.config)
     device = pick_device(spec.device)
     dtype = pick_dtype(spec.precision, device)
-    components = load(spec.ckpt, spec.config, device=device, dtype=dtype)
-    return Session(session_key(spec), device, dtype, components)
+    offload = None
+    if spec.low_vram and device != "cpu":
+        from mlc.engine.lowvram import Offload
+
+        offload = Offload(device)
+    components = load(spec.ckpt, spec.config, device="cpu" if offload else device, dtype=dtype)
+    from mlc.engine.accel import tune
+
+    tune(components, device, compile=spec.compile)
+    return Session(session_key(spec), device, dtype, components, offload=offload)
 
 
 def check_shape(spec: RunSpec, components: Any) -> None:
@@ -329,6 +444,34 @@ def check_shape(spec: RunSpec, components: Any) -> None:
         )
     if spec.height % components.vae_scale_factor or spec.width % components.vae_scale_factor:
         raise UsageError(f"--H and --W must be multiples of {components.vae_scale_factor}")
+
+
+def device_notes(spec: RunSpec, device: str) -> list[str]:
+    """Notes on flags whose effect depends on the device."""
+    notes = []
+    if spec.low_vram and device == "cpu":
+        notes.append("--low_vram has no effect on cpu (it saves GPU memory)")
+    if spec.compile and device == "cpu":
+        notes.append("--compile on cpu: the first run compiles for minutes")
+    return notes
+
+
+def speed_modes(spec: RunSpec) -> dict[str, Any]:
+    """The pixel-changing speed modes of a run (empty: exact), for the metadata."""
+    modes: dict[str, Any] = {}
+    if spec.deepcache > 1:
+        modes["deepcache"] = spec.deepcache
+    if spec.tome > 0:
+        modes["tome"] = spec.tome
+    if spec.tiny_vae is not None:
+        modes["tiny_vae"] = Path(spec.tiny_vae).name
+    return modes
+
+
+def speed_fields(modes: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The speed modes as A1111 ``parameters`` fields."""
+    names = {"deepcache": "DeepCache interval", "tome": "ToMe ratio", "tiny_vae": "VAE"}
+    return [(names[k], "TAESD" if k == "tiny_vae" else v) for k, v in modes.items()]
 
 
 def execute(spec: RunSpec, session: Session | None = None) -> dict[str, Any]:
@@ -352,7 +495,16 @@ def execute(spec: RunSpec, session: Session | None = None) -> dict[str, Any]:
     check_shape(spec, components)
     sampler = get_sampler(spec.sampler)
     settings = Settings(
-        spec.sampler, spec.steps, spec.scale, spec.eta, spec.height, spec.width, spec.batched
+        spec.sampler,
+        spec.steps,
+        spec.scale,
+        spec.eta,
+        spec.height,
+        spec.width,
+        spec.batched,
+        deepcache=spec.deepcache,
+        tome=spec.tome,
+        tiny_vae=spec.tiny_vae is not None,
     )
     batches = plan(
         spec.batches,
@@ -379,18 +531,23 @@ def execute(spec: RunSpec, session: Session | None = None) -> dict[str, Any]:
         "noise": "cpu",
         "version": __version__,
     }
+    modes = speed_modes(spec)
+    if modes:
+        run_info["speed_modes"] = modes
     samples = outputs.sample_numbering(spec.outdir)
     done: list[dict[str, Any]] = []
     images: list[Any] = []
     t_gen = time.perf_counter()
-    for note in spec.notes:
+    for note in [*spec.notes, *device_notes(spec, device)]:
         _log(f"note: {note}")
     if not spec.json:
         _log(
             f"model {components.name} loaded in {load_seconds:.1f} s on {device} "
             f"({dtype_name}); {spec.n_images} image(s), {spec.sampler}, {spec.steps} steps"
         )
-    renderer = Renderer(components, device, dtype)
+    renderer = Renderer(
+        components, device, dtype, tiny_vae=session.tiny_vae(spec.tiny_vae), offload=session.offload
+    )
     for result in renderer.run(batches, settings):
         s = result.spec
         fields = [
@@ -402,6 +559,7 @@ def execute(spec: RunSpec, session: Session | None = None) -> dict[str, Any]:
             ("Model hash", components.model_hash),
             ("Model", components.name),
             ("Eta", spec.eta if sampler.uses_eta and spec.eta else None),
+            *speed_fields(modes),
             ("Version", f"mlc {__version__}"),
         ]
         data = {
@@ -450,6 +608,7 @@ def execute(spec: RunSpec, session: Session | None = None) -> dict[str, Any]:
                 ("Model", components.name),
                 ("Batch size", spec.n_samples),
                 ("Batch count", spec.n_iter),
+                *speed_fields(modes),
                 ("Version", f"mlc {__version__}"),
             ],
         )

@@ -1,0 +1,179 @@
+"""``mlc-txt2img --bench --bench_modes``: each opt-in speed mode against the exact output.
+
+One process loads the model once and renders the same image (the benchmark's prompt and
+seed) exactly and with every speed mode: ``--fast`` (DPM++ 2M Karras at 40% of the steps,
+20 of the seed's 50), ``--deepcache 3``, ``--tome 0.5``, ``--tiny_vae`` and all of them
+together. For each it reports seconds per image (median of ``--bench_repeat`` runs after one
+untimed warm-up), the speed-up over the exact run, and the deviation of its pixels from
+the exact image: mean and largest absolute difference (0-255) and PSNR. Modes alternate
+within every repeat, so a busy machine slows them alike. Timings are printed and written
+to JSON, never asserted.
+
+Without TAESD weights (``--tiny_vae PATH`` or ``$MLC_TINY_VAE``) a random-weight TAESD with
+the real architecture is built and used: its time is real, its deviation is not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+FAST_SHARE = 20 / 50  # --fast: DPM++ 2M Karras at 20 steps where the seed runs 50
+
+
+def modes(steps: int, tiny_vae: bool) -> dict[str, dict[str, Any]]:
+    """Mode name -> the Settings fields it changes."""
+    fast = {"sampler": "dpmpp_2m_karras", "steps": max(1, round(steps * FAST_SHARE))}
+    table: dict[str, dict[str, Any]] = {
+        "exact": {},
+        "fast": fast,
+        "deepcache 3": {"deepcache": 3},
+        "tome 0.5": {"tome": 0.5},
+    }
+    if tiny_vae:
+        table["tiny_vae"] = {"tiny_vae": True}
+    table["all"] = {**fast, "deepcache": 3, "tome": 0.5, "tiny_vae": tiny_vae}
+    return table
+
+
+def deviation(exact: Any, other: Any) -> dict[str, float]:
+    """Mean/max absolute pixel difference (0-255) and PSNR (dB) of two PIL images."""
+    import numpy as np
+
+    a = np.asarray(exact.convert("RGB"), dtype=np.float64)
+    b = np.asarray(other.convert("RGB"), dtype=np.float64)
+    diff = np.abs(a - b)
+    mse = float((diff**2).mean())
+    psnr = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+    return {"mean_abs": float(diff.mean()), "max_abs": float(diff.max()), "psnr_db": psnr}
+
+
+def run(args: Any, spec: Any, json_path: Path) -> int:
+    """Load once, render every mode, print the table, write the JSON; returns the exit code."""
+    from mlc.engine.bench import machine_info
+    from mlc.engine.generate import ImageSpec, Renderer, Settings
+    from mlc.engine.txt2img import open_session
+
+    say = _say
+    session = open_session(replace(spec, tiny_vae=None))
+    tiny_path, tiny_note = _tiny_vae(spec, json_path.parent)
+    renderer = Renderer(
+        session.components,
+        session.device,
+        session.dtype,
+        tiny_vae=session.tiny_vae(tiny_path),
+        offload=session.offload,
+    )
+    base = Settings(spec.sampler, spec.steps, spec.scale, spec.eta, spec.height, spec.width)
+    image = [ImageSpec(0, spec.batches[0][0], spec.negative_prompt, spec.seed)]
+    table = modes(spec.steps, tiny_path is not None)
+    say(
+        f"speed modes: {image[0].prompt!r}, {spec.sampler}, {spec.steps} steps, "
+        f"{spec.width}x{spec.height}, seed {spec.seed}, on {session.device} "
+        f"({str(session.dtype).replace('torch.', '')}); {args.bench_repeat} repeat(s)"
+    )
+    if tiny_note:
+        say(tiny_note)
+    settings = {name: replace(base, **change) for name, change in table.items()}
+    say("warm-up ...")
+    renderer.render(image, base)
+    times: dict[str, list[float]] = {name: [] for name in table}
+    images: dict[str, Any] = {}
+    for r in range(args.bench_repeat):
+        order = list(table) if r % 2 == 0 else list(table)[::-1]
+        for name in order:
+            say(f"run {r + 1}/{args.bench_repeat}: {name} ...")
+            start = time.perf_counter()
+            result = renderer.render(image, settings[name])[0]
+            times[name].append(time.perf_counter() - start)
+            images[name] = result.image
+    exact_s = statistics.median(times["exact"])
+    rows = []
+    for name in table:
+        s = settings[name]
+        median = statistics.median(times[name])
+        rows.append(
+            {
+                "mode": name,
+                "sampler": s.sampler,
+                "steps": s.steps,
+                "deepcache": s.deepcache,
+                "tome": s.tome,
+                "tiny_vae": s.tiny_vae,
+                "seconds_per_image": median,
+                "speedup": exact_s / median,
+                "deviation": deviation(images["exact"], images[name]),
+                "runs": times[name],
+            }
+        )
+    out_dir = json_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, im in images.items():
+        im.save(out_dir / f"mode-{name.replace(' ', '-')}.png")
+    report = {
+        "benchmark": "speed modes",
+        "command": "mlc-txt2img " + " ".join(sys.argv[1:]),
+        "settings": {
+            "prompt": image[0].prompt,
+            "sampler": spec.sampler,
+            "steps": spec.steps,
+            "scale": spec.scale,
+            "height": spec.height,
+            "width": spec.width,
+            "seed": spec.seed,
+            "ckpt": spec.ckpt,
+            "device": session.device,
+            "dtype": str(session.dtype).replace("torch.", ""),
+            "repeat": args.bench_repeat,
+            "tiny_vae": tiny_path,
+            "tiny_vae_note": tiny_note,
+        },
+        "machine": machine_info(),
+        "modes": rows,
+    }
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(format_table(rows))
+    print(f"JSON: {json_path}  (images: {out_dir}/mode-*.png)")
+    return 0
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The side-by-side table."""
+    head = f"{'mode':<14}{'sampler, steps':>24}{'s/image':>10}{'speed-up':>10}"
+    head += f"{'mean |d|':>10}{'max |d|':>9}{'PSNR':>10}"
+    lines = [head]
+    for r in rows:
+        d = r["deviation"]
+        psnr = "exact" if math.isinf(d["psnr_db"]) else f"{d['psnr_db']:.1f} dB"
+        lines.append(
+            f"{r['mode']:<14}{r['sampler'] + ', ' + str(r['steps']):>24}"
+            f"{r['seconds_per_image']:>9.2f}s{r['speedup']:>9.2f}x"
+            f"{d['mean_abs']:>10.2f}{d['max_abs']:>9.0f}{psnr:>10}"
+        )
+    return "\n".join(lines)
+
+
+def _tiny_vae(spec: Any, where: Path) -> tuple[str | None, str]:
+    """The TAESD weights to use: the given/installed ones, else a random-weight one."""
+    import os
+
+    given = spec.tiny_vae or os.environ.get("MLC_TINY_VAE")
+    if given and Path(given).exists():
+        return str(given), ""
+    from mlc.engine.tinyvae import build_random_tiny_vae
+
+    path = build_random_tiny_vae(where / "taesd-random.safetensors")
+    return str(path), (
+        "tiny_vae: no TAESD weights here; using random weights with TAESD's architecture "
+        "(its time is real, its deviation is not)"
+    )
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

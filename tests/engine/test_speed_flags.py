@@ -1,0 +1,198 @@
+"""The speed and memory flags of mlc-txt2img: --fast, --deepcache, --tome, --tiny_vae,
+--low_vram, and the speed-mode benchmark (tiny model, CPU; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlc.engine import txt2img
+from mlc.engine.outputs import read_metadata
+
+from .conftest import SIZE, STEPS, TinyModel
+
+
+def _args(tiny: TinyModel, outdir: Path, *extra: str) -> list[str]:
+    return [
+        "--ckpt",
+        str(tiny.safetensors),
+        "--H",
+        str(SIZE),
+        "--W",
+        str(SIZE),
+        "--ddim_steps",
+        str(STEPS),
+        "--n_samples",
+        "1",
+        "--n_iter",
+        "1",
+        "--skip_grid",
+        "--outdir",
+        str(outdir),
+        "--json",
+        *extra,
+    ]
+
+
+def _run(capsys, argv: list[str]) -> dict:
+    code = txt2img.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    summary["stderr"] = err
+    return summary
+
+
+def _pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def taesd(tmp_path_factory) -> Path:
+    from mlc.engine.tinyvae import build_random_tiny_vae
+
+    return build_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "taesd.safetensors")
+
+
+def _spec(*argv: str) -> txt2img.RunSpec:
+    return txt2img.validate(txt2img.build_parser().parse_args(list(argv)))
+
+
+def test_fast_is_dpmpp_2m_karras_at_20_steps_unless_told_otherwise():
+    spec = _spec("--fast")
+    assert (spec.sampler, spec.steps) == ("dpmpp_2m_karras", 20)
+    assert any("--fast" in n for n in spec.notes)
+    assert _spec("--fast", "--ddim_steps", "12").steps == 12
+    assert _spec("--fast", "--sampler", "euler_a").sampler == "euler_a"
+    assert _spec("--fast", "--plms").sampler == "plms"
+    assert (_spec().sampler, _spec().steps) == ("ddim", 50)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tome", "1.5"], "--tome must be between 0 and 1"),
+        (["--tome", "-0.2"], "--tome must be between 0 and 1"),
+        (["--deepcache", "-1"], "--deepcache must be 0"),
+        (["--tiny_vae", "/nonexistent/taesd"], "does not exist"),
+    ],
+)
+def test_bad_speed_flags_are_one_line_usage_errors(capsys, tiny, tmp_path, argv, message):
+    code = txt2img.main(_args(tiny, tmp_path / "out", *argv))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_bare_tiny_vae_uses_mlc_tiny_vae_or_says_how_to_get_it(monkeypatch, taesd):
+    monkeypatch.delenv("MLC_TINY_VAE", raising=False)
+    with pytest.raises(txt2img.UsageError, match="mlc setup NAME --model taesd"):
+        _spec("--tiny_vae")
+    monkeypatch.setenv("MLC_TINY_VAE", str(taesd))
+    assert _spec("--tiny_vae").tiny_vae == str(taesd)
+
+
+def test_speed_modes_change_pixels_and_say_so(capsys, tiny, tmp_path, taesd):
+    exact = _run(capsys, _args(tiny, tmp_path / "exact"))
+    assert "speed_modes" not in exact
+    base = _pixels(exact["files"][0])
+    for flag, value, field, label in (
+        ("--deepcache", "2", "deepcache", "DeepCache interval: 2"),
+        ("--tome", "0.5", "tome", "ToMe ratio: 0.5"),
+        ("--tiny_vae", str(taesd), "tiny_vae", "VAE: TAESD"),
+    ):
+        out = _run(capsys, _args(tiny, tmp_path / field, flag, value))
+        assert field in out["speed_modes"], flag
+        img = _pixels(out["files"][0])
+        assert img.shape == base.shape
+        assert np.abs(img - base).max() > 0, f"{flag} left the pixels unchanged"
+        text, data = read_metadata(Path(out["files"][0]))
+        assert label in text
+        assert data["speed_modes"][field] == out["speed_modes"][field]
+
+
+def test_a_session_stays_exact_after_a_speed_mode_run(tiny, tmp_path):
+    """The warm worker reuses one session: token merging must be removed after its run."""
+    from mlc.engine import tome
+
+    spec = replace(_spec(*_args(tiny, tmp_path / "a")), json=True)
+    session = txt2img.open_session(spec)
+    first = txt2img.execute(spec, session)
+    txt2img.execute(replace(spec, outdir=tmp_path / "b", tome=0.5, deepcache=2), session)
+    assert not tome.is_applied(session.components.unet)
+    again = txt2img.execute(replace(spec, outdir=tmp_path / "c"), session)
+    assert np.array_equal(_pixels(first["files"][0]), _pixels(again["files"][0]))
+
+
+def test_low_vram_on_cpu_is_a_note_and_changes_nothing(capsys, tiny, tmp_path):
+    exact = _run(capsys, _args(tiny, tmp_path / "exact"))
+    low = _run(capsys, _args(tiny, tmp_path / "low", "--low_vram"))
+    assert "--low_vram has no effect on cpu" in low["stderr"]
+    assert np.array_equal(_pixels(exact["files"][0]), _pixels(low["files"][0]))
+
+
+def test_offload_moves_each_model_in_turn_and_keeps_the_pixels(components, tiny):
+    """The --low_vram path, driven on the CPU: each model is asked for before it runs."""
+    from mlc.engine.generate import ImageSpec, Renderer, Settings
+    from mlc.engine.lowvram import Offload
+
+    settings = Settings("ddim", STEPS, 7.5, 0.0, SIZE, SIZE)
+    image = [ImageSpec(0, "a red cube", "", 7)]
+    plain = Renderer(components).render(image, settings)[0].image
+    seen: list[str] = []
+
+    class Recording(Offload):
+        def use(self, model):
+            seen.append(type(model).__name__)
+            return super().use(model)
+
+    offload = Recording("cpu")
+    offloaded = Renderer(components, offload=offload).render(image, settings)[0].image
+    assert np.array_equal(np.asarray(plain), np.asarray(offloaded))
+    assert seen[0] == "CLIPTextModel" and "UNet2DConditionModel" in seen
+    assert seen[-1] == "AutoencoderKL"
+    assert offload.current is components.vae and offload.moves >= 3
+
+
+def test_bench_modes_reports_every_mode_against_exact(capsys, tiny, tmp_path, taesd):
+    out = tmp_path / "bench"
+    code = txt2img.main(
+        [
+            "--bench",
+            "--bench_modes",
+            "--ckpt",
+            str(tiny.safetensors),
+            "--H",
+            str(SIZE),
+            "--W",
+            str(SIZE),
+            "--ddim_steps",
+            "5",
+            "--n_iter",
+            "1",
+            "--tiny_vae",
+            str(taesd),
+            "--outdir",
+            str(out),
+            "--bench_json",
+            str(out / "modes.json"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((out / "modes.json").read_text())
+    rows = {r["mode"]: r for r in report["modes"]}
+    assert set(rows) == {"exact", "fast", "deepcache 3", "tome 0.5", "tiny_vae", "all"}
+    assert rows["exact"]["deviation"]["max_abs"] == 0 and rows["exact"]["speedup"] == 1.0
+    assert (rows["fast"]["sampler"], rows["fast"]["steps"]) == ("dpmpp_2m_karras", 2)
+    for name in ("fast", "deepcache 3", "tome 0.5", "tiny_vae", "all"):
+        assert rows[name]["deviation"]["max_abs"] > 0, name
+        assert rows[name]["seconds_per_image"] > 0
+    assert report["settings"]["tiny_vae"] == str(taesd)
+    assert "speed-up" in captured.out and (out / "mode-exact.png").is_file()
