@@ -295,8 +295,11 @@ def attempt(d: Path, argv: list[str], idle: float, idle_given: bool) -> int:
                 _write(sys.stderr, msg["err"])
             elif "queued" in msg:
                 ahead = int(msg["queued"])
-                _write(sys.stderr, f"{PROG}: waiting for the engine worker "
-                                   f"({ahead} request{'s' if ahead != 1 else ''} ahead)\n")
+                _write(
+                    sys.stderr,
+                    f"{PROG}: waiting for the engine worker "
+                    f"({ahead} request{'s' if ahead != 1 else ''} ahead)\n",
+                )
             elif "exit" in msg:
                 return int(msg["exit"])
             elif "error" in msg:
@@ -320,8 +323,11 @@ def run(argv: list[str], idle: float, idle_given: bool) -> int:
                     "(or run with --no-worker)"
                 ) from None
             if gone.accepted:
-                _write(sys.stderr, f"{PROG}: note: the engine worker stopped unexpectedly; "
-                                   "restarting it and retrying the request\n")
+                _write(
+                    sys.stderr,
+                    f"{PROG}: note: the engine worker stopped unexpectedly; "
+                    "restarting it and retrying the request\n",
+                )
 
 
 def control(op: str, **fields: Any) -> int:

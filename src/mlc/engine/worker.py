@@ -185,13 +185,17 @@ class Worker:
         if uid is not None and uid != self.uid:
             log.warning("refused a connection from uid %s", uid)
             with contextlib.suppress(OSError):
-                send(conn, {"error": f"this engine worker serves uid {self.uid} only; "
-                                     f"refusing uid {uid}"})
+                send(
+                    conn,
+                    {"error": f"this engine worker serves uid {self.uid} only; refusing uid {uid}"},
+                )
             conn.close()
             return
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 60, 0))
-        send(conn, {"hello": {"pid": os.getpid(), "uid": self.uid, "code": self.code,
-                              "idle": self.idle}})
+        send(
+            conn,
+            {"hello": {"pid": os.getpid(), "uid": self.uid, "code": self.code, "idle": self.idle}},
+        )
         conn.settimeout(10)
         message = _read_message(conn)
         conn.settimeout(None)
@@ -345,8 +349,9 @@ class Worker:
         """Serve until idle or stopped; returns the exit code."""
         (self.dir / PIDFILE).write_text(f"{os.getpid()}\n")
         self.acceptor.start()
-        log.info("worker %d listening on %s (idle exit after %g s)",
-                 os.getpid(), self.path, self.idle)
+        log.info(
+            "worker %d listening on %s (idle exit after %g s)", os.getpid(), self.path, self.idle
+        )
         with contextlib.suppress(Exception):  # warm the imports while the first client waits
             from mlc.engine import generate, loading, txt2img  # noqa: F401
         try:
@@ -427,8 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         d = private_dir(args.dir or worker_dir())
-        idle = idle_seconds(args.idle if args.idle is not None
-                            else os.environ.get("MLC_WORKER_IDLE"))
+        idle = idle_seconds(
+            args.idle if args.idle is not None else os.environ.get("MLC_WORKER_IDLE")
+        )
         worker = Worker(d, idle)
     except (ClientError, OSError) as err:
         log.error("cannot start: %s", err)
