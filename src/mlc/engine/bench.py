@@ -97,6 +97,10 @@ def run_bench(argv: list[str] | None = None) -> int:
             raise UsageError(f"--bench_warmup must be between 0 and n_iter-1 ({spec.n_iter - 1})")
         if args.bench_repeat < 1:
             raise UsageError("--bench_repeat must be at least 1")
+        if not args.bench_modes and (spec.deepcache or spec.tome or spec.tiny_vae):
+            raise UsageError(
+                "--bench times the exact output; --bench --bench_modes times the speed modes"
+            )
         source = resolve(spec.ckpt, spec.config)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
@@ -129,6 +133,9 @@ def run_bench(argv: list[str] | None = None) -> int:
         "device": spec.device,
         "precision": spec.precision,
         "warmup": warmup,
+        "engine_flags": [
+            f for f, on in (("--compile", args.compile), ("--low_vram", args.low_vram)) if on
+        ],
     }
     rows = ["mlc"] + (["diffusers"] if args.baseline else [])
     if args.baseline:
@@ -137,7 +144,7 @@ def run_bench(argv: list[str] | None = None) -> int:
 
         cfg["scheduler_class"] = get_sampler(spec.sampler).scheduler
         cfg["scheduler_kwargs"] = scheduler_config(spec.sampler, schedule_of(source))
-    ran = what_was_run(args, spec, warmup)
+    ran = what_was_run(args, spec, warmup) + cfg["engine_flags"]
     _say(
         f"benchmark: {cfg['prompt']!r}, {spec.sampler}, {spec.steps} steps, scale {spec.scale}, "
         f"{spec.width}x{spec.height}, n_samples {spec.n_samples}, n_iter {spec.n_iter} "
@@ -442,6 +449,7 @@ def _engine_child(cfg: dict[str, Any]) -> dict[str, Any]:
         argv += ["--config", cfg["config"]]
     if cfg["negative_prompt"]:
         argv += ["--negative_prompt", cfg["negative_prompt"]]
+    argv += cfg.get("engine_flags", [])
     spec = validate(build_parser().parse_args(argv))
     t_imported = time.time()
     session = open_session(spec)
