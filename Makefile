@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 # torch is pinned in the same pip command: unpinned, pip resolves a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-host test test-fast lint format demo bench clean
+.PHONY: install install-host test test-fast lint format demo bench bench-seed bench-modes clean
 
 install:  ## everything: host CLI, engine, test tools
 	$(PIP) install $(TORCH) -e '.[engine,test]'
@@ -35,10 +35,21 @@ demo:  ## the main job end to end: engine, image, container, model, an image in 
 BENCH_FLAGS ?= --H 256 --W 256 --ddim_steps 2 --n_iter 2 --bench_repeat 2
 BENCH_OUT ?= outputs/bench
 
-bench:  ## the seed's benchmark, mlc vs plain diffusers side by side (JSON in $(BENCH_OUT))
+# The speed modes (--fast, --deepcache, --tome, --tiny_vae) against the exact image on the same
+# checkpoint: speed-up and pixel deviation. MODES_FLAGS='--bench_repeat 3' for a GPU.
+MODES_FLAGS ?= --H 256 --W 256 --ddim_steps 10 --bench_repeat 2
+
+bench: bench-seed bench-modes  ## both benchmarks below (JSON in $(BENCH_OUT))
+
+bench-seed:  ## the seed's benchmark, mlc vs plain diffusers side by side
 	ckpt=$$($(PYTHON) -m mlc.engine.fullsize) && \
 	$(PYTHON) -m mlc.engine.txt2img --bench --baseline diffusers --ckpt "$$ckpt" \
 		--outdir $(BENCH_OUT) --bench_json $(BENCH_OUT)/bench.json $(BENCH_FLAGS)
+
+bench-modes:  ## each speed mode against the exact image: speed-up and deviation
+	ckpt=$$($(PYTHON) -m mlc.engine.fullsize) && \
+	$(PYTHON) -m mlc.engine.txt2img --bench --bench_modes --ckpt "$$ckpt" \
+		--outdir $(BENCH_OUT) --bench_json $(BENCH_OUT)/bench-modes.json $(MODES_FLAGS)
 
 lint:
 	$(PYTHON) -m ruff check src tests

@@ -166,3 +166,28 @@ def test_recipe_values_are_normalised(tmp_path):
     r = recipes.load_recipe_file(write(tmp_path, "n.yaml", text))
     assert r.files == ("m/model.ckpt",) and r.sha256 == "ab" * 32
     assert r.urls == ("http://example.invalid/one.zip",)
+
+
+def test_taesd_recipe_is_a_tiny_vae_not_a_checkpoint():
+    taesd = recipes.get_recipe("taesd")
+    assert taesd.role == "tiny_vae" and taesd.archive == "file"
+    assert taesd.ckpt == "taesd/diffusion_pytorch_model.safetensors"
+    assert recipes.get_recipe("stable-diffusion-v1-5").role == "checkpoint"
+
+
+def test_engine_env_exports_what_setup_recorded():
+    from mlc.provision import engine_env
+
+    state = {"ckpt": "/models/a.ckpt", "cache_dir": "/models/.mlc-cache", "tiny_vae": "/m/t.st"}
+    assert engine_env(state) == {
+        "MLC_CKPT": "/models/a.ckpt",
+        "MLC_CACHE_DIR": "/models/.mlc-cache",
+        "MLC_TINY_VAE": "/m/t.st",
+    }
+    assert engine_env({"ckpt": "/models/a.ckpt"}) == {"MLC_CKPT": "/models/a.ckpt"}
+
+
+def test_unknown_role_is_refused(tmp_path):
+    path = write(tmp_path, "r.yaml", USER_RECIPE.format(name="r", description="d") + "role: lora\n")
+    with pytest.raises(MlcError, match="role must be one of checkpoint, tiny_vae"):
+        recipes.load_recipe_file(path)

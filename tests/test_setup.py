@@ -154,6 +154,25 @@ def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_cata
     r = run("open", name, "--", "sh", "-c", 'echo "$MLC_CACHE_DIR"')
     assert r.out.strip() == "/models/.mlc-cache"
 
+    # TAESD for --tiny_vae: the shipped recipe (its URL replaced by the test server's) sets
+    # MLC_TINY_VAE and leaves the default checkpoint alone.
+    from mlc.engine.tinyvae import build_random_tiny_vae
+
+    taesd = build_random_tiny_vae(user_dir / "taesd-src.safetensors").read_bytes()
+    with FileServer({"/taesd.safetensors": taesd}) as srv:
+        r = run("setup", name, "taesd", "--url", srv.url("/taesd.safetensors"))
+    assert r.code == 0, r.err
+    assert "--tiny_vae" in r.out
+    assert (models / "taesd" / "diffusion_pytorch_model.safetensors").read_bytes() == taesd
+    r = run(
+        "txt2img", name, "--tiny_vae", "--n_samples", "1", "--n_iter", "1", "--H", "64",
+        "--W", "64", "--ddim_steps", "2", "--skip_grid", "--outdir", "fast", "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    assert summary["speed_modes"]["tiny_vae"] == "diffusion_pytorch_model.safetensors"
+    assert summary["model"] == "tiny"  # the checkpoint is still tiny-sd's
+
     r = run("models", "--json")
     assert r.code == 0, r.err
     row = next(m for m in json.loads(r.out) if m["name"] == "tiny-sd")

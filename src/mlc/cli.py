@@ -417,9 +417,10 @@ def setup(
         _say(f"{rec.name} is already installed in {got.models_dir}")
     if got.sha256_recorded:
         _say(f"recorded sha256 {got.sha256} (the recipe publishes none)")
+    use = "--tiny_vae" if rec.role == "tiny_vae" else '--prompt "..."'
     _show(
         f"[{name}] ready: {rec.name} at {result.ckpt_inside}. "
-        f'Generate with: mlc txt2img {name} --prompt "..."'
+        f"Generate with: mlc txt2img {name} {use}"
     )
 
 

@@ -247,7 +247,7 @@ def record_model(c: Container, recipe: Recipe, ckpt_inside: str, models_inside: 
     own layer, where gigabytes would grow unseen and vanish with `mlc remove`)."""
     state = load_state(c)
     state.setdefault("models", {})[recipe.name] = ckpt_inside
-    state["ckpt"] = ckpt_inside
+    state["tiny_vae" if recipe.role == "tiny_vae" else "ckpt"] = ckpt_inside
     state["cache_dir"] = f"{models_inside.rstrip('/')}/.mlc-cache"
     save_state(c, state)
     profile = "".join(f"export {k}='{v}'\n" for k, v in engine_env(state).items())
@@ -256,5 +256,9 @@ def record_model(c: Container, recipe: Recipe, ckpt_inside: str, models_inside: 
 
 def engine_env(state: dict[str, Any]) -> dict[str, str]:
     """The engine's defaults that `mlc setup` recorded, as environment variables."""
-    env = {"MLC_CKPT": state.get("ckpt"), "MLC_CACHE_DIR": state.get("cache_dir")}
+    env = {
+        "MLC_CKPT": state.get("ckpt"),
+        "MLC_CACHE_DIR": state.get("cache_dir"),
+        "MLC_TINY_VAE": state.get("tiny_vae"),
+    }
     return {k: v for k, v in env.items() if v}

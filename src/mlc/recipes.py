@@ -24,6 +24,7 @@ _Fail = Callable[[str], MlcError]
 
 ENV_RECIPES = "MLC_RECIPES"
 SOURCES = ("download", "generate")
+ROLES = ("checkpoint", "tiny_vae")  # what the installed `ckpt` file is to the engine
 ARCHIVES = ("zip", "file")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -45,6 +46,7 @@ _KNOWN = {
     "apt",
     "pip",
     "generator",
+    "role",
 }
 
 
@@ -58,7 +60,7 @@ class Recipe:
     licence: str
     source: str  # "download" (fetch urls) or "generate" (run `generator`)
     files: tuple[str, ...]  # must exist after setup
-    ckpt: str  # the engine's default --ckpt
+    ckpt: str  # the main file: the engine's default --ckpt (or --tiny_vae, by role)
     urls: tuple[str, ...] = ()  # tried in order; MLC_MODELS_MIRROR rewrites the host
     archive: str = "zip"  # "zip" or "file" (a single file placed at files[0])
     size: int | None = None  # approximate download size in bytes (space check, display)
@@ -68,6 +70,7 @@ class Recipe:
     apt: tuple[str, ...] = ()
     pip: tuple[str, ...] = ()
     generator: tuple[str, ...] = ()  # command for source=generate; DEST is appended
+    role: str = "checkpoint"  # "checkpoint" (--ckpt) or "tiny_vae" (--tiny_vae, TAESD)
     origin: str = field(default="", compare=False)  # the file it was read from
 
     @property
@@ -157,6 +160,9 @@ def parse_recipe(data: Any, *, default_name: str, origin: str) -> Recipe:
     source = _string(data["source"], "source", fail)
     if source not in SOURCES:
         raise fail(f"source must be one of {', '.join(SOURCES)}, not '{source}'")
+    role = _string(data.get("role", "checkpoint"), "role", fail)
+    if role not in ROLES:
+        raise fail(f"role must be one of {', '.join(ROLES)}, not '{role}'")
     archive = _string(data.get("archive", "zip"), "archive", fail)
     if archive not in ARCHIVES:
         raise fail(f"archive must be one of {', '.join(ARCHIVES)}, not '{archive}'")
@@ -213,6 +219,7 @@ def parse_recipe(data: Any, *, default_name: str, origin: str) -> Recipe:
         licence_url=licence_url,
         apt=_strings(data.get("apt") or [], "apt", fail),
         pip=_strings(data.get("pip") or [], "pip", fail),
+        role=role,
         generator=generator,
         origin=origin,
     )
