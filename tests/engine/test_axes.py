@@ -47,6 +47,8 @@ def test_parse_axes_values_and_aliases():
         ("ddim_steps=5", (5,)),
         ("height=64,128", (64, 128)),
         ("eta=0,0.5", (0.0, 0.5)),
+        ("deepcache=0,2,3", (0, 2, 3)),
+        ("tome=0,0.5", (0.0, 0.5)),
     ):
         assert _spec("--x", text).axes[0].values == values
 
@@ -79,6 +81,8 @@ def test_prompt_values_with_commas():
         (["--x", "sampler=plms", "--ddim_eta", "0.5"], "ddim_eta must be 0 for PLMS"),
         (["--x", "sampler=ddim,plms", "--y", "eta=0,1"], "ddim_eta must be 0 for PLMS"),
         (["--x", "steps=1", "--skip_save"], "--skip_save cannot be combined with --x"),
+        (["--x", "tome=0,1"], "--x tome: 1 must be between 0 and 0.99"),
+        (["--x", "deepcache=-1"], "--x deepcache: -1 must be 0 or more"),
     ],
 )
 def test_invalid_axes_are_one_line_usage_errors(args: list[str], expected: str):
@@ -273,3 +277,18 @@ def test_progress_and_time_table_on_stderr(capsys, tiny: TinyModel, tmp_path):
     assert "sampler: ddim" in table[1] and "sampler: plms" in table[1]
     assert re.match(r"^\s+scale: 1\s+\d+\.\d\d\s+\d+\.\d\d$", table[2])
     assert "grid: " in err and "explore-0000.html" in err
+
+
+def test_speed_mode_axes_cost_pixels_and_say_so(capsys, tiny: TinyModel, tmp_path):
+    """deepcache=0 and tome=0 are the exact image; the other cells differ and say why."""
+    s = _grid_run(
+        capsys, tiny, tmp_path / "g", "--x", "deepcache=0,2", "--y", "tome=0,0.5", "--skip_grid"
+    )
+    exact, cached, merged, both = (np.asarray(Image.open(c["file"])) for c in s["cells"])
+    plain = _grid_run(capsys, tiny, tmp_path / "p", "--n_samples", "1", "--n_iter", "1")
+    assert (exact == np.asarray(Image.open(plain["files"][0]))).all()
+    for other in (cached, merged, both):
+        assert not (other == exact).all()
+    _, data = read_metadata(s["cells"][3]["file"])
+    assert data["speed_modes"] == {"deepcache": 2, "tome": 0.5}
+    assert "speed_modes" not in read_metadata(s["cells"][0]["file"])[1]

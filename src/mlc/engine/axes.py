@@ -25,7 +25,20 @@ from mlc.engine.samplers import get_sampler
 if TYPE_CHECKING:
     from mlc.engine.txt2img import RunSpec, Session
 
-AXES = ("sampler", "steps", "scale", "seed", "size", "H", "W", "prompt", "negative_prompt", "eta")
+AXES = (
+    "sampler",
+    "steps",
+    "scale",
+    "seed",
+    "size",
+    "H",
+    "W",
+    "prompt",
+    "negative_prompt",
+    "eta",
+    "deepcache",
+    "tome",
+)
 ALIASES = {
     "cfg": "scale",
     "cfg_scale": "scale",
@@ -107,6 +120,10 @@ def parse_value(where: str, name: str, raw: str) -> Any:
         return _number(where, raw, float, 0)
     if name == "seed":
         return _number(where, raw, int, 0, MAX_SEED)
+    if name == "deepcache":  # 0 or 1: every step full (exact)
+        return _number(where, raw, int, 0)
+    if name == "tome":
+        return _number(where, raw, float, 0, 0.99)
     if name in ("H", "W"):
         return _multiple_of_8(where, _number(where, raw, int, 1))
     if name == "size":

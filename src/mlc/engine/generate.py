@@ -120,6 +120,7 @@ class Renderer:
         self.offload = offload  # mlc.engine.lowvram.Offload: models visit the GPU one at a time
         self._embeds: dict[str, torch.Tensor] = {}
         self._vae32: Any = None
+        self.first_step_at: float | None = None  # time.time() when the first UNet call began
 
     def _on_device(self, model: Any) -> Any:
         return self.offload.use(model) if self.offload is not None else contextlib.nullcontext()
@@ -181,6 +182,8 @@ class Renderer:
         timesteps = scheduler.timesteps
         with self._on_device(self.c.unet), self._speed_modes(settings) as unet:
             for i, t in enumerate(timesteps):
+                if self.first_step_at is None:
+                    self.first_step_at = time.time()
                 model_input = torch.cat([latents] * 2) if cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 eps = unet(

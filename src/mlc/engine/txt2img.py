@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
             type=str,
             default=None,
             metavar="AXIS=V1,V2",
-            help=f"grid {axis} axis, e.g. sampler=ddim,plms or steps=10,20 (axes: "
-            "sampler, steps, scale, seed, size, H, W, prompt, negative_prompt, eta)",
+            help=f"grid {axis} axis, e.g. sampler=ddim,plms or steps=10,20 (axes: sampler, "
+            "steps, scale, seed, size, H, W, prompt, negative_prompt, eta, deepcache, tome)",
         )
     return p
 
@@ -628,6 +628,7 @@ def execute(spec: RunSpec, session: Session | None = None) -> dict[str, Any]:
             "grid_s": round(t_end - t_saved, 4),
             "total_s": round(t_end - t0, 4),
             "per_image_s": round((t_saved - t_gen) / max(1, len(done)), 4),
+            "first_step_unix": renderer.first_step_at,  # the first denoising step began
         },
     }
 
