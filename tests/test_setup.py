@@ -172,6 +172,10 @@ def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_cata
     summary = json.loads(r.out)
     assert summary["speed_modes"]["tiny_vae"] == "diffusion_pytorch_model.safetensors"
     assert summary["model"] == "tiny"  # the checkpoint is still tiny-sd's
+    host_taesd = models / "taesd" / "diffusion_pytorch_model.safetensors"
+    r = run("txt2img", name, "--tiny_vae", str(host_taesd), "--n_samples", "1", "--n_iter",
+            "1", "--H", "64", "--W", "64", "--ddim_steps", "2", "--outdir", "fast")  # fmt: skip
+    assert r.code == 0, r.err  # the host path is found through the models mount
 
     r = run("models", "--json")
     assert r.code == 0, r.err

@@ -110,7 +110,7 @@ def catalogue(dirs: list[Path]) -> list[tuple[Recipe, list[Path]]]:
     return [(r, where.get(name, [])) for name, r in sorted(load_recipes().items())]
 
 
-PATH_FLAGS = ("--from-file", "--ckpt", "--config")
+PATH_FLAGS = ("--from-file", "--ckpt", "--config", "--tiny_vae")
 
 
 def translate_paths(c: Container, flags: list[str]) -> list[str]:

@@ -45,7 +45,7 @@ LOG = "worker.log"
 PIDFILE = "worker.pid"
 DEFAULT_IDLE = 600.0
 START_TIMEOUT = 120.0
-ENV_PASSED = ("MLC_CKPT",)  # per-request environment the worker applies
+ENV_PASSED = ("MLC_CKPT", "MLC_TINY_VAE")  # per-request environment the worker applies
 EXIT_INTERRUPTED = 130
 
 

@@ -34,6 +34,7 @@ from typing import Any
 from mlc.engine import offline
 from mlc.engine.client import (
     DEFAULT_IDLE,
+    ENV_PASSED,
     PIDFILE,
     SOCKET,
     ClientError,
@@ -288,7 +289,7 @@ class Worker:
             torch.cuda.empty_cache()
 
     def serve_one(self, req: Request) -> None:
-        """Run REQ as ``mlc-txt2img`` would, with its folder, umask and MLC_CKPT."""
+        """Run REQ as ``mlc-txt2img`` would, with its folder, umask and ENV_PASSED."""
         from mlc.engine import txt2img
 
         with self.lock:
@@ -309,7 +310,7 @@ class Worker:
                 req.send({"err": f"{txt2img.PROG}: error: cannot enter {req.cwd}: {err}\n"})
             else:
                 os.umask(req.umask)
-                for key in ("MLC_CKPT",):
+                for key in ENV_PASSED:
                     if key in req.env:
                         os.environ[key] = req.env[key]
                     else:
