@@ -660,7 +660,10 @@ def main(
         return 1
     except Exception as err:  # torch/diffusers failures: one line, no traceback
         if type(err).__name__ == "OutOfMemoryError":
-            msg = "out of GPU memory; try smaller --H/--W, drop --batched, or --precision autocast"
+            msg = (
+                "out of GPU memory; try --low_vram, smaller --H/--W, drop --batched, or "
+                "--precision autocast"
+            )
         else:
             lines = str(err).strip().splitlines()
             msg = f"{type(err).__name__}: {lines[0] if lines else 'failed'}"
