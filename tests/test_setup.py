@@ -165,11 +165,33 @@ def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_cata
     assert "--tiny_vae" in r.out
     assert (models / "taesd" / "diffusion_pytorch_model.safetensors").read_bytes() == taesd
     r = run(
-        "txt2img", name, "--tiny_vae", "--n_samples", "1", "--n_iter", "1", "--H", "64",
-        "--W", "64", "--ddim_steps", "2", "--skip_grid", "--outdir", "fast", "--json",
-    )  # fmt: skip
+        "txt2img",
+        name,
+        "--tiny_vae",
+        "--from-file",
+        str(prompts),
+        "--n_samples",
+        "1",
+        "--n_iter",
+        "1",
+        "--H",
+        "64",
+        "--W",
+        "64",
+        "--ddim_steps",
+        "2",
+        "--skip_grid",
+        "--outdir",
+        "fast",
+        "--json",
+    )  # a bare --tiny_vae: the host path after it is still translated
     assert r.code == 0, r.err
     summary = json.loads(r.out)
+    assert [i["prompt"] for i in summary["images"]] == [
+        "a red cube",
+        "a blue sphere",
+        "a green cone",
+    ]
     assert summary["speed_modes"]["tiny_vae"] == "diffusion_pytorch_model.safetensors"
     assert summary["model"] == "tiny"  # the checkpoint is still tiny-sd's
     host_taesd = models / "taesd" / "diffusion_pytorch_model.safetensors"

@@ -11,15 +11,28 @@ import pytest
 
 pytestmark = pytest.mark.docker
 
-FLAGS = ("--H", "64", "--W", "64", "--ddim_steps", "2", "--n_samples", "1", "--n_iter", "1",
-         "--skip_grid", "--json")
+FLAGS = (
+    "--H",
+    "64",
+    "--W",
+    "64",
+    "--ddim_steps",
+    "2",
+    "--n_samples",
+    "1",
+    "--n_iter",
+    "1",
+    "--skip_grid",
+    "--json",
+)
 
 
 def test_txt2img_reuses_the_worker(mlc, name, tmp_path, torch_catalog):
     env = {"MLC_CATALOG": str(torch_catalog)}
     ws = tmp_path / "ws"
-    r = mlc("create", name, "Pytorch", "2.13.0-cpu", "-w", str(ws), "-m", str(tmp_path / "m"),
-            env=env)
+    r = mlc(
+        "create", name, "Pytorch", "2.13.0-cpu", "-w", str(ws), "-m", str(tmp_path / "m"), env=env
+    )
     assert r.code == 0, r.err
     r = mlc("setup", name, "demo", env=env, timeout=600)
     assert r.code == 0, r.err

@@ -111,6 +111,7 @@ def catalogue(dirs: list[Path]) -> list[tuple[Recipe, list[Path]]]:
 
 
 PATH_FLAGS = ("--from-file", "--ckpt", "--config", "--tiny_vae")
+OPTIONAL_VALUE = ("--tiny_vae",)  # bare `--tiny_vae` means $MLC_TINY_VAE
 
 
 def translate_paths(c: Container, flags: list[str]) -> list[str]:
@@ -124,7 +125,8 @@ def translate_paths(c: Container, flags: list[str]) -> list[str]:
     i = 0
     while i < len(flags):
         flag, value = flags[i], None
-        if flag in PATH_FLAGS and i + 1 < len(flags):
+        optional = flag in OPTIONAL_VALUE and (i + 1 == len(flags) or flags[i + 1][:1] == "-")
+        if flag in PATH_FLAGS and i + 1 < len(flags) and not optional:
             value, i = flags[i + 1], i + 2
         elif flag.partition("=")[0] in PATH_FLAGS and "=" in flag:
             flag, _, value = flag.partition("=")

@@ -68,6 +68,7 @@ def test_fast_is_dpmpp_2m_karras_at_20_steps_unless_told_otherwise():
     assert (spec.sampler, spec.steps) == ("dpmpp_2m_karras", 20)
     assert any("--fast" in n for n in spec.notes)
     assert _spec("--fast", "--ddim_steps", "12").steps == 12
+    assert _spec("--fast", "--ddim_steps", "50").steps == 50  # explicit, even at the default
     assert _spec("--fast", "--sampler", "euler_a").sampler == "euler_a"
     assert _spec("--fast", "--plms").sampler == "plms"
     assert (_spec().sampler, _spec().steps) == ("ddim", 50)
@@ -80,6 +81,9 @@ def test_fast_is_dpmpp_2m_karras_at_20_steps_unless_told_otherwise():
         (["--tome", "-0.2"], "--tome must be between 0 and 1"),
         (["--deepcache", "-1"], "--deepcache must be 0"),
         (["--tiny_vae", "/nonexistent/taesd"], "does not exist"),
+        (["--compile", "--tome", "0.5"], "--compile cannot be combined with --tome"),
+        (["--compile", "--deepcache", "3"], "--compile cannot be combined with --tome"),
+        (["--compile", "--x", "deepcache=0,3"], "--compile cannot be combined with a deepcache"),
     ],
 )
 def test_bad_speed_flags_are_one_line_usage_errors(capsys, tiny, tmp_path, argv, message):
@@ -92,7 +96,7 @@ def test_bad_speed_flags_are_one_line_usage_errors(capsys, tiny, tmp_path, argv,
 
 def test_bare_tiny_vae_uses_mlc_tiny_vae_or_says_how_to_get_it(monkeypatch, taesd):
     monkeypatch.delenv("MLC_TINY_VAE", raising=False)
-    with pytest.raises(txt2img.UsageError, match="mlc setup NAME --model taesd"):
+    with pytest.raises(txt2img.UsageError, match="mlc setup NAME taesd"):
         _spec("--tiny_vae")
     monkeypatch.setenv("MLC_TINY_VAE", str(taesd))
     assert _spec("--tiny_vae").tiny_vae == str(taesd)
@@ -158,6 +162,23 @@ def test_offload_moves_each_model_in_turn_and_keeps_the_pixels(components, tiny)
     assert seen[0] == "CLIPTextModel" and "UNet2DConditionModel" in seen
     assert seen[-1] == "AutoencoderKL"
     assert offload.current is components.vae and offload.moves >= 3
+
+
+def test_offload_with_the_tiny_vae(components, taesd):
+    from mlc.engine.generate import ImageSpec, Renderer, Settings
+    from mlc.engine.lowvram import Offload
+    from mlc.engine.tinyvae import load_tiny_vae
+
+    tiny_vae = load_tiny_vae(taesd)
+    settings = Settings("ddim", STEPS, 7.5, 0.0, SIZE, SIZE, tiny_vae=True)
+    image = [ImageSpec(0, "a red cube", "", 7)]
+    plain = Renderer(components, tiny_vae=tiny_vae).render(image, settings)[0].image
+    offload = Offload("cpu")
+    moved = Renderer(components, tiny_vae=tiny_vae, offload=offload).render(image, settings)
+    assert np.array_equal(np.asarray(plain), np.asarray(moved[0].image))
+    assert offload.current is tiny_vae  # the tiny VAE took its turn; the full VAE did not
+    offload.release()
+    assert offload.current is None
 
 
 def test_bench_modes_reports_every_mode_against_exact(capsys, tiny, tmp_path, taesd):

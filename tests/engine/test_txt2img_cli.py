@@ -40,7 +40,8 @@ def _run(capsys, tiny: TinyModel, outdir: Path, *args: str) -> dict:
 def test_classic_defaults(monkeypatch):
     monkeypatch.delenv("MLC_CKPT", raising=False)
     args = txt2img.build_parser().parse_args([])
-    assert (args.ddim_steps, args.n_iter, args.n_samples, args.n_rows) == (50, 2, 3, 0)
+    assert (args.n_iter, args.n_samples, args.n_rows) == (2, 3, 0)
+    assert args.ddim_steps is None and txt2img.validate(args).steps == 50  # 20 with --fast
     assert (args.H, args.W, args.C, args.f, args.scale, args.seed) == (512, 512, 4, 8, 7.5, 42)
     assert args.outdir == "outputs/txt2img-samples" and args.precision == "autocast"
     assert args.ckpt == "stable-diffusion-v1-5-emaonly/v1-5-pruned-emaonly.ckpt"

@@ -151,10 +151,28 @@ def test_reuse_same_pixels_and_reload(warm: Workers, tiny: TinyModel, tmp_path: 
     files = [Path(workers.cwd, f) for f in first["files"] + second["files"]]
     assert [f.name for f in files] == ["00000.png", "00001.png"]
     assert all(f.is_file() and f.parent.parent == workers.cwd / "reuse" for f in files)
-    code = txt2img.main(["--ckpt", str(tiny.safetensors), "--H", str(SIZE), "--W", str(SIZE),
-                         "--ddim_steps", str(STEPS), "--n_samples", "1", "--n_iter", "1",
-                         "--skip_grid", "--seed", "7", "--outdir", str(tmp_path / "one-shot"),
-                         "--json"])
+    code = txt2img.main(
+        [
+            "--ckpt",
+            str(tiny.safetensors),
+            "--H",
+            str(SIZE),
+            "--W",
+            str(SIZE),
+            "--ddim_steps",
+            str(STEPS),
+            "--n_samples",
+            "1",
+            "--n_iter",
+            "1",
+            "--skip_grid",
+            "--seed",
+            "7",
+            "--outdir",
+            str(tmp_path / "one-shot"),
+            "--json",
+        ]
+    )
     one_shot = json.loads(capsys.readouterr().out)
     assert code == 0
     assert np.array_equal(_png(files[1]), _png(one_shot["files"][0]))
@@ -192,8 +210,13 @@ def test_errors_match_the_one_shot_engine(warm: Workers, tiny: TinyModel, capsys
 
 def test_stop_worker(workers: Workers):
     pid = workers.json()["worker"]["pid"]
-    p = subprocess.run([sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
-                       capture_output=True, text=True, env=workers.env(), timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
+        capture_output=True,
+        text=True,
+        env=workers.env(),
+        timeout=60,
+    )
     assert p.returncode == 0 and "stops" in p.stderr
     assert _wait_gone(pid)
     assert not (workers.dir / SOCKET).exists()
@@ -208,8 +231,6 @@ def test_idle_exit(workers: Workers):
     assert "idle for 2 s: exiting" in (workers.dir / LOG).read_text()
     second = workers.json(MLC_WORKER_IDLE="30")  # started again on demand
     assert second["worker"]["pid"] != pid and second["timings"]["load_s"] > 0
-
-
 
 
 def _kill_worker_at_first_image(workers: Workers, proc: subprocess.Popen, times: int) -> list[str]:
@@ -259,8 +280,10 @@ def test_concurrent_requests_queue(warm: Workers):
     for line in long.stderr:
         if line.startswith("[1/"):
             break
-    procs = [workers.popen("--json", "--n_iter", "2", "--seed", str(i), "--outdir", "queue")
-             for i in range(2)]
+    procs = [
+        workers.popen("--json", "--n_iter", "2", "--seed", str(i), "--outdir", "queue")
+        for i in range(2)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     long.wait(timeout=300)
     assert [p.returncode for p in (long, *procs)] == [0, 0, 0], results
@@ -308,8 +331,13 @@ def test_cancel_by_tag_running_and_queued(warm: Workers):
     assert queued.stderr.readline().startswith("mlc-txt2img: waiting for the engine worker")
 
     def cancel(tag: str) -> str:
-        p = subprocess.run([sys.executable, "-m", "mlc.engine.client", "--cancel", tag],
-                           capture_output=True, text=True, env=workers.env(), timeout=60)
+        p = subprocess.run(
+            [sys.executable, "-m", "mlc.engine.client", "--cancel", tag],
+            capture_output=True,
+            text=True,
+            env=workers.env(),
+            timeout=60,
+        )
         assert p.returncode == 0, p.stderr
         return p.stderr
 
@@ -333,8 +361,13 @@ def test_another_user_is_refused(warm: Workers, test_user: pwd.struct_passwd, sh
     assert stat.S_IMODE((d / SOCKET).stat().st_mode) == 0o600
 
     def as_user(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        extra = {"PYTHONPATH": str(shared_dir / "src"), "PATH": os.environ["PATH"],
-                 "HOME": test_user.pw_dir, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        extra = {
+            "PYTHONPATH": str(shared_dir / "src"),
+            "PATH": os.environ["PATH"],
+            "HOME": test_user.pw_dir,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **(env or {}),
+        }
         return subprocess.run(
             ["runuser", "-u", test_user.pw_name, "--", "env", "-i",
              *[f"{k}={v}" for k, v in extra.items()], TEST_USER_PYTHON, *args],
@@ -365,8 +398,9 @@ def test_another_user_is_refused(warm: Workers, test_user: pwd.struct_passwd, sh
         (d / SOCKET).chmod(0o600)
     assert p.returncode == 0, p.stderr
     reply = json.loads(p.stdout)
-    assert reply == {"error": f"this engine worker serves uid 0 only; "
-                              f"refusing uid {test_user.pw_uid}"}
+    assert reply == {
+        "error": f"this engine worker serves uid 0 only; refusing uid {test_user.pw_uid}"
+    }
     assert "refused a connection from uid" in (d / LOG).read_text()
     after = workers.json("--outdir", "refusal")  # still serving its own user
     assert after["worker"]["pid"] == pid
@@ -380,8 +414,13 @@ def test_no_worker_and_usage_of_client_flags(workers: Workers):
     p = workers.run("--idle", "soon")
     assert p.returncode == 2
     assert p.stderr == "mlc-txt2img: error: --idle must be a number of seconds >= 0, not 'soon'\n"
-    p = subprocess.run([sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
-                       capture_output=True, text=True, env=workers.env(), timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
+        capture_output=True,
+        text=True,
+        env=workers.env(),
+        timeout=60,
+    )
     assert p.returncode == 0 and "no engine worker is running" in p.stderr
 
 
@@ -390,4 +429,3 @@ def test_the_client_imports_no_torch():
     code += "('torch', 'diffusers', 'transformers', 'numpy', 'PIL')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
-

@@ -161,6 +161,12 @@ def parse_axes(
         raise UsageError("--from-file cannot be combined with --x/--y/--z; use a prompt axis")
     if spec.skip_save:
         raise UsageError("--skip_save cannot be combined with --x/--y/--z (cells are the images)")
+    for axis in axes:
+        if spec.compile and axis.name in ("deepcache", "tome"):
+            raise UsageError(
+                f"--compile cannot be combined with a {axis.name} axis (it patches or "
+                "bypasses the compiled UNet)"
+            )
     seen: dict[str, str] = {}  # what is varied (size counts as H and W) -> flag
     for axis in axes:
         varies = ("H", "W") if axis.name == "size" else (axis.name,)

@@ -52,11 +52,6 @@ class Settings:
     tome: float = 0.0  # token merging ratio in the highest-resolution blocks (0: off)
     tiny_vae: bool = False  # decode with TAESD (Renderer.tiny_vae) instead of the full VAE
 
-    @property
-    def exact(self) -> bool:
-        """Whether no speed mode changes the pixels."""
-        return not (self.deepcache > 1 or self.tome > 0 or self.tiny_vae)
-
 
 @dataclass
 class Generated:
@@ -238,6 +233,8 @@ class Renderer:
             if self._vae32 is None:
                 import copy
 
+                if self.offload is not None:
+                    self.offload.release()  # copy on the host, not next to it on the GPU
                 self._vae32 = copy.deepcopy(vae).to(torch.float32)
             with self._on_device(self._vae32):
                 image = self._vae32.decode(scaled.float(), return_dict=False)[0]

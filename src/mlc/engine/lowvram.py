@@ -27,11 +27,16 @@ class Offload:
     def use(self, model: Any) -> Iterator[Any]:
         """Move MODEL to the device (evicting the previous one to the host) and yield it."""
         if self.current is not model:
-            if self.current is not None:
-                self.current.to("cpu")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            self.release()
+            self.current = model  # before the move: an interrupted move is still released
             model.to(self.device)
-            self.current = model
             self.moves += 1
         yield model
+
+    def release(self) -> None:
+        """Move the model on the device (if any) back to the host."""
+        if self.current is not None:
+            model, self.current = self.current, None
+            model.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()

@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--ddim_steps",
         type=int,
-        default=DEFAULT_STEPS,
-        help="number of sampling steps (every sampler)",
+        default=None,
+        help=f"number of sampling steps, every sampler (default {DEFAULT_STEPS}; "
+        f"{FAST_STEPS} with --fast)",
     )
     a("--plms", action="store_true", help="use plms sampling (= --sampler plms)")
     a("--dpm_solver", action="store_true", help="use dpm_solver sampling (= --sampler dpm_solver)")
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="(changes pixels) decode with TAESD: a folder or .safetensors (default: "
-        "$MLC_TINY_VAE, which `mlc setup NAME --model taesd` sets)",
+        "$MLC_TINY_VAE, which `mlc setup NAME taesd` sets)",
     )
     # the seed's benchmark (mlc.engine.bench; docs/benchmarks.md)
     a("--bench", action="store_true", help="run the seed's benchmark (flags override its defaults)")
@@ -250,8 +251,8 @@ def validate(args: argparse.Namespace) -> RunSpec:
     else:
         sampler = chosen[0] if chosen else FAST_SAMPLER if args.fast else "ddim"
     steps = args.ddim_steps
-    if args.fast and steps == DEFAULT_STEPS:
-        steps = FAST_STEPS
+    if steps is None:
+        steps = FAST_STEPS if args.fast else DEFAULT_STEPS
     if args.fast:
         notes.append(f"--fast: {sampler}, {steps} steps")
     _multiple_of_8("--H", args.H)
@@ -281,6 +282,11 @@ def validate(args: argparse.Namespace) -> RunSpec:
         notes.append("--deepcache 1 runs the full UNet every step (no caching)")
     if not (args.tome == 0 or 0 < args.tome < 1):
         raise UsageError(f"--tome must be between 0 and 1 (a share of tokens), not {args.tome}")
+    if args.compile and (args.tome or args.deepcache > 1):
+        raise UsageError(
+            "--compile cannot be combined with --tome or --deepcache (they patch or bypass "
+            "the compiled UNet); use one or the other"
+        )
     if args.from_file:
         prompts = read_prompt_file(args.from_file)
         batches = [prompts[i : i + args.n_samples] for i in range(0, len(prompts), args.n_samples)]
@@ -339,7 +345,7 @@ def tiny_vae_path(value: str | None) -> str | None:
         value = os.environ.get("MLC_TINY_VAE", "")
         if not value:
             raise UsageError(
-                "--tiny_vae: no TAESD weights set up; run `mlc setup NAME --model taesd` or "
+                "--tiny_vae: no TAESD weights set up; run `mlc setup NAME taesd` or "
                 "pass --tiny_vae PATH"
             )
     path = Path(value).expanduser()
