@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# A suite started from a background job or nohup inherits SIGINT *ignored*, and so would every
+# process it starts: the Ctrl-C tests could not deliver their SIGINT. A Python handler here
+# is reset to the default in children, which then handle SIGINT as they would in a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"

@@ -353,6 +353,37 @@ def test_cancel_by_tag_running_and_queued(warm: Workers):
     assert workers.json("--outdir", "tagged")["worker"]["pid"] == pid
 
 
+def test_cancel_works_in_a_worker_started_with_sigint_ignored(workers: Workers):
+    """nohup, `&` in scripts and daemons hand their children SIGINT ignored; the worker's
+    cancel (which simulates SIGINT in the engine) must work there too."""
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    running = subprocess.Popen(
+        workers.argv("--n_iter", "40", "--outdir", "ignored"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=workers.env(MLC_REQUEST_TAG="bg-1"),
+        cwd=workers.cwd,
+        preexec_fn=ignore_sigint,
+    )  # this client starts the worker, which inherits SIGINT ignored
+    assert running.stderr is not None
+    for line in running.stderr:
+        if line.startswith("[1/"):
+            break
+    workers.note_pid()
+    p = subprocess.run(
+        [sys.executable, "-m", "mlc.engine.client", "--cancel", "bg-1"],
+        capture_output=True, text=True, env=workers.env(), timeout=60,
+    )  # fmt: skip
+    assert p.stderr == "mlc-txt2img: cancelled\n"
+    rest = running.stderr.read()
+    assert running.wait(timeout=120) == 130, rest
+    assert len(list((workers.cwd / "ignored" / "samples").glob("*.png"))) < 40
+
+
 def test_another_user_is_refused(warm: Workers, test_user: pwd.struct_passwd, shared_dir: Path):
     workers = warm
     pid = workers.json("--outdir", "refusal")["worker"]["pid"]

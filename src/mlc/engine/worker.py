@@ -445,8 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         worker.stopping = True  # finish the running request, then exit
 
     signal.signal(signal.SIGTERM, terminate)
-    # SIGINT keeps Python's handler: _thread.interrupt_main() relies on it to cancel a request
-    # (the worker has its own session, so a terminal's Ctrl-C never reaches it).
+    # _thread.interrupt_main() cancels a request by simulating SIGINT, which does nothing
+    # unless Python handles SIGINT. A worker started from a background job, nohup or a
+    # daemon's child inherits SIGINT *ignored*, and Python keeps that: install the handler.
+    # (The worker has its own session, so a terminal's Ctrl-C never reaches it.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return worker.run()
 
 
