@@ -1,16 +1,36 @@
 # mlc: common tasks. `make install` then `make test`; `make demo` runs the main job end to end.
-PYTHON ?= python3
+# Debian's and Ubuntu's own python3 refuse `pip install` outside a virtual environment
+# (PEP 668, "externally managed"): with such a python3, make installs into and runs from .venv.
+HOST_PYTHON ?= python3
+MANAGED := $(shell $(HOST_PYTHON) -c 'import os, sys, sysconfig; print(int(sys.prefix == \
+	sys.base_prefix and os.path.isfile(os.path.join(sysconfig.get_path("stdlib"), \
+	"EXTERNALLY-MANAGED"))))' 2>/dev/null)
+ifeq ($(MANAGED),1)
+PYTHON ?= .venv/bin/python
+else
+PYTHON ?= $(HOST_PYTHON)
+endif
 PIP ?= $(PYTHON) -m pip
+VENV := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/bin/python)
 # torch is pinned in the same pip command: unpinned, pip resolves a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-host test test-fast lint format demo bench bench-seed bench-modes clean
+.PHONY: install install-host python test test-fast lint format demo bench bench-seed bench-modes gpu-wheels clean
 
-install:  ## everything: host CLI, engine, test tools
+install: $(VENV)  ## everything: host CLI, engine, test tools
 	$(PIP) install $(TORCH) -e '.[engine,test]'
+	@$(if $(VENV),echo "mlc is installed in .venv: add $$PWD/.venv/bin to PATH (or source .venv/bin/activate)")
 
-install-host:  ## host CLI only (no torch)
+install-host: $(VENV)  ## host CLI only (no torch)
 	$(PIP) install -e .
+
+.venv/bin/python:
+	@$(HOST_PYTHON) -c "import ensurepip" 2>/dev/null || { echo "$(HOST_PYTHON) cannot make a \
+	virtual environment: install python3-venv (apt-get install python3-venv)" >&2; exit 1; }
+	$(HOST_PYTHON) -m venv .venv
+
+python:  ## print the Python that make uses (python3, or .venv/bin/python on PEP 668 systems)
+	@echo $(PYTHON)
 
 # `make test` installs mlc first when it is missing and, as root, prepares what the suite needs
 # (tests/support/prepare.sh: Docker engine, test images, test user, Chromium); PREPARE=0 skips
@@ -50,6 +70,11 @@ bench-modes:  ## each speed mode against the exact image: speed-up and deviation
 	ckpt=$$($(PYTHON) -m mlc.engine.fullsize) && \
 	$(PYTHON) -m mlc.engine.txt2img --bench --bench_modes --ckpt "$$ckpt" \
 		--outdir $(BENCH_OUT) --bench_json $(BENCH_OUT)/bench-modes.json $(MODES_FLAGS)
+
+# For a lent GPU machine (torch with CUDA, no network, no diffusers): fetch diffusers' wheel
+# here into .whl/ (git-ignored), carry it, and run tests/support/gpu-check.sh there.
+gpu-wheels:  ## diffusers' wheel for tests/support/gpu-check.sh on a GPU machine without network
+	$(PIP) download -q --no-deps -d .whl "diffusers==$$($(PYTHON) -c 'import diffusers; print(diffusers.__version__)')"
 
 lint:
 	$(PYTHON) -m ruff check src tests

@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 NAME="${MLC_DEMO_NAME:-sd-demo}"
 BASE="${MLC_DEMO_DIR:-$HOME/mlc-demo}"
-PYTHON="${PYTHON:-python3}"
+PYTHON="${PYTHON:-$(make -s --no-print-directory python)}"  # .venv/bin/python on PEP 668 systems
 SD_URL="http://download.aime.info/public/models/stable-diffusion-v1-5-emaonly.zip"
 say() { printf '\n== %s ==\n' "$*"; }
 
@@ -22,6 +22,10 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 say "2/6 install mlc (torch pinned)"
+if [ "$PYTHON" = .venv/bin/python ] && ! python3 -c "import ensurepip" 2>/dev/null \
+  && [ "$(id -u)" = 0 ]; then  # Debian/Ubuntu: venv support is a separate package
+  apt-get install -y --no-install-recommends python3-venv >/dev/null
+fi
 make --no-print-directory install PYTHON="$PYTHON" >/dev/null
 echo "installed: $($PYTHON -m mlc --version)"
 
