@@ -7,6 +7,9 @@
 #   make gpu-wheels                      # here, once: diffusers' wheel into .whl/ (ignored)
 #   bash tests/support/gpu-check.sh      # there, with .whl carried; about 6-8 minutes on an H100
 #
+# Tried on this project's CPU machine (172 s) with MLC_GPU_CHECK_CKPT=<tiny demo model>
+# GPU_CHECK_FLAGS='--H 64 --W 64 --ddim_steps 2' OUT=... WORK=... MLC_CACHE_DIR=...
+#
 # GPU_CHECK_FLAGS adds flags to every run (e.g. '--H 256 --W 256 --ddim_steps 2' to try the
 # script on a CPU first).
 set -euo pipefail
@@ -29,7 +32,7 @@ python3 -c "import torch, diffusers, transformers; print('torch', torch.__versio
 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__, 'transformers', \
 transformers.__version__)"
 start=$SECONDS
-ckpt=$(python3 -m mlc.engine.fullsize)
+ckpt="${MLC_GPU_CHECK_CKPT:-$(python3 -m mlc.engine.fullsize)}"  # another checkpoint: to try the script
 echo "checkpoint ready in $((SECONDS - start)) s: $ckpt"
 
 run --bench --baseline diffusers --ckpt "$ckpt" --bench_repeat 2 \
