@@ -475,3 +475,35 @@ def test_console_scripts_are_the_verbs(mlc, name, tmp_path):
         [shutil.which("mlc-remove"), name, "-Y"], capture_output=True, text=True, env=mlc.env
     )  # AIME's -Y
     assert r.returncode == 0, r.stderr
+
+
+def test_driver_older_than_the_image_needs_is_refused_before_anything_is_made(
+    mlc, name, tmp_path, docker_client, base_image
+):
+    """A fake nvidia-smi stands in for the GPU driver (none exists here): the catalog's
+    min_driver is checked before the image, folders or container are touched."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *driver_version*) echo 470.57.02;; *compute_cap*) echo 8.6;; esac\n'
+    )
+    smi.chmod(0o755)
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "images:\n"
+        f"  - {{framework: Pytorch, version: drv, arch: [CPU, CUDA_AMPERE], image: '{base_image}',"
+        " min_driver: '535'}\n"
+    )
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MLC_CATALOG": str(catalog)}
+    ws = tmp_path / "ws"
+    r = mlc("create", name, "Pytorch", "drv", "-w", str(ws), env=env)
+    _one_line_error(r, "the NVIDIA driver 470.57.02 is too old for")
+    assert ">= 535" in r.err
+    assert not ws.exists()
+    assert not docker_client.containers.list(all=True, filters={"name": f"^{name}"})
+    r = mlc("images", env=env)
+    assert r.code == 0 and ">= 535" in r.out
+    r = mlc("create", name, "Pytorch", "drv", "-w", str(ws), "-g", "none", env=env)
+    assert r.code == 0, r.err  # no GPUs asked for: the driver does not matter

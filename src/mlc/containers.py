@@ -402,6 +402,8 @@ def create(dc: docker.DockerClient, spec: CreateSpec, progress: Progress = _quie
         )
     except NotFound:
         pass
+    if gpu_requests(spec.gpus):
+        check_driver(spec.entry)
     image = ensure_image(dc, spec.entry, spec.build, progress)
     made = _make_dirs([p for p in (spec.workspace, spec.data, spec.models) if p])
     try:
@@ -415,6 +417,25 @@ def create(dc: docker.DockerClient, spec: CreateSpec, progress: Progress = _quie
         if d in (spec.workspace, spec.data, spec.models):
             progress(f"created {d}")
     return c
+
+
+def check_driver(entry: Entry) -> None:
+    """Refuse, before anything is made, an image whose CUDA needs a newer NVIDIA driver
+    than the host's (the catalog's ``min_driver``; no driver or no minimum: nothing to check)."""
+    have = host.driver_version()
+    if not (have and entry.min_driver):
+        return
+    if _version_key(have) < _version_key(entry.min_driver):
+        raise MlcError(
+            f"the NVIDIA driver {have} is too old for {entry.reference}: "
+            f"it needs >= {entry.min_driver}",
+            hint="update the driver, or pick an image with an older CUDA (`mlc images` "
+            "shows each image's minimum driver)",
+        )
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text))
 
 
 def _create_and_start(

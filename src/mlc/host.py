@@ -46,14 +46,14 @@ def current_user() -> User:
         return User(os.environ.get("USER", f"user{uid}"), uid, gid, Path.home())
 
 
-def gpu_capabilities() -> list[float]:
-    """Compute capabilities of the host's NVIDIA GPUs, or [] when there are none."""
+def _smi_query(field: str) -> list[str]:
+    """One ``nvidia-smi --query-gpu`` field for every GPU ([] without nvidia-smi or GPUs)."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
     try:
         out = subprocess.run(
-            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+            [smi, f"--query-gpu={field}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=15,
@@ -61,13 +61,24 @@ def gpu_capabilities() -> list[float]:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def gpu_capabilities() -> list[float]:
+    """Compute capabilities of the host's NVIDIA GPUs, or [] when there are none."""
     caps = []
-    for line in out.splitlines():
+    for value in _smi_query("compute_cap"):
         try:
-            caps.append(float(line.strip()))
+            caps.append(float(value))
         except ValueError:
             continue
     return caps
+
+
+def driver_version() -> str | None:
+    """The host's NVIDIA driver version (e.g. ``550.54.15``), or None without one."""
+    versions = _smi_query("driver_version")
+    return versions[0] if versions else None
 
 
 def arch_for_capability(cap: float) -> str:
