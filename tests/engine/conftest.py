@@ -21,6 +21,22 @@ torch.set_num_threads(1)
 SIZE = 32  # pixels: 4x4 latents with the tiny VAE (downsamples by 8 like SD's)
 STEPS = 3
 
+# A 4-level UNet laid out like SD v1 (cross-attention in the first three down blocks and the
+# last three up blocks, 2 layers per block) with tiny channels: for code that depends on the
+# block layout (DeepCache's skip features, token merging's levels).
+SD_LIKE_UNET = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [16, 16, 32, 32],
+    "layers_per_block": 2,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "cross_attention_dim": 16,
+    "attention_head_dim": 4,
+    "norm_num_groups": 8,
+}
+
 
 @dataclass(frozen=True)
 class TinyModel:

@@ -9,20 +9,7 @@ import torch
 
 from mlc.engine.deepcache import DeepCache
 
-# A 4-level UNet laid out like SD v1 (3 cross-attention down blocks + 1 plain, 2 layers per
-# block, plain up block first), with tiny channels: checks the skip-feature bookkeeping.
-SD_LIKE = {
-    "sample_size": 16,
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": [16, 16, 32, 32],
-    "layers_per_block": 2,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "cross_attention_dim": 16,
-    "attention_head_dim": 4,
-    "norm_num_groups": 8,
-}
+from .conftest import SD_LIKE_UNET
 
 
 @pytest.fixture
@@ -35,7 +22,7 @@ def sd_like():
     from diffusers.models import UNet2DConditionModel
 
     torch.manual_seed(0)
-    return UNet2DConditionModel(**SD_LIKE).eval()
+    return UNet2DConditionModel(**SD_LIKE_UNET).eval()
 
 
 def inputs(unet, step: int, *, hw: tuple[int, int] = (4, 4), batch: int = 2):
@@ -227,7 +214,7 @@ def test_bad_branch(unet, branch):
 def test_unsupported_config(extra):
     from diffusers.models import UNet2DConditionModel
 
-    model = UNet2DConditionModel(**SD_LIKE, **extra)
+    model = UNet2DConditionModel(**SD_LIKE_UNET, **extra)
     with pytest.raises(ValueError, match="SD v1-style UNets only"):
         DeepCache(model, interval=2)
 

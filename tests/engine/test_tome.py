@@ -9,25 +9,12 @@ import torch
 
 from mlc.engine import tome
 
+from .conftest import SD_LIKE_UNET
+
 # 16x16 latents (128 px with the tiny VAE): the tiny UNet's full-resolution level has 256
 # tokens (down_blocks.0 and up_blocks.1, 3 transformer blocks), its mid block 8x8 = 64.
 LATENT = 16
 FULL_RES_BLOCKS = 3
-
-# A 4-level UNet laid out like SD v1 (attention at 1/1, 1/2, 1/4 and in the mid block at
-# 1/8; 2 layers per block), tiny channels: checks which levels max_downsample picks.
-SD_LIKE = {
-    "sample_size": 16,
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": [16, 16, 32, 32],
-    "layers_per_block": 2,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "cross_attention_dim": 16,
-    "attention_head_dim": 4,
-    "norm_num_groups": 8,
-}
 
 
 @pytest.fixture
@@ -158,7 +145,7 @@ def test_levels_on_an_sd_like_unet(max_downsample):
     from diffusers.models import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD_LIKE).eval()
+    unet = UNet2DConditionModel(**SD_LIKE_UNET).eval()
     per_level = {1: 5, 2: 5, 4: 5, 8: 1}  # blocks: 2 down + 3 up per level, mid at 1/8
     expected = sum(n for factor, n in per_level.items() if factor <= max_downsample)
     assert tome.apply(unet, 0.5, max_downsample=max_downsample) == expected
