@@ -14,6 +14,10 @@ from httpserver import FileServer
 
 pytestmark = pytest.mark.docker
 
+# One small image per run (64x64, 2 steps, no grid).
+SMALL = ("--n_samples", "1", "--n_iter", "1", "--H", "64", "--W", "64", "--ddim_steps", "2",
+         "--skip_grid")  # fmt: skip
+
 RECIPE = """\
 name: tiny-sd
 description: a tiny random-weight SD v1 model served by the test
@@ -170,17 +174,7 @@ def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_cata
         "--tiny_vae",
         "--from-file",
         str(prompts),
-        "--n_samples",
-        "1",
-        "--n_iter",
-        "1",
-        "--H",
-        "64",
-        "--W",
-        "64",
-        "--ddim_steps",
-        "2",
-        "--skip_grid",
+        *SMALL,
         "--outdir",
         "fast",
         "--json",
@@ -299,17 +293,7 @@ def test_provisioning_is_idempotent_and_names_failures(mlc, name, tmp_path, torc
     r = mlc(
         "txt2img",
         name,
-        "--n_samples",
-        "1",
-        "--n_iter",
-        "1",
-        "--H",
-        "64",
-        "--W",
-        "64",
-        "--ddim_steps",
-        "2",
-        "--skip_grid",
+        *SMALL,
         env=env,
     )
     assert r.code == 0, r.err  # the last good state (withapt's model) is still usable

@@ -38,6 +38,11 @@ SD_LIKE_UNET = {
 }
 
 
+def small_run(ckpt: object, steps: int = STEPS, size: int = SIZE) -> list[str]:
+    """The flags of a quick run: ``--ckpt CKPT --H size --W size --ddim_steps steps``."""
+    return ["--ckpt", str(ckpt), "--H", str(size), "--W", str(size), "--ddim_steps", str(steps)]
+
+
 @dataclass(frozen=True)
 class TinyModel:
     """The tiny model written in both single-file formats, sharing one sidecar config."""

@@ -14,7 +14,7 @@ from mlc.engine import txt2img
 from mlc.engine.generate import Renderer, Settings, plan
 from mlc.engine.samplers import make_scheduler
 
-from .conftest import SIZE, TinyModel
+from .conftest import SIZE, TinyModel, small_run
 
 PROMPT = "a photograph of an astronaut riding a horse"
 
@@ -95,14 +95,7 @@ def no_network(monkeypatch, tmp_path: Path):
 def test_generation_works_with_no_network(no_network, tiny: TinyModel, tmp_path: Path, capsys):
     code = txt2img.main(
         [
-            "--ckpt",
-            str(tiny.ckpt),
-            "--H",
-            str(SIZE),
-            "--W",
-            str(SIZE),
-            "--ddim_steps",
-            "2",
+            *small_run(tiny.ckpt, 2),
             "--n_samples",
             "1",
             "--n_iter",

@@ -12,7 +12,7 @@ import torch
 
 from mlc.engine.loading import CheckpointError, load, read_checkpoint, resolve
 
-from .conftest import SIZE, STEPS, TinyModel, copy_model, run_cli
+from .conftest import TinyModel, copy_model, run_cli, small_run
 
 
 def _same_weights(a, b) -> None:
@@ -178,14 +178,7 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path):
 def test_malicious_pickle_via_cli(tmp_path: Path):
     path, marker = _evil_ckpt(tmp_path)
     proc = run_cli(
-        "--ckpt",
-        str(path),
-        "--H",
-        str(SIZE),
-        "--W",
-        str(SIZE),
-        "--ddim_steps",
-        str(STEPS),
+        *small_run(path),
         "--outdir",
         str(tmp_path / "out"),
     )

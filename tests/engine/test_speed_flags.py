@@ -14,19 +14,12 @@ from PIL import Image
 from mlc.engine import txt2img
 from mlc.engine.outputs import read_metadata
 
-from .conftest import SIZE, STEPS, TinyModel
+from .conftest import SIZE, STEPS, TinyModel, small_run
 
 
 def _args(tiny: TinyModel, outdir: Path, *extra: str) -> list[str]:
     return [
-        "--ckpt",
-        str(tiny.safetensors),
-        "--H",
-        str(SIZE),
-        "--W",
-        str(SIZE),
-        "--ddim_steps",
-        str(STEPS),
+        *small_run(tiny.safetensors),
         "--n_samples",
         "1",
         "--n_iter",
@@ -187,14 +180,7 @@ def test_bench_modes_reports_every_mode_against_exact(capsys, tiny, tmp_path, ta
         [
             "--bench",
             "--bench_modes",
-            "--ckpt",
-            str(tiny.safetensors),
-            "--H",
-            str(SIZE),
-            "--W",
-            str(SIZE),
-            "--ddim_steps",
-            "5",
+            *small_run(tiny.safetensors, 5),
             "--n_iter",
             "1",
             "--tiny_vae",

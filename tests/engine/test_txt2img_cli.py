@@ -13,19 +13,12 @@ from PIL import Image
 from mlc.engine import txt2img
 from mlc.engine.outputs import read_metadata
 
-from .conftest import SIZE, STEPS, TinyModel, run_cli
+from .conftest import SIZE, TinyModel, run_cli, small_run
 
 
 def _run(capsys, tiny: TinyModel, outdir: Path, *args: str) -> dict:
     argv = [
-        "--ckpt",
-        str(tiny.safetensors),
-        "--H",
-        str(SIZE),
-        "--W",
-        str(SIZE),
-        "--ddim_steps",
-        str(STEPS),
+        *small_run(tiny.safetensors),
         "--outdir",
         str(outdir),
         "--json",
@@ -171,14 +164,7 @@ def test_skip_save_writes_only_the_grid(capsys, tiny: TinyModel, tmp_path: Path)
 
 def test_human_output_and_module_entry_point(tiny: TinyModel, tmp_path: Path):
     proc = run_cli(
-        "--ckpt",
-        str(tiny.ckpt),
-        "--H",
-        str(SIZE),
-        "--W",
-        str(SIZE),
-        "--ddim_steps",
-        "2",
+        *small_run(tiny.ckpt, 2),
         "--n_samples",
         "1",
         "--n_iter",
@@ -264,14 +250,7 @@ def test_explicit_config_folder(capsys, tiny: TinyModel, tmp_path: Path):
     lone = tmp_path / "lone.ckpt"
     shutil.copy2(tiny.ckpt, lone)
     base = [
-        "--ckpt",
-        str(lone),
-        "--H",
-        str(SIZE),
-        "--W",
-        str(SIZE),
-        "--ddim_steps",
-        "2",
+        *small_run(lone, 2),
         "--n_samples",
         "1",
         "--n_iter",

@@ -24,7 +24,7 @@ from PIL import Image
 from mlc.engine import txt2img
 from mlc.engine.client import LOG, PIDFILE, SOCKET
 
-from .conftest import SIZE, STEPS, TinyModel, copy_model
+from .conftest import SIZE, STEPS, TinyModel, copy_model, small_run
 
 TEST_USER = os.environ.get("MLC_TEST_USER", "mlctester")
 TEST_USER_PYTHON = os.environ.get("MLC_TEST_USER_PYTHON", f"/home/{TEST_USER}/venv/bin/python")
@@ -153,14 +153,7 @@ def test_reuse_same_pixels_and_reload(warm: Workers, tiny: TinyModel, tmp_path: 
     assert all(f.is_file() and f.parent.parent == workers.cwd / "reuse" for f in files)
     code = txt2img.main(
         [
-            "--ckpt",
-            str(tiny.safetensors),
-            "--H",
-            str(SIZE),
-            "--W",
-            str(SIZE),
-            "--ddim_steps",
-            str(STEPS),
+            *small_run(tiny.safetensors),
             "--n_samples",
             "1",
             "--n_iter",
