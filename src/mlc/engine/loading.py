@@ -308,9 +308,13 @@ def _text_encoder_from_state(
     return model
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def _first_line(err: BaseException, *, skip_header: bool = False) -> str:
+    """The first non-blank line of an error (SKIP_HEADER: of its details, for torch's
+    "Error(s) in loading state_dict ...:" header line)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if skip_header and len(lines) > 1:
+        lines = lines[1:]
+    return lines[0] if lines else type(err).__name__
 
 
 def load(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mlc.engine import EngineError, offline
+from mlc.engine.loading import _first_line
 
 offline()
 
@@ -207,10 +208,3 @@ def build_random_tiny_vae(path: str | Path, seed: int = 0) -> Path:
     save_file(state, str(partial), metadata={"format": "pt"})
     partial.replace(weights)
     return path
-
-
-def _first_line(err: BaseException, *, skip_header: bool = False) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    if skip_header and len(lines) > 1:  # torch: "Error(s) in loading state_dict ...:" first
-        lines = lines[1:]
-    return lines[0] if lines else type(err).__name__
