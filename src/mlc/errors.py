@@ -179,9 +179,7 @@ def report(
     if os.environ.get("MLC_DEBUG"):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=out)
     if message:  # click's bare `mlc` has shown the help already: nothing to add
-        if code == EXIT_INTERRUPTED:
-            line = f"{prog}: {message}"
-        elif message.startswith("internal error:"):
+        if code == EXIT_INTERRUPTED or message.startswith("internal error:"):
             line = f"{prog}: {message}"
         else:
             line = f"{prog}: error: {message}"
