@@ -31,13 +31,14 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 import requests
 import urllib3
 
-from mlc.errors import MlcError
+from mlc.errors import ChecksumError, MlcError, NoSpaceError
+from mlc.progress import NullProgress, Progress, RichProgress, human_size  # noqa: F401 (re-export)
 from mlc.recipes import Recipe
 
 ENV_MIRROR = "MLC_MODELS_MIRROR"
@@ -51,97 +52,6 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF = 30.0
 
 Generator = Callable[[Path], None]
-
-
-class NoSpaceError(MlcError):
-    """Not enough free space (a completed download is kept for the next run)."""
-
-
-class ChecksumError(MlcError):
-    """The sha256 of a download or archive is not the expected one."""
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class Progress(Protocol):
-    """Where library code reports progress; the CLI passes a RichProgress."""
-
-    def start(self, description: str, total: int | None, completed: int = 0) -> None:
-        """Begin a task of ``total`` bytes (None: unknown), ``completed`` already done."""
-
-    def advance(self, n: int) -> None:
-        """``n`` more bytes done in the current task."""
-
-    def note(self, text: str) -> None:
-        """A one-line message (a retry, a restart) worth showing."""
-
-    def finish(self) -> None:
-        """The current task is over."""
-
-
-class NullProgress:
-    """Reports nothing."""
-
-    def start(self, description: str, total: int | None, completed: int = 0) -> None:
-        """Ignore."""
-
-    def advance(self, n: int) -> None:
-        """Ignore."""
-
-    def note(self, text: str) -> None:
-        """Ignore."""
-
-    def finish(self) -> None:
-        """Ignore."""
-
-
-class RichProgress:
-    """A rich progress bar (bytes, rate, ETA); use as a context manager."""
-
-    def __init__(self, console: Any = None, transient: bool = False) -> None:
-        from rich import progress as rp
-
-        self._progress = rp.Progress(
-            rp.TextColumn("[bold]{task.description}"),
-            rp.BarColumn(),
-            rp.DownloadColumn(),
-            rp.TransferSpeedColumn(),
-            rp.TimeRemainingColumn(),
-            console=console,
-            transient=transient,
-        )
-        self._task: Any = None
-
-    def __enter__(self) -> RichProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
-        self._progress.stop()
-
-    def start(self, description: str, total: int | None, completed: int = 0) -> None:
-        """Add a new bar."""
-        self.finish()
-        self._task = self._progress.add_task(description, total=total, completed=completed)
-
-    def advance(self, n: int) -> None:
-        """Move the bar."""
-        if self._task is not None:
-            self._progress.advance(self._task, n)
-
-    def note(self, text: str) -> None:
-        """Print a line above the bars."""
-        self._progress.console.print(text)
-
-    def finish(self) -> None:
-        """Complete the current bar."""
-        if self._task is not None:
-            task = self._progress.tasks[-1]
-            if task.total is None:
-                self._progress.update(self._task, total=task.completed)
-            self._task = None
 
 
 # --------------------------------------------------------------------------- results
@@ -231,19 +141,10 @@ def check_space(directory: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(directory).free
     if free < needed + SPACE_MARGIN:
         raise NoSpaceError(
-            f"not enough space in {directory} to {what}: need {_human(needed)}, "
-            f"{_human(free)} free",
+            f"not enough space in {directory} to {what}: need {human_size(needed)}, "
+            f"{human_size(free)} free",
             hint="free some space or point the models directory elsewhere",
         )
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 def _reason(exc: BaseException) -> str:
