@@ -18,6 +18,7 @@ import pytest
 from httpserver import FileServer, free_port
 from mlc import fetch
 from mlc.errors import MlcError
+from mlc.fetch import files
 from mlc.recipes import Recipe
 
 CKPT = "fake-model/model.ckpt"
@@ -299,7 +300,7 @@ def test_archive_without_expected_files_installs_nothing(server, models):
 
 def test_no_space_before_download(server, models, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(fetch.shutil, "disk_usage", lambda p: usage(10**9, 10**9, 1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 1000))
     with pytest.raises(MlcError, match="not enough space.*to download"):
         install(recipe(server.url(ZIP_PATH)), models)
     assert not list(models.rglob("*.part")) and snapshot(models) == {}
@@ -309,7 +310,7 @@ def test_no_space_before_unpack_keeps_download(server, archive, weights, models,
     real = shutil.disk_usage
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(
-        fetch.shutil,
+        shutil,
         "disk_usage",
         lambda p: usage(1, 1, 1000) if fetch.STAGE_PREFIX in str(p) else real(p),
     )
@@ -318,7 +319,7 @@ def test_no_space_before_unpack_keeps_download(server, archive, weights, models,
         install(r, models)
     assert not (models / "fake-model").exists()
     assert (models / fetch.DOWNLOADS_DIR / "fake-model.zip").is_file()
-    monkeypatch.setattr(fetch.shutil, "disk_usage", real)
+    monkeypatch.setattr(shutil, "disk_usage", real)
     result = install(r, models)  # the complete download is reused: no new request
     assert not result.downloaded and len(server.gets()) == 1
     assert (models / CKPT).read_bytes() == weights
@@ -515,8 +516,8 @@ def test_unpack_checks_space_from_member_sizes(tmp_path, monkeypatch):
     zpath = tmp_path / "a.zip"
     zpath.write_bytes(_zip({"big.bin": b"\0" * 2_000_000}))  # compresses to almost nothing
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(fetch.shutil, "disk_usage", lambda p: usage(1, 1, 1_000_000))
-    monkeypatch.setattr(fetch, "SPACE_MARGIN", 0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1, 1, 1_000_000))
+    monkeypatch.setattr(files, "SPACE_MARGIN", 0)
     with pytest.raises(MlcError, match="need 2.0 MB, 1.0 MB free"):
         fetch.unpack(zpath, tmp_path / "dest")
     assert snapshot(tmp_path / "dest") == {}
