@@ -7,7 +7,6 @@ only a complete, verified file is renamed to ``DEST``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -16,14 +15,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
 
-from mlc.errors import ChecksumError, MlcError, NoSpaceError
-from mlc.fetch.files import CHUNK, check_space, sha256_file
+from mlc.errors import ChecksumError, MlcError
+from mlc.fetch.files import CHUNK, check_space, copy_hashed, sha256_file
 from mlc.progress import NullProgress, Progress
 
 ENV_MIRROR = "MLC_MODELS_MIRROR"
@@ -86,12 +85,6 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _fsync(fh: IO[bytes]) -> None:
-    fh.flush()
-    with contextlib.suppress(OSError):
-        os.fsync(fh.fileno())
-
-
 class _Transient(Exception):
     """A failure worth retrying (connection refused or lost, 5xx, short body)."""
 
@@ -108,6 +101,11 @@ class _PartState:
     @property
     def meta(self) -> Path:
         return self.path.with_name(self.path.name + ".json")
+
+    def update(self, chunk: bytes) -> None:
+        """Hash and count CHUNK, just appended to the file (a Hasher for copy_hashed)."""
+        self.digest.update(chunk)
+        self.size += len(chunk)
 
     def reset(self) -> None:
         self.size = 0
@@ -167,9 +165,7 @@ def download(
             part.validator = json.loads(part.meta.read_text())["validator"]
         progress.start(f"Checking partial {dest.name}", part.size)
         with open(part.path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                part.digest.update(chunk)
-                progress.advance(len(chunk))
+            copy_hashed(fh, None, part.digest, progress)
         progress.finish()
         resumed = True
     else:
@@ -291,20 +287,16 @@ def _attempt(
         progress.start(description, total, completed=part.size)
         try:
             with open(part.path, mode) as fh:
-                try:
-                    for chunk in _body(resp, url, part):
-                        fh.write(chunk)
-                        part.digest.update(chunk)
-                        part.size += len(chunk)
-                        progress.advance(len(chunk))
-                finally:
-                    _fsync(fh)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise NoSpaceError(
-                    f"no space left in {part.path.parent} while downloading {url}",
+                copy_hashed(
+                    _body(resp, url, part),
+                    fh,
+                    part,
+                    progress,
+                    fsync=True,
+                    what=f"downloading {url}",
                     hint="free some space and run again; the download resumes",
-                ) from None
+                )
+        except OSError as exc:
             raise MlcError(f"cannot write {part.path}: {exc.strerror or exc}") from None
         if total is not None and part.size < total:
             raise _Transient(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlc.errors import MlcError, NoSpaceError
-from mlc.fetch.files import CHUNK, check_space
+from mlc.fetch.files import check_space, copy_hashed
 from mlc.progress import NullProgress, Progress
 
 STAGE_PREFIX = ".mlc-stage-"
@@ -112,10 +112,7 @@ def _extract_zip(archive: Path, into: Path, progress: Progress) -> dict[str, str
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 digest = hashlib.sha256()
                 with zf.open(m.info) as src, open(dst, "wb") as out:
-                    while chunk := src.read(CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        progress.advance(len(chunk))
+                    copy_hashed(src, out, digest, progress, what=f"unpacking {archive.name}")
                 hashes[m.path] = digest.hexdigest()
             for m in members:  # symlinks last, so nothing is ever written through one
                 if m.kind == "symlink":
@@ -248,10 +245,7 @@ def stage_archive(
     progress.start(f"Copying {archive.name}", archive.stat().st_size)
     try:
         with open(archive, "rb") as src, open(dst, "wb") as out:
-            while chunk := src.read(CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                progress.advance(len(chunk))
+            copy_hashed(src, out, digest, progress, what=f"copying {archive.name}")
     except OSError as exc:
         raise MlcError(f"cannot copy {archive}: {exc.strerror or exc}") from None
     finally:
