@@ -133,7 +133,9 @@ def _extract_zip(archive: Path, into: Path, progress: Progress) -> dict[str, str
             ) from None
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise NoSpaceError(f"no space left in {into} while unpacking") from None
+                raise NoSpaceError(
+                    f"no space left in {into} while unpacking {archive.name}"
+                ) from None
             raise MlcError(f"cannot unpack {archive.name}: {exc}") from None
         finally:
             progress.finish()
