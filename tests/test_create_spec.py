@@ -194,3 +194,11 @@ def test_setup_script_is_package_data_and_gets_its_values_as_arguments():
     assert subprocess.run(probe, capture_output=True, text=True).stdout == (
         f"o'neil; rm -rf /|1001|1002|{creation.SETUP_MARK}|"
     )
+
+
+def test_version_key():
+    assert host.version_key("550.54.15") == (550, 54, 15)
+    assert host.version_key("2.1.0+cu121") == (2, 1, 0)  # a local version part is ignored
+    assert host.version_key(None) == (0,)
+    assert host.version_key("470.57.02") < host.version_key("535")
+    assert host.version_key("3.9") < (3, 10) <= host.version_key("3.10")

@@ -18,6 +18,7 @@ import mlc
 from mlc import containers
 from mlc.containers import Container
 from mlc.errors import MlcError
+from mlc.host import version_key
 from mlc.progress import Progress
 from mlc.recipes import Recipe
 
@@ -117,17 +118,9 @@ def find_python(c: Container) -> Python:
     )
 
 
-def _version(text: str | None) -> tuple[int, ...]:
-    parts = []
-    for piece in (text or "0").split("+")[0].split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
 def check_engine_support(py: Python, name: str) -> None:
     """The engine needs Python >= 3.10 and torch >= 2.1 (in the image, never replaced)."""
-    if _version(py.version) < (3, 10) or (py.torch and _version(py.torch) < (2, 1)):
+    if version_key(py.version) < (3, 10) or (py.torch and version_key(py.torch) < (2, 1)):
         raise MlcError(
             f"the engine needs Python >= 3.10 and torch >= 2.1; container {name} has "
             f"Python {py.version}, torch {py.torch or 'none'}",

@@ -232,14 +232,10 @@ def check_driver(entry: Entry) -> None:
     have = host.driver_version()
     if not (have and entry.min_driver):
         return
-    if _version_key(have) < _version_key(entry.min_driver):
+    if host.version_key(have) < host.version_key(entry.min_driver):
         raise MlcError(
             f"the NVIDIA driver {have} is too old for {entry.reference}: "
             f"it needs >= {entry.min_driver}",
             hint="update the driver, or pick an image with an older CUDA (`mlc images` "
             "shows each image's minimum driver)",
         )
-
-
-def _version_key(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text))
