@@ -111,6 +111,21 @@ def test_remove_running_asks_first(mlc, name, tmp_path, docker_client):
     r = mlc("remove", name, input="n\n")
     assert r.code != 0  # not a terminal and no -f: nothing happens
     assert docker_client.containers.get(f"{name}._.{os.getuid()}").status == "running"
+    # At a terminal: "n" cancels; end of input (Ctrl-D) at the prompt is an interruption.
+    for answer, line, code in (
+        ("n\r", "mlc: error: cancelled", 1),
+        ("\x04", "mlc: interrupted", 130),
+    ):
+        child = pexpect.spawn(
+            sys.executable, ["-m", "mlc", "remove", name], env=mlc.env, encoding="utf-8", timeout=30
+        )
+        child.expect(r"Stop and remove it\? \[y/N\]")
+        child.send(answer)
+        child.expect(line)
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == code
+    assert docker_client.containers.get(f"{name}._.{os.getuid()}").status == "running"
     assert mlc("remove", name, "--force").code == 0
 
 
@@ -359,24 +374,14 @@ def test_pull_failure_and_build_recipe(mlc, name, tmp_path, docker_client, base_
 
 
 def test_errors_are_one_line(mlc, name, tmp_path):
-    _one_line_error(mlc("create", "bad#name", "Pytorch", "test"), "invalid container name")
-    _one_line_error(mlc("create", "a._.b", "Pytorch", "test"), "._.")
-    _one_line_error(mlc("create", name, "Tensorflow", "1"), "unknown framework", "Pytorch")
-    _one_line_error(mlc("create", name, "pytorch", "9.9"), "unknown version", "test")
-    afile = tmp_path / "file"
-    afile.write_text("x")
-    _one_line_error(mlc("create", name, "Pytorch", "test", "-w", str(afile)), "is a file")
+    """The checks that need no Docker (bad names, catalog, folders, no engine) are in
+    test_cli.test_create_validation_before_docker and test_no_docker_engine_is_one_line."""
     _create(mlc, name, tmp_path / "ws")
     _one_line_error(
         mlc("create", name, "Pytorch", "test", "-w", str(tmp_path / "ws")), "already exists"
     )
     for verb in ("open", "start", "stop", "remove"):
         _one_line_error(mlc(verb, name + "x"), "no container named")
-    _one_line_error(
-        mlc("list", env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"}),
-        "cannot reach the Docker engine",
-        "start Docker",
-    )
 
 
 def test_exact_name_match(mlc, name, tmp_path):

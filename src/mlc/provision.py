@@ -7,23 +7,23 @@ import io
 import json
 import tarfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import docker
 from docker.errors import NotFound
-from docker.models.containers import Container
 
 import mlc
 from mlc import containers
+from mlc.containers import Container
 from mlc.errors import MlcError
+from mlc.host import version_key
+from mlc.progress import Progress
 from mlc.recipes import Recipe
 
 STATE = PurePosixPath("/etc/mlc/state.json")
 ENGINE_ROOT = PurePosixPath("/opt/mlc/lib")
-Say = Callable[[str], None]
 
 
 # -- files in a container ----------------------------------------------------------------------
@@ -63,7 +63,7 @@ def write_files(
             tar.addfile(info, io.BytesIO(data))
     c.exec_run(["mkdir", "-p", root], user="root")
     if not c.put_archive(root, buf.getvalue()):
-        raise MlcError(f"cannot write files into container {containers.display_name(c)}")
+        raise MlcError(f"cannot write files into container {c.name}")
 
 
 def load_state(c: Container) -> dict[str, Any]:
@@ -113,22 +113,14 @@ def find_python(c: Container) -> Python:
         if code == 0:
             return Python(**json.loads(out.decode().strip().splitlines()[-1]))
     raise MlcError(
-        f"container {containers.display_name(c)} has no Python",
+        f"container {c.name} has no Python",
         hint="create it from a PyTorch image of the catalog (`mlc images`)",
     )
 
 
-def _version(text: str | None) -> tuple[int, ...]:
-    parts = []
-    for piece in (text or "0").split("+")[0].split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
 def check_engine_support(py: Python, name: str) -> None:
     """The engine needs Python >= 3.10 and torch >= 2.1 (in the image, never replaced)."""
-    if _version(py.version) < (3, 10) or (py.torch and _version(py.torch) < (2, 1)):
+    if version_key(py.version) < (3, 10) or (py.torch and version_key(py.torch) < (2, 1)):
         raise MlcError(
             f"the engine needs Python >= 3.10 and torch >= 2.1; container {name} has "
             f"Python {py.version}, torch {py.torch or 'none'}",
@@ -142,8 +134,10 @@ def _run(dc: docker.DockerClient, c: Container, cmd: list[str]) -> int:
     return containers.exec_stream(dc, c, cmd, user="root", workdir="/", env=env)
 
 
-def apt_install(dc: docker.DockerClient, c: Container, packages: list[str], say: Say) -> None:
-    say(f"apt: installing {' '.join(packages)}")
+def apt_install(
+    dc: docker.DockerClient, c: Container, packages: list[str], progress: Progress
+) -> None:
+    progress.note(f"apt: installing {' '.join(packages)}")
     script = (
         "export DEBIAN_FRONTEND=noninteractive; "
         "apt-get update -qq && apt-get install -y -qq --no-install-recommends " + " ".join(packages)
@@ -162,9 +156,11 @@ def apt_install(dc: docker.DockerClient, c: Container, packages: list[str], say:
 
 
 def pip_install(
-    dc: docker.DockerClient, c: Container, py: Python, reqs: list[str], say: Say
+    dc: docker.DockerClient, c: Container, py: Python, reqs: list[str], progress: Progress
 ) -> None:
-    say(f"pip: installing {' '.join(reqs)}" + (f" (keeping torch {py.torch})" if py.torch else ""))
+    progress.note(
+        f"pip: installing {' '.join(reqs)}" + (f" (keeping torch {py.torch})" if py.torch else "")
+    )
     constraints = f"torch=={py.torch}\n" if py.torch else ""
     write_files(c, {"constraints.txt": constraints.encode()}, root="/etc/mlc")
     cmd = [
@@ -217,21 +213,23 @@ def install_engine(c: Container, py: Python, state: dict[str, Any]) -> bool:
     return True
 
 
-def provision(dc: docker.DockerClient, c: Container, recipe: Recipe, say: Say) -> Provisioned:
+def provision(
+    dc: docker.DockerClient, c: Container, recipe: Recipe, progress: Progress
+) -> Provisioned:
     """Apt packages, pip requirements and the engine for RECIPE; a re-run skips what is done."""
     state = load_state(c)
     py = find_python(c)
-    check_engine_support(py, containers.display_name(c))
+    check_engine_support(py, c.name)
     done = Provisioned(py)
     apt_done = set(state.get("apt", []))
     if todo := [p for p in recipe.apt if p not in apt_done]:
-        apt_install(dc, c, todo, say)
+        apt_install(dc, c, todo, progress)
         state["apt"] = sorted(apt_done | set(todo))
         done.apt_installed = todo
         save_state(c, state)
     pip_done = set(state.get("pip", []))
     if todo := [r for r in recipe.pip if r not in pip_done]:
-        pip_install(dc, c, py, todo, say)
+        pip_install(dc, c, py, todo, progress)
         state["pip"] = sorted(pip_done | set(todo))
         done.pip_installed = todo
         save_state(c, state)

@@ -1,0 +1,62 @@
+"""`mlc update-sys | images`: the image catalog."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mlc import catalog, host
+from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt
+from mlc.cli.output import out, show, show_json
+
+
+def update_sys(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", help="Catalog source (default: MLC_CATALOG_URL or the built-in source)."
+        ),
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Update the image catalog from its source.
+
+    Example: [bold]mlc update-sys[/]
+    """
+    del force  # AIME's flag, accepted: there is nothing to confirm
+    path, count = catalog.update(url)
+    show(f"catalog updated: {count} images, stored in {path}")
+
+
+def images(
+    framework: Annotated[str | None, typer.Argument(help="Only this framework.")] = None,
+    arch: ArchOpt = None,
+    catalog_path: CatalogOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What can be created on this host's architecture.
+
+    Example: [bold]mlc images Pytorch[/]
+    """
+    arch_name = host.detect_arch(arch)
+    entries = [
+        e
+        for e in catalog.load(catalog_path).for_arch(arch_name)
+        if not framework or e.framework.lower() == framework.lower()
+    ]
+    if as_json:
+        show_json([e.as_dict() for e in entries])
+        return
+    table = Table(
+        "FRAMEWORK", "VERSION", "CUDA", "PYTHON", "TORCH", "DRIVER", "IMAGE",
+        box=None, title=f"images for {arch_name}",
+    )  # fmt: skip
+    for e in entries:
+        driver = f">= {e.min_driver}" if e.min_driver else "-"
+        table.add_row(
+            e.framework, e.version, e.cuda or "-", e.python or "-", e.torch or "-", driver,
+            e.reference,
+        )  # fmt: skip
+    out.print(table)

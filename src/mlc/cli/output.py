@@ -1,0 +1,40 @@
+"""Where the `mlc` commands write: results on stdout, messages on stderr, one way each."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from mlc.errors import MlcError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def say(message: str) -> None:
+    """A message on stderr (progress, warnings, what was skipped)."""
+    err.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def show(message: str) -> None:
+    """The command's result line on stdout."""
+    out.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def show_json(data: Any) -> None:
+    """The command's result as JSON on stdout."""
+    print(json.dumps(data, indent=2))
+
+
+def confirm(question: str, force: bool) -> None:
+    """Ask QUESTION unless FORCE; refuse without a terminal to ask on."""
+    if force:
+        return
+    if not sys.stdin.isatty():
+        raise MlcError(f"{question} Not confirmed", hint="stdin is not a terminal: add -f")
+    if not typer.confirm(question, default=False):
+        raise MlcError("cancelled", exit_code=1)

@@ -1,0 +1,104 @@
+"""The host side of `mlc txt2img`: the engine's defaults from what `mlc setup` recorded, host
+paths translated through the mounts, the warm worker or a one-shot run, and Ctrl-C passed on
+as a cancel (docker exec does not forward signals)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+
+from mlc import containers, host, paths, provision
+from mlc.containers import Container
+from mlc.containers.labels import Mount
+from mlc.errors import MlcError
+
+ONE_SHOT = "mlc.engine.txt2img"
+CLIENT = "mlc.engine.client"
+HOST_FLAGS = ("--no-worker",)  # read here, never passed to the engine
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One engine command inside the container: ``python -m module *flags`` with env."""
+
+    python: str
+    module: str
+    flags: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    tag: str = ""
+
+    @property
+    def one_shot(self) -> bool:
+        return self.module == ONE_SHOT
+
+    @property
+    def argv(self) -> list[str]:
+        return [self.python, "-m", self.module, *self.flags]
+
+
+def plan(
+    name: str,
+    state: Mapping[str, Any],
+    mounts: Sequence[Mount],
+    flags: Sequence[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    tag: str | None = None,
+) -> Invocation:
+    """The engine command for `mlc txt2img NAME FLAGS` in a container with the setup STATE and
+    MOUNTS: host paths translated, --ckpt defaulted, worker unless --no-worker (or an engine
+    copied before the worker existed). ENVIRON is the caller's (default: os.environ)."""
+    environ = os.environ if environ is None else environ
+    flags = list(flags)
+    one_shot = "--no-worker" in flags
+    flags = [f for f in flags if f not in HOST_FLAGS]
+    if "engine" not in state:
+        raise MlcError(f"the engine is not set up in '{name}'", hint=f"run: mlc setup {name}")
+    flags = paths.translate_paths(mounts, flags, name)
+    if state.get("ckpt") and not any(f == "--ckpt" or f.startswith("--ckpt=") for f in flags):
+        flags = ["--ckpt", state["ckpt"], *flags]
+    if not state["engine"].get("worker"):  # an engine copied before the warm worker
+        one_shot = True
+    tag = tag or uuid.uuid4().hex
+    env = {"PYTHONUNBUFFERED": "1", "MLC_REQUEST_TAG": tag, **provision.engine_env(dict(state))}
+    if environ.get("MLC_WORKER_IDLE"):
+        env["MLC_WORKER_IDLE"] = environ["MLC_WORKER_IDLE"]
+    return Invocation(
+        python=state.get("python", "python3"),
+        module=ONE_SHOT if one_shot else CLIENT,
+        flags=flags,
+        env=env,
+        tag=tag,
+    )
+
+
+def txt2img(name: str, flags: Sequence[str], dc: docker.DockerClient | None = None) -> int:
+    """Run the engine in the caller's container NAME with FLAGS; returns the engine's exit code.
+    The container is started when needed and stopped again when this run started it and
+    nothing else runs there."""
+    dc = dc or containers.client()
+    c = containers.find(dc, name, host.current_user())
+    started = containers.start(c)
+    try:
+        inv = plan(name, provision.load_state(c), c.mounts, flags)
+        try:
+            return containers.exec_stream(dc, c, inv.argv, env=inv.env)
+        except KeyboardInterrupt:
+            if not inv.one_shot:
+                cancel(c, inv)
+            raise
+    finally:
+        if started:
+            containers.stop_if_idle(dc, c)
+
+
+def cancel(c: Container, inv: Invocation) -> None:
+    """Ctrl-C: docker exec does not pass signals on, so ask the worker to cancel the request."""
+    with contextlib.suppress(Exception):  # best effort while interrupted
+        c.exec_run([inv.python, "-m", CLIENT, "--cancel", inv.tag], user=c.exec_user)
