@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlc.engine import bench, loading
+from mlc.engine import bench, checkpoint, loading
+from mlc.engine.convcache import converted_cache
+from mlc.engine.options import validate
 from mlc.engine.txt2img import main
 
 ROW_FIELDS = {
@@ -46,8 +48,6 @@ def test_bench_defaults_are_the_seeds_and_flags_override() -> None:
         1,
     )
     assert (args.H, args.W, args.plms) == (512, 512, True)
-    from mlc.engine.txt2img import validate
-
     args = bench.bench_args(["--H", "256", "--ddim_steps", "2", "--sampler", "ddim"])
     spec = validate(args)
     assert spec.sampler == "ddim" and spec.height == 256 and spec.width == 512
@@ -128,8 +128,8 @@ def test_converted_cache_reused_and_invalidated(tiny, tmp_path, cache_env, monke
     # the checkpoint changes (new weights, new mtime): the entry is stale and rebuilt
     from mlc.engine.export import save_checkpoint
 
-    state = loading.read_checkpoint(ckpt)
-    key = loading.UNET_PREFIX + "input_blocks.0.0.weight"  # the UNet's conv_in
+    state = checkpoint.read_checkpoint(ckpt)
+    key = checkpoint.UNET_PREFIX + "input_blocks.0.0.weight"  # the UNet's conv_in
     state = {k: v.clone() for k, v in state.items()}
     state[key] += 1.0
     save_checkpoint(state, ckpt)
@@ -145,13 +145,13 @@ def test_converted_cache_reused_and_invalidated(tiny, tmp_path, cache_env, monke
 
 def test_cache_off_small_files_and_other_dtype(tiny, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLC_CACHE_DIR", "off")
-    assert loading.converted_cache(loading.resolve(tiny.safetensors), torch.float32) is None
+    assert converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32) is None
     monkeypatch.setenv("MLC_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("MLC_CACHE_MIN_BYTES", raising=False)  # default: only large files
-    assert loading.converted_cache(loading.resolve(tiny.safetensors), torch.float32) is None
+    assert converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32) is None
     monkeypatch.setenv("MLC_CACHE_MIN_BYTES", "0")
-    source = loading.resolve(tiny.safetensors)
-    e32 = loading.converted_cache(source, torch.float32)
-    e16 = loading.converted_cache(source, torch.float16)
+    source = checkpoint.resolve(tiny.safetensors)
+    e32 = converted_cache(source, torch.float32)
+    e16 = converted_cache(source, torch.float16)
     assert e32 is not None and e16 is not None
     assert e32.path != e16.path and e32.key != e16.key and not e32.valid()

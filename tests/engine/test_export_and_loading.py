@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlc.engine.loading import CheckpointError, load, read_checkpoint, resolve
+from mlc.engine.checkpoint import CheckpointError, read_checkpoint, resolve
+from mlc.engine.loading import load
 
 from .conftest import TinyModel, copy_model, run_cli, small_run
 
@@ -190,13 +191,16 @@ def test_malicious_pickle_via_cli(tmp_path: Path):
 
 
 def test_plain_pickle_helper_is_not_used():
-    """loading never calls pickle.load / torch.load without weights_only."""
+    """Checkpoints are never read with pickle.load / torch.load without weights_only."""
     import inspect
 
-    import mlc.engine.loading as loading
+    from mlc.engine import checkpoint, convcache, loading
 
-    source = inspect.getsource(loading)
+    source = inspect.getsource(checkpoint)
     assert "weights_only=True" in source and "pickle.load(" not in source
+    for module in (loading, convcache):  # the other readers go through checkpoint or safetensors
+        assert "torch.load(" not in inspect.getsource(module)
+        assert "pickle.load(" not in inspect.getsource(module)
     assert pickle  # imported for the UnpicklingError type only
 
 

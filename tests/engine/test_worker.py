@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from mlc.engine import txt2img
-from mlc.engine.client import LOG, PIDFILE, SOCKET
+from mlc.engine.protocol import LOG, PIDFILE, SOCKET
 
 from .conftest import SIZE, STEPS, TinyModel, copy_model, small_run
 
