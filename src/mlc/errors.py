@@ -124,8 +124,8 @@ TABLE: list[Rule] = [
     Rule(_is_click_usage, _click_message, lambda e: e.exit_code),  # type: ignore[attr-defined]
     Rule(
         _named("torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError"),
-        lambda e: "out of GPU memory; try --low_vram, smaller --H/--W or --n_samples, "
-        "or drop --batched",
+        lambda e: "out of GPU memory; try --low_vram, smaller --H/--W, drop --batched, or "
+        "--precision autocast",
         _code(EXIT_ERROR),
     ),
     Rule(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mlc.engine import txt2img
@@ -247,3 +248,51 @@ def test_explicit_config_folder(capsys, tiny: TinyModel, tmp_path: Path):
     assert txt2img.main([*base, "--config", str(tiny.config)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["config"] == str(tiny.config) and len(summary["files"]) == 1
+
+
+# --- one error table ---------------------------------------------------------------------
+
+FAILURES = [
+    (
+        "torch_oom",
+        "error: out of GPU memory; try --low_vram, smaller --H/--W, drop --batched, or "
+        "--precision autocast",
+        1,
+    ),
+    ("memory", "error: out of memory; try smaller --H/--W or --n_samples", 1),
+    ("runtime", "error: RuntimeError: CUDA error: device-side assert", 1),
+    ("no_space", "error: no space left on device writing /out/x.png; free some space", 1),
+    ("engine", "error: the model is broken (see the log)", 1),
+    ("interrupt", "interrupted", 130),
+]
+
+
+def _failure(kind: str) -> BaseException:
+    import errno
+
+    import torch
+
+    from mlc.errors import EngineError
+
+    return {
+        "torch_oom": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+        "memory": MemoryError,
+        "runtime": lambda: RuntimeError("CUDA error: device-side assert\nmore detail"),
+        "no_space": lambda: OSError(errno.ENOSPC, "No space left on device", "/out/x.png"),
+        "engine": lambda: EngineError("the model is broken", hint="see the log"),
+        "interrupt": KeyboardInterrupt,
+    }[kind]()
+
+
+@pytest.mark.parametrize(("kind", "line", "code"), FAILURES, ids=[f[0] for f in FAILURES])
+def test_a_failed_run_is_one_line_through_the_error_table(capsys, kind: str, line: str, code):
+    """torch/diffusers failures stay one line with exit 1 (not internal errors), as do the
+    table's own rows; the warm worker runs the same command.main."""
+    from mlc.engine import command
+
+    def fail(spec):
+        raise _failure(kind)
+
+    assert command.main(["--n_samples", "1"], run=fail) == code
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"mlc-txt2img: {line}\n"

@@ -435,9 +435,6 @@ def test_no_worker_and_usage_of_client_flags(workers: Workers):
     assert p.returncode == 0, p.stderr
     assert "worker" not in json.loads(p.stdout)
     assert workers.pid() is None  # no worker was started
-    p = workers.run("--idle", "soon")
-    assert p.returncode == 2
-    assert p.stderr == "mlc-txt2img: error: --idle must be a number of seconds >= 0, not 'soon'\n"
     p = subprocess.run(
         [sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
         capture_output=True,
@@ -446,6 +443,39 @@ def test_no_worker_and_usage_of_client_flags(workers: Workers):
         timeout=60,
     )
     assert p.returncode == 0 and "no engine worker is running" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--idle", "soon"], "--idle must be a number of seconds >= 0, not 'soon'"),
+        (["--idle=-1"], "--idle must be a number of seconds >= 0, not '-1'"),
+        (["--idle", "inf"], "--idle must be a number of seconds >= 0, not 'inf'"),
+        (["--cancel"], "--cancel needs a value"),
+    ],
+)
+def test_client_flag_errors_are_usage_errors(capsys, monkeypatch, tmp_path, argv, line):
+    """In process: checked before any folder or socket is touched; exit 2, one line."""
+    from mlc.engine import client
+
+    monkeypatch.setenv("MLC_WORKER_DIR", str(tmp_path / "w"))
+    assert client.main(argv) == 2
+    assert capsys.readouterr().err == f"mlc-txt2img: error: {line}\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_client_failures_are_worker_errors_in_the_one_tree(capsys, monkeypatch, tmp_path):
+    from mlc.engine import client
+    from mlc.errors import MlcError, WorkerError
+
+    assert issubclass(WorkerError, MlcError)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MLC_WORKER_DIR", str(tmp_path / "file"))
+    assert client.main(["--stop-worker"]) == 1
+    folder = tmp_path / "file"
+    assert capsys.readouterr().err == (
+        f"mlc-txt2img: error: {folder} is not a folder; remove it or set MLC_WORKER_DIR\n"
+    )
 
 
 def test_the_client_imports_no_torch():
