@@ -142,8 +142,11 @@ def test_corrupt_and_unrelated_files_are_refused(tmp_path: Path):
         read_checkpoint(bad)
     bad_st = tmp_path / "bad.safetensors"
     bad_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
-    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+    with pytest.raises(CheckpointError, match="not a valid safetensors") as err:
         read_checkpoint(bad_st)
+    text = str(err.value)
+    assert text.startswith(f"cannot read {bad_st}: not a valid safetensors file (")
+    assert "\n" not in text
     other = tmp_path / "other.safetensors"
     save_file({"classifier.weight": torch.zeros(2, 2)}, str(other))
     with pytest.raises(CheckpointError, match="not a Stable Diffusion v1 checkpoint"):

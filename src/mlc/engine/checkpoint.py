@@ -17,11 +17,15 @@ import json
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlc.engine import CONFIG_DIR, V1_INFERENCE_YAML, EngineError
+
+if TYPE_CHECKING:
+    import torch
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -130,15 +134,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            sd = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(
-                f"cannot read {path}: not a valid safetensors file ({err})"
-            ) from None
+        sd = read_safetensors(path, lambda why: CheckpointError(f"cannot read {path}: {why}"))
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
@@ -162,6 +158,18 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
         raise CheckpointError(f"{path} holds no state dict")
     return sd
+
+
+def read_safetensors(path: Path, error: Callable[[str], Exception]) -> dict[str, torch.Tensor]:
+    """A .safetensors file's tensors, on the CPU; ``error(why)`` is raised when it is not one
+    (WHY: ``not a valid safetensors file (<first line of the reason>)``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise error(f"not a valid safetensors file ({first_line(err)})") from None
 
 
 def _is_zip(path: Path) -> bool:

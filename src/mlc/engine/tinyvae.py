@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlc.engine import EngineError
-from mlc.engine.checkpoint import first_line
+from mlc.engine.checkpoint import first_line, read_safetensors
 from mlc.engine.loading import assign_weights, quiet_libraries
 
 TAESD_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "taesd"
@@ -72,15 +72,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise TinyVaeError(
-            f"cannot read tiny VAE {path}: not a valid safetensors file ({first_line(err)})"
-        ) from None
+    state = read_safetensors(path, lambda why: TinyVaeError(f"cannot read tiny VAE {path}: {why}"))
     if not any(k.startswith(_PREFIXES) for k in state):
         sample = ", ".join(list(state)[:3]) or "none"
         what = (
