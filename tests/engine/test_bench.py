@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlc.engine import bench, checkpoint, loading
+from mlc.engine import bench, bench_report, checkpoint, loading
 from mlc.engine.convcache import converted_cache
 from mlc.engine.options import validate
 from mlc.engine.txt2img import main
@@ -52,6 +52,38 @@ def test_bench_defaults_are_the_seeds_and_flags_override() -> None:
     spec = validate(args)
     assert spec.sampler == "ddim" and spec.height == 256 and spec.width == 512
     assert bench.what_was_run(args, spec, 2) == ["--H 256", "--ddim_steps 2", "--sampler ddim"]
+
+
+def test_summarize_follows_the_column_definitions() -> None:
+    """One process's raw clock readings -> the table's figures (2 images, 3 UNet calls each,
+    the first image warm-up)."""
+    raw = {
+        "t_launch": 100.0,
+        "t_loaded": 105.0,
+        "t_end": 130.0,
+        "unet_starts": [110.0, 111.0, 112.0, 120.0, 121.0, 122.0],
+        "unet_ends": [110.5, 111.5, 112.5, 120.5, 121.5, 122.5],
+        "images": [{"seconds": 5.0, "file": "a.png"}, {"seconds": 4.0, "file": "b.png"}],
+        "peak_host_bytes": 2**30,
+        "peak_device_bytes": None,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    got = bench_report.summarize(raw, {"warmup": 1, "n_samples": 1})
+    assert (got["load_s"], got["processing_s"], got["total_s"]) == (5.0, 4.0, 9.0)
+    assert (got["cold_start_s"], got["first_step_done_s"], got["wall_s"]) == (10.0, 10.5, 30.0)
+    assert got["step_s"] == pytest.approx(2.5 / 3) and got["it_per_s"] == pytest.approx(1.2)
+    assert got["unet_call_s"] == pytest.approx(0.5) and got["unet_calls_per_image"] == 3
+    assert got["last_image"] == "b.png" and got["threads"] is None and got["versions"] == {}
+    report = {
+        "rows": {"mlc": {**got, "repeats": 1}},
+        "machine": {"load_avg": [0.5, 0.4, 0.3]},
+    }
+    table = bench_report.format_table(report).splitlines()
+    assert table[0].split()[:4] == ["TIME", "TO", "LOAD", "MODEL"]
+    assert table[1].startswith("mlc engine") and "5.00 s" in table[1] and "9.00 s" in table[1]
+    assert table[1].split()[-2:] == ["GiB", "n/a"]  # 1.00 GiB host, no device figure on a CPU
+    assert table[-1].startswith("device cpu (float32), 3 UNet calls per image, medians of 1")
 
 
 def test_bench_end_to_end_with_baseline(tiny, tmp_path: Path, monkeypatch, capsys) -> None:
