@@ -25,6 +25,11 @@ from mlc.engine.options import cache_min_bytes, cache_root
 
 if TYPE_CHECKING:
     import torch
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    Models = tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]
+    """(unet, vae, text_encoder)."""
 
 CACHE_VERSION = "1"
 
@@ -60,7 +65,7 @@ class ConvertedCache:
         except Exception:  # noqa: BLE001 - unreadable: not valid
             return False
 
-    def load(self) -> tuple[Any, Any, Any] | None:
+    def load(self) -> Models | None:
         """(unet, vae, text_encoder) from the entry, or None when missing, stale or unreadable."""
         if not self.path.is_file():
             return None
@@ -77,7 +82,9 @@ class ConvertedCache:
         except Exception:  # noqa: BLE001 - a broken entry is rebuilt from the checkpoint
             return None
 
-    def save(self, unet: Any, vae: Any, text_encoder: Any) -> None:
+    def save(
+        self, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel
+    ) -> None:
         """Write the entry (atomically); a failure (disk full, read-only) only skips it."""
         from safetensors.torch import save_file
 
@@ -135,8 +142,8 @@ def converted_cache(
 
 
 def _models_from_state(
-    state: dict[str, Any], configs: dict[str, dict[str, Any]]
-) -> tuple[Any, Any, Any]:
+    state: dict[str, torch.Tensor], configs: dict[str, dict[str, Any]]
+) -> Models:
     """Build the three models on the meta device and assign the (memory-mapped) tensors."""
     from accelerate import init_empty_weights
     from diffusers.models import AutoencoderKL, UNet2DConditionModel

@@ -28,16 +28,20 @@ from mlc.engine.convcache import converted_cache
 
 if TYPE_CHECKING:
     import torch
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from mlc.engine.convcache import Models
 
 
 @dataclass
 class Components:
     """Everything generation needs, on one device and dtype."""
 
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
     schedule: dict[str, Any]  # training schedule for samplers.scheduler_config
     name: str  # model name for metadata (file stem)
     model_hash: str | None  # A1111 "Model hash" (legacy 8-hex form)
@@ -55,7 +59,7 @@ class Components:
         return int(self.unet.config.in_channels)
 
 
-def load_tokenizer(source: ModelSource) -> Any:
+def load_tokenizer(source: ModelSource) -> CLIPTokenizer:
     """The CLIP tokenizer from local files only."""
     from transformers import CLIPTokenizer
 
@@ -76,8 +80,11 @@ def yaml_text_config(source: ModelSource) -> dict[str, Any]:
 
 
 def _text_encoder_from_state(
-    sd: dict[str, Any], config_dir: Path, dtype: Any, overrides: dict[str, Any] | None = None
-) -> Any:
+    sd: dict[str, torch.Tensor],
+    config_dir: Path,
+    dtype: torch.dtype,
+    overrides: dict[str, Any] | None = None,
+) -> CLIPTextModel:
     from accelerate import init_empty_weights
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -129,7 +136,7 @@ def load(
     config: str | Path | None = None,
     *,
     device: str = "cpu",
-    dtype: Any = None,
+    dtype: torch.dtype | None = None,
 ) -> Components:
     """Load UNet, VAE, text encoder and tokenizer for ``ckpt`` onto ``device`` in ``dtype``."""
     import time
@@ -186,7 +193,7 @@ def _first_weights(folder: Path) -> Path:
     return folder / "missing"
 
 
-def _load_single_file(source: ModelSource, dtype: Any) -> tuple[Any, Any, Any]:
+def _load_single_file(source: ModelSource, dtype: torch.dtype) -> Models:
     from diffusers.models import AutoencoderKL, UNet2DConditionModel
 
     sd = read_checkpoint(source.path)
@@ -212,7 +219,7 @@ def _load_single_file(source: ModelSource, dtype: Any) -> tuple[Any, Any, Any]:
     return parts[0], parts[1], parts[2]
 
 
-def _load_folder(source: ModelSource, dtype: Any) -> tuple[Any, Any, Any]:
+def _load_folder(source: ModelSource, dtype: torch.dtype) -> Models:
     from diffusers.models import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
