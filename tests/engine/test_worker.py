@@ -201,6 +201,27 @@ def test_errors_match_the_one_shot_engine(warm: Workers, tiny: TinyModel, capsys
     assert pid is not None and _alive(pid)  # errors do not stop the worker
 
 
+def test_a_request_from_a_missing_folder_is_one_error_line(warm: Workers):
+    """The worker's own failures go through the same error table as the engine's."""
+    from mlc.engine.client import connect
+    from mlc.engine.protocol import send
+
+    workers = warm
+    workers.json("--outdir", "missing-cwd")  # the worker runs
+    got = connect(workers.dir)
+    assert got is not None
+    sock, lines, hello = got
+    with sock:
+        request = {"op": "run", "argv": ["--n_samples", "1"], "cwd": "/nonexistent/where"}
+        send(sock, {**request, "env": {}, "umask": 0o022, "idle": None, "tag": None})
+        replies = [lines.next(), lines.next()]
+    assert replies[0] is not None and replies[0]["err"].startswith(
+        "mlc-txt2img: error: cannot enter /nonexistent/where: [Errno 2]"
+    )
+    assert replies[0]["err"].count("\n") == 1 and replies[1] == {"exit": 1}
+    assert workers.pid() == hello["pid"] and _alive(hello["pid"])  # and it serves on
+
+
 def test_stop_worker(workers: Workers):
     pid = workers.json()["worker"]["pid"]
     p = subprocess.run(

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd-v1"
 """The bundled SD v1 diffusers config folder (configs and tokenizer, no weights)."""
@@ -58,12 +59,13 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def report_error(exc: BaseException) -> int:
-    """EXC as ``mlc-txt2img: error: ...`` on stderr (one line); returns its exit code.
+def report_error(exc: BaseException, stream: TextIO | None = None) -> int:
+    """EXC as ``mlc-txt2img: error: ...`` on STREAM (default stderr), one line; returns its
+    exit code.
 
     Exceptions the table does not name (torch, diffusers) are ordinary errors (exit 1), not
     internal ones: they are about the model or the input."""
-    return report(exc, PROG, unforeseen_is_bug=False)
+    return report(exc, PROG, unforeseen_is_bug=False, stream=stream)
 
 
 def guarded(call: Callable[[], int]) -> int:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlc.engine import PROG
+from mlc.engine import report_error
 from mlc.engine.command import execute
 from mlc.engine.command import main as run_command
 from mlc.engine.options import apply_request_env, worker_dir, worker_idle
@@ -297,8 +297,7 @@ class Worker:
             if req in self.pending:
                 self.pending.remove(req)
             if req.gone:  # cancelled while queued
-                req.send({"err": f"{PROG}: interrupted\n"})
-                req.send({"exit": 130})
+                req.send({"exit": report_error(KeyboardInterrupt(), Stream(req, "err"))})
                 req.close()
                 return
             self.active = self.current = req
@@ -308,7 +307,8 @@ class Worker:
             try:
                 os.chdir(req.cwd)
             except OSError as err:
-                req.send({"err": f"{PROG}: error: cannot enter {req.cwd}: {err}\n"})
+                failure = WorkerError(f"cannot enter {req.cwd}: {err}")
+                code = report_error(failure, Stream(req, "err"))
             else:
                 os.umask(req.umask)
                 apply_request_env(req.env)
