@@ -15,8 +15,10 @@ import sys
 from collections.abc import Callable
 
 from mlc.engine import guarded
+from mlc.engine.grid import execute_grid
 from mlc.engine.options import parse_args, validate
 from mlc.engine.run import Summary
+from mlc.engine.run import execute as execute_run
 from mlc.engine.session import Session
 from mlc.engine.spec import RunSpec
 
@@ -25,13 +27,7 @@ Execute = Callable[[RunSpec], Summary]
 
 def execute(spec: RunSpec, session: Session | None = None) -> Summary:
     """SPEC's grid when it has axes, else its plain run (on SESSION when it serves SPEC)."""
-    if spec.axes:
-        from mlc.engine.grid import execute_grid
-
-        return execute_grid(spec, session)
-    from mlc.engine.run import execute as execute_run
-
-    return execute_run(spec, session)
+    return execute_grid(spec, session) if spec.axes else execute_run(spec, session)
 
 
 def main(argv: list[str] | None = None, run: Execute | None = None) -> int:
