@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlc.engine import UsageError, options, txt2img
-from mlc.engine.spec import MAX_SEED, RunSpec, multiple_of_8
+from mlc.engine.spec import MAX_SEED, VALID, Axis, RunSpec, multiple_of_8
 
 from .conftest import TinyModel, small_run
 
@@ -201,6 +201,15 @@ def test_parse_axes_values_and_aliases():
         assert _spec("--x", text).axes[0].values == values
 
 
+def test_one_axis_from_its_text():
+    axis = Axis.parse("z", " Width = 64, 128 ")
+    assert axis == Axis("z", "W", (64, 128)) and axis.labels == ["W: 64", "W: 128"]
+    assert Axis.parse("x", "size=64×96").values == ((64, 96),)
+    assert Axis.parse("y", "seed=7").as_json() == {"flag": "y", "name": "seed", "values": [7]}
+    with pytest.raises(UsageError, match="^--x: unknown axis 'Colour'; valid axes: sampler"):
+        Axis.parse("x", "Colour=red")
+
+
 def test_prompt_values_with_commas():
     bar = _spec("--x", "prompt=a red cube, black background|a blue ball").axes[0]
     assert bar.values == ("a red cube, black background", "a blue ball")
@@ -262,7 +271,7 @@ def test_cli_usage_error_exit_2(capsys):
     assert txt2img.main(["--x", "nope=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert err.endswith("valid axes: " + options.VALID)
+    assert err.endswith("valid axes: " + VALID)
 
 
 # --- the environment ----------------------------------------------------------------------

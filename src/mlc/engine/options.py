@@ -6,18 +6,13 @@ the engine that reads ``MLC_*`` environment variables (the ``environment`` secti
 others get their values from its functions, read at call time, so a test or the warm worker
 (which applies each request's environment) changes them for the next call.
 
-Axis values are comma-separated; a list containing ``|`` is split on ``|`` instead (for
-prompts with commas), and double quotes also protect commas: ``prompt="a cat, red","a dog"``.
-
-Longer than the engine's other modules (about 530 lines) on purpose: it is the whole
-command-line contract, every flag with its default, its check and its message, the axis
-syntax and the environment, so that one file answers "what does this flag accept".
+One axis's text (``AXIS=V1,V2``) is parsed by ``spec.Axis.parse``; how the axes combine
+(with each other and with the other flags) is checked here.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from collections.abc import Mapping
 from dataclasses import replace
@@ -36,7 +31,6 @@ from mlc.engine.spec import (
     FAST_STEPS,
     MAX_SEED,
     Axis,
-    AxisValue,
     RunSpec,
     multiple_of_8,
 )
@@ -412,105 +406,10 @@ def validate(args: argparse.Namespace) -> RunSpec:
 
 # -- grid axes ----------------------------------------------------------------------------------
 
-AXES = (
-    "sampler",
-    "steps",
-    "scale",
-    "seed",
-    "size",
-    "H",
-    "W",
-    "prompt",
-    "negative_prompt",
-    "eta",
-    "deepcache",
-    "tome",
-)
-ALIASES = {
-    "cfg": "scale",
-    "cfg_scale": "scale",
-    "ddim_steps": "steps",
-    "height": "H",
-    "width": "W",
-    "h": "H",
-    "w": "W",
-    "ddim_eta": "eta",
-    "negative": "negative_prompt",
-}
-VALID = ", ".join(AXES)
-
-
-def split_values(text: str) -> list[str]:
-    """``a,b,c``; ``a, b|c`` (``|`` wins when present); ``"a, b",c`` (double quotes)."""
-    bar = "|" in text
-    parts = text.split("|") if bar else next(csv.reader([text], skipinitialspace=True), [])
-    return [p.strip() for p in parts]
-
-
-def _number(
-    where: str, raw: str, kind: type[int] | type[float], low: float, high: float | None = None
-) -> Any:
-    try:
-        value = kind(raw)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise UsageError(f"{where}: {raw!r} is not {what}") from None
-    if not value >= low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"{low} or more"
-        raise UsageError(f"{where}: {raw} must be {bound}")
-    return value
-
-
-def parse_value(where: str, name: str, raw: str) -> AxisValue:
-    """One axis value, checked like the matching flag; UsageError otherwise."""
-    if raw == "" and name not in ("negative_prompt",):
-        raise UsageError(f"{where}: empty value (values are separated by ',' or '|')")
-    if name == "sampler":
-        try:
-            return get_sampler(raw.lower()).name
-        except ValueError as err:
-            raise UsageError(f"{where}: {err}") from None
-    if name == "steps":
-        return _number(where, raw, int, 1)
-    if name in ("scale", "eta"):
-        return _number(where, raw, float, 0)
-    if name == "seed":
-        return _number(where, raw, int, 0, MAX_SEED)
-    if name == "deepcache":  # 0 or 1: every step full (exact)
-        return _number(where, raw, int, 0)
-    if name == "tome":
-        return _number(where, raw, float, 0, 0.99)
-    if name in ("H", "W"):
-        return multiple_of_8(f"{where}:", _number(where, raw, int, 1))
-    if name == "size":
-        parts = raw.lower().replace("×", "x").split("x")
-        if len(parts) == 1:
-            parts = parts * 2
-        if len(parts) != 2:
-            raise UsageError(f"{where}: {raw!r} is not a size; use WIDTHxHEIGHT, e.g. 512x512")
-        w, h = (multiple_of_8(f"{where}:", _number(where, p, int, 1)) for p in parts)
-        return (w, h)
-    return raw  # prompt, negative_prompt
-
-
-def parse_axis(flag: str, text: str) -> Axis:
-    """``--x sampler=ddim,plms`` -> Axis("x", "sampler", ("ddim", "plms"))."""
-    name, sep, rest = text.partition("=")
-    key = name.strip()
-    key = ALIASES.get(key.lower(), key if key in AXES else key.lower())
-    if not sep or key not in AXES:
-        what = f"unknown axis {name.strip()!r}" if sep else f"expected AXIS=V1,V2,... not {text!r}"
-        raise UsageError(f"--{flag}: {what}; valid axes: {VALID}")
-    where = f"--{flag} {key}"
-    raws = split_values(rest)
-    if not rest.strip() or not raws:
-        raise UsageError(f"{where}: no values (e.g. --{flag} {key}=V1,V2)")
-    return Axis(flag, key, tuple(parse_value(where, key, r) for r in raws))
-
 
 def with_axes(spec: RunSpec, flags: dict[str, str | None], *, from_file: bool = False) -> RunSpec:
     """SPEC with its --x/--y/--z axes; the axes and every cell they make are checked."""
-    axes = [parse_axis(flag, text) for flag, text in flags.items() if text is not None]
+    axes = [Axis.parse(flag, text) for flag, text in flags.items() if text is not None]
     if from_file:
         raise UsageError("--from-file cannot be combined with --x/--y/--z; use a prompt axis")
     if spec.skip_save:
