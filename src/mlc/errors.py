@@ -125,7 +125,8 @@ TABLE: list[Rule] = [
     Rule(
         _named("torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError"),
         lambda e: (
-            "out of GPU memory; try --low_vram, smaller --H/--W or --n_samples, or drop --batched"
+            "out of GPU memory; try --low_vram, smaller --H/--W, drop --batched, or "
+            "--precision autocast"
         ),
         _code(EXIT_ERROR),
     ),

@@ -75,6 +75,14 @@ def components(tiny: TinyModel):
     return load(tiny.safetensors)
 
 
+@pytest.fixture(scope="session")
+def taesd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight TAESD (the real architecture) as one .safetensors file."""
+    from mlc.engine.tinyvae import build_random_tiny_vae
+
+    return build_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "taesd.safetensors")
+
+
 @pytest.fixture
 def renderer(components):
     """A fresh Renderer (its prompt cache is per instance)."""

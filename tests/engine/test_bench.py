@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlc.engine import bench, loading
+from mlc.engine import bench, bench_report, checkpoint, loading
+from mlc.engine.convcache import converted_cache
+from mlc.engine.options import validate
 from mlc.engine.txt2img import main
 
 ROW_FIELDS = {
@@ -46,12 +48,42 @@ def test_bench_defaults_are_the_seeds_and_flags_override() -> None:
         1,
     )
     assert (args.H, args.W, args.plms) == (512, 512, True)
-    from mlc.engine.txt2img import validate
-
     args = bench.bench_args(["--H", "256", "--ddim_steps", "2", "--sampler", "ddim"])
     spec = validate(args)
     assert spec.sampler == "ddim" and spec.height == 256 and spec.width == 512
     assert bench.what_was_run(args, spec, 2) == ["--H 256", "--ddim_steps 2", "--sampler ddim"]
+
+
+def test_summarize_follows_the_column_definitions() -> None:
+    """One process's raw clock readings -> the table's figures (2 images, 3 UNet calls each,
+    the first image warm-up)."""
+    raw = {
+        "t_launch": 100.0,
+        "t_loaded": 105.0,
+        "t_end": 130.0,
+        "unet_starts": [110.0, 111.0, 112.0, 120.0, 121.0, 122.0],
+        "unet_ends": [110.5, 111.5, 112.5, 120.5, 121.5, 122.5],
+        "images": [{"seconds": 5.0, "file": "a.png"}, {"seconds": 4.0, "file": "b.png"}],
+        "peak_host_bytes": 2**30,
+        "peak_device_bytes": None,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    got = bench_report.summarize(raw, {"warmup": 1, "n_samples": 1})
+    assert (got["load_s"], got["processing_s"], got["total_s"]) == (5.0, 4.0, 9.0)
+    assert (got["cold_start_s"], got["first_step_done_s"], got["wall_s"]) == (10.0, 10.5, 30.0)
+    assert got["step_s"] == pytest.approx(2.5 / 3) and got["it_per_s"] == pytest.approx(1.2)
+    assert got["unet_call_s"] == pytest.approx(0.5) and got["unet_calls_per_image"] == 3
+    assert got["last_image"] == "b.png" and got["threads"] is None and got["versions"] == {}
+    report = {
+        "rows": {"mlc": {**got, "repeats": 1}},
+        "machine": {"load_avg": [0.5, 0.4, 0.3]},
+    }
+    table = bench_report.format_table(report).splitlines()
+    assert table[0].split()[:4] == ["TIME", "TO", "LOAD", "MODEL"]
+    assert table[1].startswith("mlc engine") and "5.00 s" in table[1] and "9.00 s" in table[1]
+    assert table[1].split()[-2:] == ["GiB", "n/a"]  # 1.00 GiB host, no device figure on a CPU
+    assert table[-1].startswith("device cpu (float32), 3 UNet calls per image, medians of 1")
 
 
 def test_bench_end_to_end_with_baseline(tiny, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -128,8 +160,8 @@ def test_converted_cache_reused_and_invalidated(tiny, tmp_path, cache_env, monke
     # the checkpoint changes (new weights, new mtime): the entry is stale and rebuilt
     from mlc.engine.export import save_checkpoint
 
-    state = loading.read_checkpoint(ckpt)
-    key = loading.UNET_PREFIX + "input_blocks.0.0.weight"  # the UNet's conv_in
+    state = checkpoint.read_checkpoint(ckpt)
+    key = checkpoint.UNET_PREFIX + "input_blocks.0.0.weight"  # the UNet's conv_in
     state = {k: v.clone() for k, v in state.items()}
     state[key] += 1.0
     save_checkpoint(state, ckpt)
@@ -145,13 +177,13 @@ def test_converted_cache_reused_and_invalidated(tiny, tmp_path, cache_env, monke
 
 def test_cache_off_small_files_and_other_dtype(tiny, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLC_CACHE_DIR", "off")
-    assert loading.converted_cache(loading.resolve(tiny.safetensors), torch.float32) is None
+    assert converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32) is None
     monkeypatch.setenv("MLC_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("MLC_CACHE_MIN_BYTES", raising=False)  # default: only large files
-    assert loading.converted_cache(loading.resolve(tiny.safetensors), torch.float32) is None
+    assert converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32) is None
     monkeypatch.setenv("MLC_CACHE_MIN_BYTES", "0")
-    source = loading.resolve(tiny.safetensors)
-    e32 = loading.converted_cache(source, torch.float32)
-    e16 = loading.converted_cache(source, torch.float16)
+    source = checkpoint.resolve(tiny.safetensors)
+    e32 = converted_cache(source, torch.float32)
+    e16 = converted_cache(source, torch.float16)
     assert e32 is not None and e16 is not None
     assert e32.path != e16.path and e32.key != e16.key and not e32.valid()

@@ -8,11 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from mlc.engine import txt2img
+from mlc.engine.options import parse
 from mlc.engine.outputs import read_metadata
+from mlc.engine.run import execute
+from mlc.engine.session import open_session
 
 from .conftest import SIZE, STEPS, TinyModel, small_run
 
@@ -45,56 +47,6 @@ def _pixels(path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
-@pytest.fixture(scope="module")
-def taesd(tmp_path_factory) -> Path:
-    from mlc.engine.tinyvae import build_random_tiny_vae
-
-    return build_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "taesd.safetensors")
-
-
-def _spec(*argv: str) -> txt2img.RunSpec:
-    return txt2img.validate(txt2img.build_parser().parse_args(list(argv)))
-
-
-def test_fast_is_dpmpp_2m_karras_at_20_steps_unless_told_otherwise():
-    spec = _spec("--fast")
-    assert (spec.sampler, spec.steps) == ("dpmpp_2m_karras", 20)
-    assert any("--fast" in n for n in spec.notes)
-    assert _spec("--fast", "--ddim_steps", "12").steps == 12
-    assert _spec("--fast", "--ddim_steps", "50").steps == 50  # explicit, even at the default
-    assert _spec("--fast", "--sampler", "euler_a").sampler == "euler_a"
-    assert _spec("--fast", "--plms").sampler == "plms"
-    assert (_spec().sampler, _spec().steps) == ("ddim", 50)
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--tome", "1.5"], "--tome must be between 0 and 1"),
-        (["--tome", "-0.2"], "--tome must be between 0 and 1"),
-        (["--deepcache", "-1"], "--deepcache must be 0"),
-        (["--tiny_vae", "/nonexistent/taesd"], "does not exist"),
-        (["--compile", "--tome", "0.5"], "--compile cannot be combined with --tome"),
-        (["--compile", "--deepcache", "3"], "--compile cannot be combined with --tome"),
-        (["--compile", "--x", "deepcache=0,3"], "--compile cannot be combined with a deepcache"),
-    ],
-)
-def test_bad_speed_flags_are_one_line_usage_errors(capsys, tiny, tmp_path, argv, message):
-    code = txt2img.main(_args(tiny, tmp_path / "out", *argv))
-    err = capsys.readouterr().err
-    assert code == 2
-    assert message in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
-
-
-def test_bare_tiny_vae_uses_mlc_tiny_vae_or_says_how_to_get_it(monkeypatch, taesd):
-    monkeypatch.delenv("MLC_TINY_VAE", raising=False)
-    with pytest.raises(txt2img.UsageError, match="mlc setup NAME taesd"):
-        _spec("--tiny_vae")
-    monkeypatch.setenv("MLC_TINY_VAE", str(taesd))
-    assert _spec("--tiny_vae").tiny_vae == str(taesd)
-
-
 def test_speed_modes_change_pixels_and_say_so(capsys, tiny, tmp_path, taesd):
     exact = _run(capsys, _args(tiny, tmp_path / "exact"))
     assert "speed_modes" not in exact
@@ -118,12 +70,12 @@ def test_a_session_stays_exact_after_a_speed_mode_run(tiny, tmp_path):
     """The warm worker reuses one session: token merging must be removed after its run."""
     from mlc.engine import tome
 
-    spec = replace(_spec(*_args(tiny, tmp_path / "a")), json=True)
-    session = txt2img.open_session(spec)
-    first = txt2img.execute(spec, session)
-    txt2img.execute(replace(spec, outdir=tmp_path / "b", tome=0.5, deepcache=2), session)
+    spec = replace(parse(_args(tiny, tmp_path / "a")), json=True)
+    session = open_session(spec)
+    first = execute(spec, session)
+    execute(replace(spec, outdir=tmp_path / "b", tome=0.5, deepcache=2), session)
     assert not tome.is_applied(session.components.unet)
-    again = txt2img.execute(replace(spec, outdir=tmp_path / "c"), session)
+    again = execute(replace(spec, outdir=tmp_path / "c"), session)
     assert np.array_equal(_pixels(first["files"][0]), _pixels(again["files"][0]))
 
 

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from mlc.engine import txt2img
-from mlc.engine.client import LOG, PIDFILE, SOCKET
+from mlc.engine.protocol import LOG, PIDFILE, SOCKET
 
 from .conftest import SIZE, STEPS, TinyModel, copy_model, small_run
 
@@ -199,6 +199,27 @@ def test_errors_match_the_one_shot_engine(warm: Workers, tiny: TinyModel, capsys
     assert workers.run("--H", "63").returncode == 2
     pid = workers.pid()
     assert pid is not None and _alive(pid)  # errors do not stop the worker
+
+
+def test_a_request_from_a_missing_folder_is_one_error_line(warm: Workers):
+    """The worker's own failures go through the same error table as the engine's."""
+    from mlc.engine.client import connect
+    from mlc.engine.protocol import send
+
+    workers = warm
+    workers.json("--outdir", "missing-cwd")  # the worker runs
+    got = connect(workers.dir)
+    assert got is not None
+    sock, lines, hello = got
+    with sock:
+        request = {"op": "run", "argv": ["--n_samples", "1"], "cwd": "/nonexistent/where"}
+        send(sock, {**request, "env": {}, "umask": 0o022, "idle": None, "tag": None})
+        replies = [lines.next(), lines.next()]
+    assert replies[0] is not None and replies[0]["err"].startswith(
+        "mlc-txt2img: error: cannot enter /nonexistent/where: [Errno 2]"
+    )
+    assert replies[0]["err"].count("\n") == 1 and replies[1] == {"exit": 1}
+    assert workers.pid() == hello["pid"] and _alive(hello["pid"])  # and it serves on
 
 
 def test_stop_worker(workers: Workers):
@@ -435,9 +456,6 @@ def test_no_worker_and_usage_of_client_flags(workers: Workers):
     assert p.returncode == 0, p.stderr
     assert "worker" not in json.loads(p.stdout)
     assert workers.pid() is None  # no worker was started
-    p = workers.run("--idle", "soon")
-    assert p.returncode == 2
-    assert p.stderr == "mlc-txt2img: error: --idle must be a number of seconds >= 0, not 'soon'\n"
     p = subprocess.run(
         [sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
         capture_output=True,
@@ -446,6 +464,39 @@ def test_no_worker_and_usage_of_client_flags(workers: Workers):
         timeout=60,
     )
     assert p.returncode == 0 and "no engine worker is running" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--idle", "soon"], "--idle must be a number of seconds >= 0, not 'soon'"),
+        (["--idle=-1"], "--idle must be a number of seconds >= 0, not '-1'"),
+        (["--idle", "inf"], "--idle must be a number of seconds >= 0, not 'inf'"),
+        (["--cancel"], "--cancel needs a value"),
+    ],
+)
+def test_client_flag_errors_are_usage_errors(capsys, monkeypatch, tmp_path, argv, line):
+    """In process: checked before any folder or socket is touched; exit 2, one line."""
+    from mlc.engine import client
+
+    monkeypatch.setenv("MLC_WORKER_DIR", str(tmp_path / "w"))
+    assert client.main(argv) == 2
+    assert capsys.readouterr().err == f"mlc-txt2img: error: {line}\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_client_failures_are_worker_errors_in_the_one_tree(capsys, monkeypatch, tmp_path):
+    from mlc.engine import client
+    from mlc.errors import MlcError, WorkerError
+
+    assert issubclass(WorkerError, MlcError)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MLC_WORKER_DIR", str(tmp_path / "file"))
+    assert client.main(["--stop-worker"]) == 1
+    folder = tmp_path / "file"
+    assert capsys.readouterr().err == (
+        f"mlc-txt2img: error: {folder} is not a folder; remove it or set MLC_WORKER_DIR\n"
+    )
 
 
 def test_the_client_imports_no_torch():

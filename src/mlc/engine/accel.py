@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mlc.engine.loading import cache_root
+from mlc.engine.options import cache_root
 
 
 def tune(components: Any, device: str, *, compile: bool = False) -> None:

@@ -103,8 +103,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from mlc.engine import offline
-
-    offline()
+if __name__ == "__main__":  # importing mlc.engine has switched the hub off (offline())
     raise SystemExit(main())

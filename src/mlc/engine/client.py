@@ -12,49 +12,39 @@ Client flags (everything else goes to the engine unchanged):
   --stop-worker    ask the worker to exit (after the requests it has queued)
   --cancel TAG     cancel the request tagged TAG ($MLC_REQUEST_TAG of its client)
 
-Protocol: newline-delimited JSON over ``$MLC_WORKER_DIR/engine.sock`` (default
-``/tmp/mlc-<uid>/``, mode 0700, socket 0600; both ends check the peer's uid). The worker
-greets with ``{"hello": {pid, uid, code, idle}}``; the client sends one request
-``{"op": "run", "argv", "cwd", "env", "umask", "idle", "tag"}`` (or ``stop``, ``cancel``,
-``ping``) and reads ``{"queued": n}``, ``{"out": text}``, ``{"err": text}`` and finally
-``{"exit": code}``; ``{"error": text}`` is a refusal. A connection that ends without an exit
-code means the worker died: it is restarted and the request retried once.
+Protocol: ``mlc.engine.protocol`` (newline-delimited JSON over ``$MLC_WORKER_DIR/engine.sock``).
+A connection that ends without an exit code means the worker died: it is restarted and the
+request retried once. Errors are one line through the one error table (``WorkerError``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
-import stat
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-import mlc
+from mlc.engine import PROG, UsageError, guarded
+from mlc.engine.options import request_env, request_tag, worker_dir, worker_idle
+from mlc.engine.protocol import (
+    LOCK,
+    LOG,
+    SOCKET,
+    Lines,
+    code_fingerprint,
+    idle_seconds,
+    peer_uid,
+    private_dir,
+    send,
+)
+from mlc.errors import WorkerError
 
-PROG = "mlc-txt2img"
-SOCKET = "engine.sock"
-LOCK = "start.lock"
-LOG = "worker.log"
-PIDFILE = "worker.pid"
-DEFAULT_IDLE = 600.0
 START_TIMEOUT = 120.0
-ENV_PASSED = ("MLC_CKPT", "MLC_TINY_VAE")  # per-request environment the worker applies
-EXIT_INTERRUPTED = 130
-
-
-class ClientError(Exception):
-    """A one-line error of the client or the worker; EXIT is the exit code."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class WorkerGone(Exception):
@@ -65,91 +55,7 @@ class WorkerGone(Exception):
         self.accepted = accepted
 
 
-# -- the private folder ------------------------------------------------------------------------
-
-
-def worker_dir() -> Path:
-    """``$MLC_WORKER_DIR``, else ``/tmp/mlc-<uid>``."""
-    return Path(os.environ.get("MLC_WORKER_DIR") or f"/tmp/mlc-{os.getuid()}")
-
-
-def private_dir(d: Path) -> Path:
-    """Create D (0700) or check it: a real folder owned by this user that no one else can use."""
-    with contextlib.suppress(FileExistsError, PermissionError):
-        os.mkdir(d, 0o700)
-    try:
-        st = os.lstat(d)
-    except OSError as err:
-        raise ClientError(f"cannot create the engine worker folder {d}: {err.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise ClientError(f"{d} is not a folder; remove it or set MLC_WORKER_DIR")
-    if st.st_uid != os.getuid():
-        raise ClientError(
-            f"the engine worker folder {d} belongs to uid {st.st_uid}, not to you "
-            f"(uid {os.getuid()}); it cannot be used (set MLC_WORKER_DIR or use --no-worker)"
-        )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(d, 0o700)
-    return d
-
-
-def code_fingerprint() -> str:
-    """Which engine code a process runs: the package folder's identity, version, python."""
-    st = os.stat(Path(mlc.__file__).resolve().parent)
-    return f"{mlc.__version__}:{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}:{sys.executable}"
-
-
-def idle_seconds(text: str | None) -> float:
-    """Parse an idle time in seconds (``--idle``, ``MLC_WORKER_IDLE``)."""
-    if text is None or text == "":
-        return DEFAULT_IDLE
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise ClientError(f"--idle must be a number of seconds >= 0, not {text!r}", 2)
-    return value
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket (None where unknown)."""
-    opt = getattr(socket, "SO_PEERCRED", None)
-    if opt is None:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, opt, 12))
-    return uid
-
-
-# -- messages ----------------------------------------------------------------------------------
-
-
-def send(sock: socket.socket, message: dict[str, Any]) -> None:
-    """One JSON line."""
-    sock.sendall(json.dumps(message).encode() + b"\n")
-
-
-class Lines:
-    """JSON lines read from a socket; None at the end of the stream."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buf = sock, b""
-
-    def next(self) -> dict[str, Any] | None:
-        """The next message, or None when the peer closed (or the connection broke)."""
-        while b"\n" not in self.buf:
-            try:
-                chunk = self.sock.recv(65536)
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            return json.loads(line)
-        except ValueError:
-            return None
+# -- connecting -------------------------------------------------------------------------------
 
 
 def connect(d: Path) -> tuple[socket.socket, Lines, dict[str, Any]] | None:
@@ -162,11 +68,11 @@ def connect(d: Path) -> tuple[socket.socket, Lines, dict[str, Any]] | None:
         return None
     except PermissionError:
         sock.close()
-        raise ClientError(f"permission denied on the engine worker socket {d / SOCKET}") from None
+        raise WorkerError(f"permission denied on the engine worker socket {d / SOCKET}") from None
     uid = peer_uid(sock)
     if uid is not None and uid != os.getuid():
         sock.close()
-        raise ClientError(
+        raise WorkerError(
             f"the engine worker at {d / SOCKET} runs as uid {uid}, not as you; refusing it"
         )
     lines = Lines(sock)
@@ -176,7 +82,7 @@ def connect(d: Path) -> tuple[socket.socket, Lines, dict[str, Any]] | None:
         return None
     if "error" in first:
         sock.close()
-        raise ClientError(str(first["error"]))
+        raise WorkerError(str(first["error"]))
     return sock, lines, first.get("hello", {})
 
 
@@ -212,12 +118,12 @@ def start_worker(d: Path, idle: float) -> None:
             return
         code = proc.poll()
         if code is not None:
-            raise ClientError(
+            raise WorkerError(
                 f"the engine worker did not start (exit {code}): {_log_tail(d)} "
                 "(run with --no-worker to use the one-shot engine)"
             )
         time.sleep(0.02)
-    raise ClientError(
+    raise WorkerError(
         f"the engine worker did not start within {START_TIMEOUT:.0f} s; see {log_path}"
     )
 
@@ -247,7 +153,7 @@ def open_worker(d: Path, idle: float) -> tuple[socket.socket, Lines, dict[str, A
                 if got:
                     return got
                 time.sleep(0.05)
-            raise ClientError(f"cannot connect to the engine worker; see {d / LOG}")
+            raise WorkerError(f"cannot connect to the engine worker; see {d / LOG}")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -255,7 +161,7 @@ def open_worker(d: Path, idle: float) -> tuple[socket.socket, Lines, dict[str, A
 # -- requests ----------------------------------------------------------------------------------
 
 
-def _write(stream: Any, text: str) -> None:
+def _write(stream: TextIO, text: str) -> None:
     try:
         stream.buffer.write(text.encode("utf-8", "replace"))
         stream.flush()
@@ -274,10 +180,10 @@ def attempt(d: Path, argv: list[str], idle: float, idle_given: bool) -> int:
             "op": "run",
             "argv": argv,
             "cwd": os.getcwd(),
-            "env": {k: os.environ[k] for k in ENV_PASSED if k in os.environ},
+            "env": request_env(),
             "umask": umask,
             "idle": idle if idle_given else None,
-            "tag": os.environ.get("MLC_REQUEST_TAG"),
+            "tag": request_tag(),
         }
         try:
             send(sock, request)
@@ -303,7 +209,7 @@ def attempt(d: Path, argv: list[str], idle: float, idle_given: bool) -> int:
             elif "exit" in msg:
                 return int(msg["exit"])
             elif "error" in msg:
-                raise ClientError(str(msg["error"]))
+                raise WorkerError(str(msg["error"]))
 
 
 def run(argv: list[str], idle: float, idle_given: bool) -> int:
@@ -318,7 +224,7 @@ def run(argv: list[str], idle: float, idle_given: bool) -> int:
             if gone.accepted:
                 failures += 1
             if failures >= 2 or tries >= 5:
-                raise ClientError(
+                raise WorkerError(
                     f"the engine worker stopped twice during this request; see {d / LOG} "
                     "(or run with --no-worker)"
                 ) from None
@@ -330,7 +236,7 @@ def run(argv: list[str], idle: float, idle_given: bool) -> int:
                 )
 
 
-def control(op: str, **fields: Any) -> int:
+def control(op: str, **fields: str) -> int:
     """--stop-worker / --cancel: one control message to a running worker."""
     d = private_dir(worker_dir())
     got = connect(d)
@@ -342,7 +248,7 @@ def control(op: str, **fields: Any) -> int:
         send(sock, {"op": op, **fields})
         reply = lines.next() or {}
     if "error" in reply:
-        raise ClientError(str(reply["error"]))
+        raise WorkerError(str(reply["error"]))
     _write(sys.stderr, f"{PROG}: {reply.get('ok', 'done')}\n")
     return 0
 
@@ -360,7 +266,7 @@ def split_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
             if not eq:
                 value = next(it, None)
                 if value is None:
-                    raise ClientError(f"{name} needs a value", 2)
+                    raise UsageError(f"{name} needs a value")
             own[name] = value
         else:
             rest.append(arg)
@@ -376,28 +282,25 @@ def one_shot(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the client; returns the exit code."""
+    """Run the client; returns the exit code (failures: one line, ``mlc.errors``' table)."""
+    return guarded(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _main(argv: list[str]) -> int:
+    own, rest = split_flags(argv)
     try:
-        own, rest = split_flags(list(sys.argv[1:] if argv is None else argv))
         if own.get("--stop-worker"):
             return control("stop")
         if "--cancel" in own:
             return control("cancel", tag=own["--cancel"])
-        idle_given = "--idle" in own or bool(os.environ.get("MLC_WORKER_IDLE"))
-        idle = idle_seconds(own.get("--idle", os.environ.get("MLC_WORKER_IDLE")))
+        idle_given = "--idle" in own or worker_idle() is not None
+        idle = idle_seconds(own.get("--idle", worker_idle()))
         # --help and the benchmark (which measures loading) run one-shot.
         if own.get("--no-worker") or any(a in ("-h", "--help", "--bench") for a in rest):
             return one_shot(rest)
         return run(rest, idle, idle_given)
-    except ClientError as err:
-        _write(sys.stderr, f"{PROG}: error: {err}\n")
-        return err.exit_code
-    except KeyboardInterrupt:  # the worker sees the connection close and aborts the request
-        _write(sys.stderr, f"{PROG}: interrupted\n")
-        return EXIT_INTERRUPTED
-    except OSError as err:
-        _write(sys.stderr, f"{PROG}: error: engine worker: {err}\n")
-        return 1
+    except OSError as err:  # the socket or the folder (Ctrl-C: the worker sees us leave)
+        raise WorkerError(f"engine worker: {err}") from err
 
 
 if __name__ == "__main__":

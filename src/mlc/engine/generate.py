@@ -18,12 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlc.engine import offline
+import torch
+
 from mlc.engine.samplers import make_scheduler
-
-offline()
-
-import torch  # noqa: E402
 
 
 @dataclass(frozen=True)

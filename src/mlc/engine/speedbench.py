@@ -15,6 +15,7 @@ the real architecture is built and used: its time is real, its deviation is not.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -22,14 +23,23 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-FAST_SHARE = 20 / 50  # --fast: DPM++ 2M Karras at 20 steps where the seed runs 50
+from mlc.engine import say
+from mlc.engine.bench_report import machine_info
+from mlc.engine.options import tiny_vae_default
+from mlc.engine.session import open_session
+from mlc.engine.spec import DEFAULT_STEPS, FAST_SAMPLER, FAST_STEPS, RunSpec
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+FAST_SHARE = FAST_STEPS / DEFAULT_STEPS  # --fast: DPM++ 2M Karras at 20 steps where 50 run
 
 
 def modes(steps: int, tiny_vae: bool) -> dict[str, dict[str, Any]]:
     """Mode name -> the Settings fields it changes."""
-    fast = {"sampler": "dpmpp_2m_karras", "steps": max(1, round(steps * FAST_SHARE))}
+    fast = {"sampler": FAST_SAMPLER, "steps": max(1, round(steps * FAST_SHARE))}
     table: dict[str, dict[str, Any]] = {
         "exact": {},
         "fast": fast,
@@ -42,7 +52,7 @@ def modes(steps: int, tiny_vae: bool) -> dict[str, dict[str, Any]]:
     return table
 
 
-def deviation(exact: Any, other: Any) -> dict[str, float]:
+def deviation(exact: Image, other: Image) -> dict[str, float]:
     """Mean/max absolute pixel difference (0-255) and PSNR (dB) of two PIL images."""
     import numpy as np
 
@@ -54,13 +64,10 @@ def deviation(exact: Any, other: Any) -> dict[str, float]:
     return {"mean_abs": float(diff.mean()), "max_abs": float(diff.max()), "psnr_db": psnr}
 
 
-def run(args: Any, spec: Any, json_path: Path) -> int:
+def run(args: argparse.Namespace, spec: RunSpec, json_path: Path) -> int:
     """Load once, render every mode, print the table, write the JSON; returns the exit code."""
-    from mlc.engine.bench import machine_info
     from mlc.engine.generate import ImageSpec, Renderer, Settings
-    from mlc.engine.txt2img import open_session
 
-    say = _say
     session = open_session(replace(spec, tiny_vae=None))
     tiny_path, tiny_note = _tiny_vae(spec, json_path.parent)
     renderer = Renderer(
@@ -85,7 +92,7 @@ def run(args: Any, spec: Any, json_path: Path) -> int:
     for name in table:
         renderer.render(image, replace(settings[name], steps=min(2, settings[name].steps)))
     times: dict[str, list[float]] = {name: [] for name in table}
-    images: dict[str, Any] = {}
+    images: dict[str, Image] = {}
     for r in range(args.bench_repeat):
         order = list(table) if r % 2 == 0 else list(table)[::-1]
         for name in order:
@@ -160,11 +167,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _tiny_vae(spec: Any, where: Path) -> tuple[str | None, str]:
+def _tiny_vae(spec: RunSpec, where: Path) -> tuple[str | None, str]:
     """The TAESD weights to use: the given/installed ones, else a random-weight one."""
-    import os
-
-    given = spec.tiny_vae or os.environ.get("MLC_TINY_VAE")
+    given = spec.tiny_vae or tiny_vae_default()
     if given and Path(given).exists():
         return str(given), ""
     from mlc.engine.tinyvae import build_random_tiny_vae
@@ -174,7 +179,3 @@ def _tiny_vae(spec: Any, where: Path) -> tuple[str | None, str]:
         "tiny_vae: no TAESD weights here; using random weights with TAESD's architecture "
         "(its time is real, its deviation is not)"
     )
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ time in accept order in its main thread, each exactly as ``mlc-txt2img`` would (
 output, one-line errors and exit codes; outputs relative to the client's folder), reuses
 its loaded model while checkpoint, config, device and precision stay the same, and exits
 after S seconds without requests. A client that disconnects (Ctrl-C) cancels its request;
-the worker stays usable. It logs to ``D/worker.log``. See the client for the protocol.
+the worker stays usable. It logs to ``D/worker.log``. The protocol is ``mlc.engine.protocol``.
 """
 
 from __future__ import annotations
@@ -26,27 +26,32 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlc.engine import offline
-from mlc.engine.client import (
+from mlc.engine import report_error
+from mlc.engine.command import execute
+from mlc.engine.command import main as run_command
+from mlc.engine.options import apply_request_env, worker_dir, worker_idle
+from mlc.engine.protocol import (
     DEFAULT_IDLE,
-    ENV_PASSED,
     PIDFILE,
     SOCKET,
-    ClientError,
     code_fingerprint,
     idle_seconds,
     peer_uid,
     private_dir,
+    read_request,
     send,
-    worker_dir,
 )
+from mlc.engine.run import Summary
+from mlc.engine.session import Session, open_session
+from mlc.engine.spec import RunSpec
+from mlc.errors import MlcError, WorkerError
 
-offline()
 log = logging.getLogger("mlc.engine.worker")
 POLL = 0.5  # seconds: how often the main loop looks at its flags
 
@@ -124,7 +129,7 @@ class Worker:
         self.pending: list[Request] = []
         self.stopping = False
         self.closed = False
-        self.session: Any = None
+        self.session: Session | None = None
         self.stamp: tuple[int, int, int] | None = None
         self.served = 0
         self.last = time.monotonic()
@@ -141,7 +146,7 @@ class Worker:
         except OSError:
             pass
         else:
-            raise ClientError(f"another engine worker is listening on {self.path}")
+            raise WorkerError(f"another engine worker is listening on {self.path}")
         finally:
             probe.close()
         with contextlib.suppress(FileNotFoundError):
@@ -198,7 +203,7 @@ class Worker:
             {"hello": {"pid": os.getpid(), "uid": self.uid, "code": self.code, "idle": self.idle}},
         )
         conn.settimeout(10)
-        message = _read_message(conn)
+        message = read_request(conn)
         conn.settimeout(None)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 60, 0))
         op = message.get("op")
@@ -248,7 +253,7 @@ class Worker:
                 break
         self._cancel(lambda r: r is req)
 
-    def _cancel(self, match: Any) -> bool:
+    def _cancel(self, match: Callable[[Request], bool]) -> bool:
         with self.lock:
             found = False
             for r in self.pending:
@@ -263,24 +268,22 @@ class Worker:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def execute(self, spec: Any) -> dict[str, Any]:
-        """txt2img.execute on the kept Session (loaded again for another model)."""
-        from mlc.engine import txt2img
-
+    def execute(self, spec: RunSpec) -> Summary:
+        """SPEC's run (or grid) on the kept Session (loaded again for another model)."""
         stamp = _stamp(spec.ckpt)
         if self.session is None or stamp != self.stamp or not self.session.serves(spec):
             self._drop_session()
-            self.session = txt2img.open_session(spec)
+            self.session = open_session(spec)
             self.stamp = stamp
             log.info("loaded %s", spec.ckpt)
-        summary = txt2img.execute(spec, self.session)
+        summary = execute(spec, self.session)
         summary["worker"] = {"pid": os.getpid(), "requests": self.served + 1}
         return summary
 
     def _drop_session(self) -> None:
         if self.session is None:
             return
-        device = getattr(self.session, "device", "cpu")
+        device = self.session.device
         self.session = self.stamp = None
         gc.collect()
         if str(device).startswith("cuda"):
@@ -289,15 +292,12 @@ class Worker:
             torch.cuda.empty_cache()
 
     def serve_one(self, req: Request) -> None:
-        """Run REQ as ``mlc-txt2img`` would, with its folder, umask and ENV_PASSED."""
-        from mlc.engine import txt2img
-
+        """Run REQ as ``mlc-txt2img`` would, with its folder, umask and request environment."""
         with self.lock:
             if req in self.pending:
                 self.pending.remove(req)
             if req.gone:  # cancelled while queued
-                req.send({"err": f"{txt2img.PROG}: interrupted\n"})
-                req.send({"exit": 130})
+                req.send({"exit": report_error(KeyboardInterrupt(), Stream(req, "err"))})
                 req.close()
                 return
             self.active = self.current = req
@@ -307,17 +307,14 @@ class Worker:
             try:
                 os.chdir(req.cwd)
             except OSError as err:
-                req.send({"err": f"{txt2img.PROG}: error: cannot enter {req.cwd}: {err}\n"})
+                failure = WorkerError(f"cannot enter {req.cwd}: {err}")
+                code = report_error(failure, Stream(req, "err"))
             else:
                 os.umask(req.umask)
-                for key in ENV_PASSED:
-                    if key in req.env:
-                        os.environ[key] = req.env[key]
-                    else:
-                        os.environ.pop(key, None)
+                apply_request_env(req.env)
                 out, err = Stream(req, "out"), Stream(req, "err")
                 with redirect_stdout(out), redirect_stderr(err):  # type: ignore[type-var]
-                    code = txt2img.main(req.argv, run=self.execute)
+                    code = run_command(req.argv, run=self.execute)
         finally:
             with self.lock:
                 req.done = True
@@ -354,7 +351,7 @@ class Worker:
             "worker %d listening on %s (idle exit after %g s)", os.getpid(), self.path, self.idle
         )
         with contextlib.suppress(Exception):  # warm the imports while the first client waits
-            from mlc.engine import generate, loading, txt2img  # noqa: F401
+            from mlc.engine import generate, loading  # noqa: F401
         try:
             while True:
                 try:
@@ -398,23 +395,6 @@ class Worker:
         self.last = time.monotonic()
 
 
-def _read_message(conn: socket.socket, limit: int = 4 << 20) -> dict[str, Any]:
-    import json
-
-    buf = b""
-    while b"\n" not in buf:
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise ConnectionError("the client closed before sending a request")
-        buf += chunk
-        if len(buf) > limit:
-            raise ConnectionError("request too large")
-    message = json.loads(buf.split(b"\n", 1)[0])
-    if not isinstance(message, dict):
-        raise ValueError("a request is a JSON object")
-    return message
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m mlc.engine.worker [--dir D] [--idle S]``; normally started by the client."""
     p = argparse.ArgumentParser(prog="python -m mlc.engine.worker", description=__doc__)
@@ -433,11 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         d = private_dir(args.dir or worker_dir())
-        idle = idle_seconds(
-            args.idle if args.idle is not None else os.environ.get("MLC_WORKER_IDLE")
-        )
+        idle = idle_seconds(args.idle if args.idle is not None else worker_idle())
         worker = Worker(d, idle)
-    except (ClientError, OSError) as err:
+    except (MlcError, OSError) as err:
         log.error("cannot start: %s", err)
         return 1
 

@@ -1,0 +1,273 @@
+"""One run of the engine: a RunSpec to saved PNGs (A1111 ``parameters`` + JSON metadata), an
+optional grid, and the ``--json`` summary.
+
+``execute`` reads top to bottom as numbered steps, each a named helper: 1. load, 2. check,
+3. plan, 4. announce, 5. render and save, 6. grid, 7. summary. Progress and notes go to
+stderr (``mlc.engine.say``); nothing is printed on stdout here. A grid run (``--x/--y/--z``)
+is ``mlc.engine.grid``'s, which renders each cell through ``execute``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlc import __version__
+from mlc.engine import outputs, say
+from mlc.engine.samplers import get_sampler
+from mlc.engine.session import Session, check_shape, device_notes, session_for
+from mlc.engine.spec import RunSpec, SpeedModes
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from mlc.engine.generate import Generated, ImageSpec, Renderer, Settings
+    from mlc.engine.loading import Components
+
+Summary = dict[str, Any]
+"""The ``--json`` document of a run (JSON values)."""
+
+SPEED_FIELDS = {"deepcache": "DeepCache interval", "tome": "ToMe ratio", "tiny_vae": "VAE"}
+
+
+def execute(spec: RunSpec, session: Session | None = None) -> Summary:
+    """Load (unless SESSION already holds the model), generate and save; returns the summary
+    (the ``--json`` document)."""
+    t0 = time.perf_counter()
+    # 1. load: the model, unless SESSION already holds it
+    session, load_seconds = session_for(spec, session)
+    # 2. check: the flags against the loaded model
+    check_shape(spec, session.components)
+    # 3. plan: every image's prompt and seed, and what the metadata says of the run
+    batches = plan_images(spec)
+    info = run_info(spec, session)
+    t_gen = time.perf_counter()
+    # 4. announce: notes, and what is about to happen
+    announce(spec, session, load_seconds)
+    # 5. render and save each image
+    renderer = make_renderer(spec, session)
+    done, images = render_and_save(spec, session.components, renderer, batches, info)
+    t_saved = time.perf_counter()
+    # 6. grid: the run's images in one PNG
+    grid_path = save_grid(spec, session.components, images, done, info)
+    t_end = time.perf_counter()
+    # 7. summary
+    return {
+        "outdir": str(spec.outdir),
+        "files": [e["file"] for e in done if e["file"]],
+        "grid": str(grid_path) if grid_path else None,
+        "seeds": [e["seed"] for e in done],
+        "images": done,
+        **info,
+        "timings": {
+            "load_s": round(load_seconds, 4),
+            "generate_s": round(t_saved - t_gen, 4),
+            "grid_s": round(t_end - t_saved, 4),
+            "total_s": round(t_end - t0, 4),
+            "per_image_s": round((t_saved - t_gen) / max(1, len(done)), 4),
+            "first_step_unix": renderer.first_step_at,  # the first denoising step began
+        },
+    }
+
+
+# -- the steps ----------------------------------------------------------------------------------
+
+
+def plan_images(spec: RunSpec) -> list[list[ImageSpec]]:
+    """Step 3: the images in the classic loop order, each with its prompt and seed."""
+    from mlc.engine.generate import plan
+
+    return plan(
+        spec.batches,
+        n_iter=spec.n_iter,
+        seed=spec.seed,
+        negative_prompt=spec.negative_prompt,
+        fixed_code=spec.fixed_code,
+    )
+
+
+def run_info(spec: RunSpec, session: Session) -> dict[str, Any]:
+    """Step 3: the run's settings as every image's metadata and the summary show them."""
+    components = session.components
+    info: dict[str, Any] = {
+        "sampler": spec.sampler,
+        "steps": spec.steps,
+        "scale": spec.scale,
+        "eta": spec.eta,
+        "width": spec.width,
+        "height": spec.height,
+        "model": components.name,
+        "model_hash": components.model_hash,
+        "config": components.source.config_label,
+        "precision": spec.precision,
+        "dtype": dtype_name(session),
+        "device": session.device,
+        "batched": spec.batched,
+        "noise": "cpu",
+        "version": __version__,
+    }
+    modes = spec.speed_modes()
+    if modes:
+        info["speed_modes"] = modes
+    return info
+
+
+def dtype_name(session: Session) -> str:
+    """``float16``, ``float32``: the session's dtype without ``torch.``."""
+    return str(session.dtype).replace("torch.", "")
+
+
+def announce(spec: RunSpec, session: Session, load_seconds: float) -> None:
+    """Step 4: the run's notes, and (without --json) what is about to be made."""
+    for note in [*spec.notes, *device_notes(spec, session.device)]:
+        say(f"note: {note}")
+    if not spec.json:
+        say(
+            f"model {session.components.name} loaded in {load_seconds:.1f} s on "
+            f"{session.device} ({dtype_name(session)}); {spec.n_images} image(s), "
+            f"{spec.sampler}, {spec.steps} steps"
+        )
+
+
+def settings_of(spec: RunSpec) -> Settings:
+    """The sampling settings shared by every image of SPEC."""
+    from mlc.engine.generate import Settings
+
+    return Settings(
+        spec.sampler,
+        spec.steps,
+        spec.scale,
+        spec.eta,
+        spec.height,
+        spec.width,
+        spec.batched,
+        deepcache=spec.deepcache,
+        tome=spec.tome,
+        tiny_vae=spec.tiny_vae is not None,
+    )
+
+
+def make_renderer(spec: RunSpec, session: Session) -> Renderer:
+    """Step 5: the denoise loop on the session's model (with SPEC's tiny VAE, if any)."""
+    from mlc.engine.generate import Renderer
+
+    return Renderer(
+        session.components,
+        session.device,
+        session.dtype,
+        tiny_vae=session.tiny_vae(spec.tiny_vae),
+        offload=session.offload,
+    )
+
+
+def render_and_save(
+    spec: RunSpec,
+    components: Components,
+    renderer: Renderer,
+    batches: list[list[ImageSpec]],
+    info: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[Image]]:
+    """Step 5: render every batch, save each image (unless --skip_save) and report it; the
+    summary entry of each image, and the images the grid needs."""
+    samples = outputs.sample_numbering(spec.outdir)
+    done: list[dict[str, Any]] = []
+    images: list[Image] = []
+    for result in renderer.run(batches, settings_of(spec)):
+        entry = save_image(spec, components, result, samples, info)
+        done.append(entry)
+        if not spec.skip_grid:
+            images.append(result.image)
+        if not spec.json:
+            where = f" -> {entry['file']}" if entry["file"] else ""
+            say(f"[{len(done)}/{spec.n_images}] seed {entry['seed']} {result.seconds:.2f} s{where}")
+        if result.vae_fallback:
+            say(f"note: image {entry['index']}: fp16 VAE decode gave NaN/black; decoded in fp32")
+    return done, images
+
+
+def save_image(
+    spec: RunSpec,
+    components: Components,
+    result: Generated,
+    samples: outputs.Numbering,
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    """One image's PNG (unless --skip_save) with its metadata; its summary entry."""
+    s = result.spec
+    path = None
+    if not spec.skip_save:
+        text = parameters(spec, components, s.prompt, s.negative_prompt, s.seed)
+        data = {
+            **info,
+            "prompt": s.prompt,
+            "negative_prompt": s.negative_prompt,
+            "seed": s.seed,
+            "index": s.index,
+        }
+        path = outputs.save_png(result.image, samples, text, data)
+    return {
+        "index": s.index,
+        "file": str(path) if path else None,
+        "prompt": s.prompt,
+        "negative_prompt": s.negative_prompt,
+        "seed": s.seed,
+        "seconds": round(result.seconds, 4),
+        "vae_fallback": result.vae_fallback,
+    }
+
+
+def save_grid(
+    spec: RunSpec,
+    components: Components,
+    images: list[Image],
+    done: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> Path | None:
+    """Step 6: the grid PNG of the run's images (unless --skip_grid), parameters of the first."""
+    if spec.skip_grid or not images:
+        return None
+    grid = outputs.make_grid(images, spec.n_rows)
+    first = done[0]
+    text = parameters(
+        spec, components, first["prompt"], first["negative_prompt"], first["seed"], grid=True
+    )
+    data = {"run": info, "n_rows": spec.n_rows, "images": done}
+    return outputs.save_png(grid, outputs.grid_numbering(spec.outdir), text, data)
+
+
+# -- metadata -----------------------------------------------------------------------------------
+
+
+def speed_fields(modes: SpeedModes) -> list[tuple[str, Any]]:
+    """The speed modes as A1111 ``parameters`` fields."""
+    return [(SPEED_FIELDS[k], "TAESD" if k == "tiny_vae" else v) for k, v in modes.items()]
+
+
+def parameters(
+    spec: RunSpec,
+    components: Components,
+    prompt: str,
+    negative_prompt: str,
+    seed: int,
+    *,
+    grid: bool = False,
+) -> str:
+    """A1111's ``parameters`` text of an image of SPEC (GRID: of the run's grid, which names
+    the batch size and count instead of eta)."""
+    sampler = get_sampler(spec.sampler)
+    fields: list[tuple[str, Any]] = [
+        ("Steps", spec.steps),
+        ("Sampler", sampler.label),
+        ("CFG scale", spec.scale),
+        ("Seed", seed),
+        ("Size", f"{spec.width}x{spec.height}"),
+        ("Model hash", components.model_hash),
+        ("Model", components.name),
+    ]
+    if grid:
+        fields += [("Batch size", spec.n_samples), ("Batch count", spec.n_iter)]
+    else:
+        fields.append(("Eta", spec.eta if sampler.uses_eta and spec.eta else None))
+    fields += [*speed_fields(spec.speed_modes()), ("Version", f"mlc {__version__}")]
+    return outputs.a1111_parameters(prompt, negative_prompt, fields)
