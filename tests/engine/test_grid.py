@@ -222,13 +222,11 @@ def test_the_page_is_package_data_with_three_slots():
         assert template.count(slot) >= 1, slot
     assert "/^\\d+$/" in template and '" \\u00b7 "' in template  # JS escapes kept as JS
     # pyproject ships it: a package-data pattern of `mlc` matches the file
-    import ast
     import fnmatch
+    import tomllib
 
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    section = text.split("[tool.setuptools.package-data]", 1)[1]
-    line = next(x for x in section.splitlines() if x.startswith("mlc = "))
-    patterns = ast.literal_eval(line.split("=", 1)[1].strip())
+    patterns = tomllib.loads(text)["tool"]["setuptools"]["package-data"]["mlc"]
     assert any(fnmatch.fnmatch("engine/templates/explorer.html", p) for p in patterns)
 
 
