@@ -38,7 +38,7 @@ from mlc.engine.spec import Axis, RunSpec, format_value, jsonable
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-PAGE_PATTERN = re.compile(r"^explore-(\d+)")
+PAGE_PATTERN = re.compile(r"^explore-(\d{4,})\.html$")
 ORDER = {"x": 0, "y": 1, "z": 2}
 
 Cell = dict[str, Any]

@@ -1,7 +1,8 @@
 """Numbering that never overwrites, grids, and PNG metadata.
 
 Layout (as the classic script): ``<outdir>/samples/NNNNN.png`` and ``<outdir>/grid-NNNN.png``.
-Numbers continue after the highest existing one, and each name is claimed atomically
+Numbers continue after the highest existing one (only names of that form count: a stray
+``2024-vacation.jpg`` does not shift them), and each name is claimed atomically
 (``O_CREAT | O_EXCL``) before the image is written beside it and renamed over the claim,
 so concurrent runs sharing an outdir never overwrite each other's files.
 """
@@ -20,8 +21,8 @@ from typing import Any
 
 PARAMETERS_KEY = "parameters"  # A1111's text chunk
 JSON_KEY = "mlc"  # our JSON chunk
-SAMPLE_PATTERN = re.compile(r"^(\d+)")
-GRID_PATTERN = re.compile(r"^grid-(\d+)")
+SAMPLE_PATTERN = re.compile(r"^(\d{5,})\.png$")  # only the engine's own names count
+GRID_PATTERN = re.compile(r"^grid-(\d{4,})\.png$")
 
 
 @dataclass
