@@ -78,7 +78,8 @@ def test_multiple_of_8_is_one_rule_for_flags_and_axes():
     for where, value, text in (
         ("--H", 500, "--H 500 is not a multiple of 8; use 496 or 504"),
         ("--x size:", 7, "--x size: 7 is not a multiple of 8; use 8"),
-        ("--W", 0, "--W 0 is not a multiple of 8; use 8"),
+        ("--W", 0, "--W 0 must be a positive multiple of 8, e.g. 512"),
+        ("--H", -64, "--H -64 must be a positive multiple of 8, e.g. 512"),
     ):
         with pytest.raises(UsageError, match=text):
             multiple_of_8(where, value)
@@ -87,6 +88,8 @@ def test_multiple_of_8_is_one_rule_for_flags_and_axes():
 ERRORS = [
     (["--H", "500"], "--H 500 is not a multiple of 8; use 496 or 504"),
     (["--W", "4"], "--W 4 is not a multiple of 8; use 8"),
+    (["--H", "-64"], "--H -64 must be a positive multiple of 8, e.g. 512"),
+    (["--W", "0"], "--W 0 must be a positive multiple of 8, e.g. 512"),
     (["--sampler", "k_lms"], "unknown sampler 'k_lms'; choose one of: ddim, plms, dpm_solver"),
     (["--plms", "--ddim_eta", "0.5"], "ddim_eta must be 0 for PLMS"),
     (["--ddim_steps", "0"], "--ddim_steps must be at least 1"),

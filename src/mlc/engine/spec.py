@@ -36,11 +36,14 @@ SpeedModes = dict[str, int | float | str]
 
 
 def multiple_of_8(where: str, value: int) -> int:
-    """VALUE when it is a multiple of 8 (at least 8); else a UsageError naming the neighbours.
+    """VALUE when it is a multiple of 8 (at least 8); else a UsageError naming the neighbours
+    (or, for 0 and below, saying that a size is positive).
 
     WHERE starts the message: ``--H`` (a flag) or ``--x size:`` (a grid axis)."""
     if value >= 8 and value % 8 == 0:
         return value
+    if value <= 0:
+        raise UsageError(f"{where} {value} must be a positive multiple of 8, e.g. 512")
     low = value // 8 * 8
     choices = f"{low} or {low + 8}" if low >= 8 else "8"
     raise UsageError(f"{where} {value} is not a multiple of 8; use {choices}")
