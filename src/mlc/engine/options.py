@@ -152,8 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     a("--n_iter", type=int, default=2, help="sample this often")
     a("--H", "--height", dest="H", type=int, default=512, help="image height, in pixel space")
     a("--W", "--width", dest="W", type=int, default=512, help="image width, in pixel space")
-    a("--C", "--latent_channels", dest="C", type=int, default=4, help="latent channels")
-    a("--f", "--downsampling_factor", dest="f", type=int, default=8, help="downsampling factor")
+    a(
+        "--C",
+        "--latent_channels",
+        dest="C",
+        type=int,
+        default=None,
+        help="latent channels (default: the model's, 4 for SD v1; another value is refused)",
+    )
+    a(
+        "--f",
+        "--downsampling_factor",
+        dest="f",
+        type=int,
+        default=None,
+        help="downsampling factor (default: the model's VAE's, 8 for SD v1; another value is "
+        "refused)",
+    )
     a("--n_samples", type=int, default=3, help="images per prompt batch, a.k.a. batch size")
     a("--n_rows", type=int, default=0, help="images per grid row (default: n_samples)")
     a("--scale", type=float, default=7.5, help="classifier-free guidance scale")
@@ -333,7 +348,7 @@ def validate(args: argparse.Namespace) -> RunSpec:
         ("--C", args.C),
         ("--f", args.f),
     ):
-        if value < 1:
+        if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, not {value}")
     if args.n_rows < 0:
         raise UsageError(f"--n_rows must be 0 (= n_samples) or more, not {args.n_rows}")

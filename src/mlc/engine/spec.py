@@ -192,8 +192,8 @@ class RunSpec:
     eta: float
     height: int
     width: int
-    latent_channels: int
-    factor: int
+    latent_channels: int | None  # --C; None: the model's
+    factor: int | None  # --f; None: the model's VAE's
     n_iter: int
     n_samples: int
     n_rows: int
