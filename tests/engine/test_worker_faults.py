@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,6 +159,45 @@ def test_a_worker_killed_mid_request_is_resumed_after_its_last_saved_image(worke
     files = _pngs(workers.cwd / "resumed" / "samples")
     assert [f.name for f in files] == [f"{k:05}.png" for k in range(20)]
     assert sorted(read_metadata(f)[1]["seed"] for f in files) == list(range(42, 62))
+
+
+def test_a_grid_whose_worker_was_killed_resumes_after_its_saved_cells(workers: Workers):
+    workers.json("--outdir", "warm-up")
+    proc = workers.popen(
+        "--x", "seed=1,2,3,4,5,6,7,8", "--ddim_steps", "10", "--outdir", "grid", "--json"
+    )
+    cells = workers.cwd / "grid" / "samples"
+    while len(_pngs(cells)) < 3:  # --json: no progress lines; the saved cells show it
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    pid = workers.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["resumed"] >= 3 and f"resuming after its {summary['resumed']} saved" in err
+    assert [c["seed"] for c in summary["cells"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [Path(f).name for f in summary["files"]] == [f"{k:05}.png" for k in range(8)]
+    assert len(_pngs(cells)) == 8  # no cell made twice
+    page = Path(workers.cwd, summary["explorer"]).read_text()  # (Workers runs --skip_grid)
+    assert all(f"samples/{k:05}.png" in page for k in range(8))
+
+
+def test_the_clients_own_lines_never_land_in_the_middle_of_a_line(capsys):
+    from mlc.engine import client
+
+    client._write(sys.stdout, "half a line from the worker")
+    client._write(sys.stderr, "and another")
+    client._say("note: the engine worker stopped unexpectedly")
+    client._write(sys.stderr, "[2/3] ...\n")
+    client._say("waiting for the engine worker (1 request ahead)")
+    out, err = capsys.readouterr()
+    assert out == "half a line from the worker\n"
+    assert err == (
+        "and another\nmlc-txt2img: note: the engine worker stopped unexpectedly\n"
+        "[2/3] ...\nmlc-txt2img: waiting for the engine worker (1 request ahead)\n"
+    )
 
 
 def test_the_worker_streams_whole_lines_and_each_saved_image(warm: Workers):
