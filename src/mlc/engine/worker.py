@@ -254,7 +254,11 @@ class Worker:
                 reason = "the engine worker is stopping (--stop-worker)"
                 n = self._cancel(lambda r: True, reason)
                 self.halt = reason
-                what = f"stops now ({n} request{'s' if n != 1 else ''} cancelled)"
+                what = (
+                    f"stops now ({n} request{'s' if n != 1 else ''} cancelled)"
+                    if n
+                    else "stops after its queue, which is empty"
+                )
             else:
                 what = "stops after its queue"
             self.stopping = True
