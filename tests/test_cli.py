@@ -4,6 +4,9 @@ errors as one line through mlc.errors.report, and what stays light."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +149,71 @@ def test_help_does_not_start_docker_or_the_engine():
     )  # fmt: skip
     last = p.stdout.strip().splitlines()[-1]
     assert last == "LOADED 0 []", p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "line"),
+    [
+        (signal.SIGINT, 130, "mlc: interrupted"),
+        (signal.SIGTERM, 143, "mlc: interrupted (SIGTERM)"),
+        (signal.SIGHUP, 129, "mlc: interrupted (SIGHUP)"),
+    ],
+)
+def test_interruptions_are_one_line(tmp_path, sig, code, line):
+    """Ctrl-C, `kill`/`timeout` (SIGTERM) and a closed terminal (SIGHUP) while `mlc` waits (on
+    a catalog server that accepts and never answers): one line and 128 + the signal."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/catalog.yaml"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "XDG_DATA_HOME": str(tmp_path)}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlc", "update-sys", "--url", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        conn, _ = server.accept()  # the request has arrived: mlc is waiting for the answer
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+        conn.close()
+    finally:
+        server.close()
+        if p.poll() is None:
+            p.kill()
+    assert (p.returncode, out, err) == (code, "", line + "\n")
+    assert not (tmp_path / "mlc" / "catalog.yaml").exists()
+
+
+def test_names_are_checked_before_docker(env, capsys, monkeypatch):
+    """An empty or overlong name is refused (exit 2) before Docker is asked: the name is also
+    the container's host name, which runc refuses beyond 64 characters."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{env}/none.sock")
+    long = "a" * 300
+    for args in (["create", long, "Pytorch", "test"], ["open", long, "--", "true"]):
+        code, _, err = mlc(capsys, *args)
+        assert code == 2
+        one_line_error((code, "", err), "300 characters, at most 64")
+    assert mlc(capsys, "create", "a" * 64, "Pytorch", "test", "-g", "none")[0] == 1  # Docker
+    for verb in (["open", ""], ["stop", ""], ["remove", "", "-f"], ["setup", ""], ["txt2img", ""]):
+        code, _, err = mlc(capsys, *verb)
+        assert code == 2
+        one_line_error((code, "", err), "the container name is empty")
+
+
+def test_bad_docker_host_is_one_line(env, capsys, monkeypatch):
+    """A DOCKER_HOST that cannot be used says which and why, not Docker's raw text."""
+    for value, needle in (
+        ("foo://x", "invalid DOCKER_HOST=foo://x: Invalid bind address protocol"),
+        ("tcp://", "invalid DOCKER_HOST=tcp://"),
+        ("/var/run/docker.sock", "unix:///var/run/docker.sock"),
+        ("tcp://127.0.0.1:9", "cannot reach the Docker engine at tcp://127.0.0.1:9"),
+    ):
+        monkeypatch.setenv("DOCKER_HOST", value)
+        code, _, err = mlc(capsys, "list")
+        assert code == 1
+        one_line_error((code, "", err), needle)
+    try:
+        import paramiko  # noqa: F401
+    except ImportError:
+        monkeypatch.setenv("DOCKER_HOST", "ssh://someone@127.0.0.1")
+        one_line_error(mlc(capsys, "list"), "needs the paramiko package", "pip install paramiko")

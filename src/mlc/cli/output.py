@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -16,8 +17,10 @@ err = Console(stderr=True)
 
 
 def say(message: str) -> None:
-    """A message on stderr (progress, warnings, what was skipped)."""
-    err.print(message, highlight=False, markup=False, soft_wrap=True)
+    """A message on stderr (progress, warnings, what was skipped); dropped when stderr is gone
+    (a closed terminal), so the clean-up it reports on still runs."""
+    with contextlib.suppress(OSError):
+        err.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 def show(message: str) -> None:
