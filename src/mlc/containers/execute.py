@@ -1,20 +1,33 @@
 """Commands in a container: streamed (output back, exit code returned) or an interactive
-shell through the docker CLI."""
+shell through the docker CLI.
+
+Docker passes no signal on to an exec, and keeps it running when its client goes away. So
+every exec carries a tag (``MLC_EXEC``) in its environment, and when the mlc command is
+interrupted (Ctrl-C, SIGTERM, a closed terminal: a ``KeyboardInterrupt`` here) the same signal
+goes to every process of that exec's session inside the container (``session.sh``), and what
+is left after a grace period is killed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import uuid
+from importlib import resources
 from typing import BinaryIO
 
 import docker
 
 from mlc.containers.container import Container
-from mlc.errors import MlcError
+from mlc.errors import Interrupted, MlcError
 
 PASSED_VARS = ("TERM", "LANG", "DISPLAY", "NCCL_P2P_LEVEL", "CUDA_VISIBLE_DEVICES")
+EXEC_TAG = "MLC_EXEC"
+GRACE_S = 5  # seconds an interrupted exec has to end before it is killed
 
 
 def exec_env(c: Container) -> dict[str, str]:
@@ -24,6 +37,25 @@ def exec_env(c: Container) -> dict[str, str]:
         if os.environ.get(var):
             env[var] = os.environ[var]
     return env
+
+
+def new_tag() -> str:
+    """A fresh exec tag."""
+    return uuid.uuid4().hex
+
+
+def signal_of(interrupt: KeyboardInterrupt) -> int:
+    """The signal an interruption stands for: SIGTERM or SIGHUP, else Ctrl-C's SIGINT."""
+    return interrupt.signum if isinstance(interrupt, Interrupted) else int(signal.SIGINT)
+
+
+def end_session(c: Container, tag: str, signum: int, grace: float = GRACE_S) -> None:
+    """Send SIGNUM to what the exec tagged TAG runs in C; kill what is left after GRACE
+    seconds. Best effort: the caller is already being interrupted."""
+    script = resources.files("mlc.containers").joinpath("session.sh").read_text(encoding="utf-8")
+    argv = ["sh", "-c", script, "mlc-session", f"{EXEC_TAG}={tag}", str(signum), str(int(grace))]
+    with contextlib.suppress(Exception):
+        c.exec_run(argv, user="root")
 
 
 def exec_stream(
@@ -36,41 +68,84 @@ def exec_stream(
     env: dict[str, str] | None = None,
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
+    tag: str | None = None,
 ) -> int:
-    """Run CMD in C non-interactively, streaming its output; returns its exit code."""
+    """Run CMD in C non-interactively, streaming its output; returns its exit code. When
+    interrupted, CMD gets the same signal (see the module's doc) before this re-raises."""
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr.buffer
+    tag = tag or new_tag()
     eid = dc.api.exec_create(
         c.id,
         cmd,
         user=user or c.exec_user,
         workdir=workdir,
-        environment={**exec_env(c), **(env or {})},
+        environment={**exec_env(c), **(env or {}), EXEC_TAG: tag},
     )["Id"]
-    for out, err in dc.api.exec_start(eid, stream=True, demux=True):
-        if out:
-            stdout.write(out)
-            stdout.flush()
-        if err:
-            stderr.write(err)
-            stderr.flush()
+    stream = dc.api.exec_start(eid, stream=True, demux=True)
+    try:
+        for out, err in stream:
+            if out:
+                stdout.write(out)
+                stdout.flush()
+            if err:
+                stderr.write(err)
+                stderr.flush()
+    except KeyboardInterrupt as interrupt:
+        end_session(c, tag, signal_of(interrupt))
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            stream.close()
     code = dc.api.exec_inspect(eid)["ExitCode"]
     return 127 if code is None else int(code)
 
 
 def shell(c: Container, command: list[str] | None = None) -> int:
-    """An interactive login shell (or COMMAND) through the docker CLI; returns its exit code."""
+    """An interactive login shell (or COMMAND) through the docker CLI; returns its exit code.
+    Interrupted (SIGTERM, or SIGHUP from a closed terminal), the shell's session in C ends
+    too, and the terminal's settings are restored."""
     cli = shutil.which("docker")
     if not cli:
         raise MlcError(
             "the docker command-line client is needed for interactive shells",
             hint="install docker-ce-cli or docker.io",
         )
+    tag = new_tag()
     argv = [cli, "exec", "-i", "--detach-keys", "ctrl-^,ctrl-@", "-u", c.exec_user]
     argv += ["-w", "/workspace"]
     if sys.stdin.isatty():
         argv.append("-t")
-    for k, v in exec_env(c).items():
+    for k, v in {**exec_env(c), EXEC_TAG: tag}.items():
         argv += ["-e", f"{k}={v}"]
     argv += [c.docker_name, *(command or ["bash", "-l"])]
-    return subprocess.call(argv)
+    with _terminal_kept():
+        proc = subprocess.Popen(argv)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt as interrupt:
+            end_session(c, tag, signal_of(interrupt), grace=3)
+            try:
+                proc.wait(timeout=5)  # the exec has ended: the CLI follows
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+
+
+@contextlib.contextmanager
+def _terminal_kept():
+    """Restore the terminal's settings afterwards (a killed docker CLI leaves it raw)."""
+    saved = None
+    with contextlib.suppress(Exception):
+        import termios
+
+        saved = termios.tcgetattr(sys.stdin.fileno())
+    try:
+        yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(Exception):
+                import termios
+
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
