@@ -12,7 +12,6 @@ from rich.table import Table
 from mlc import containers, host, provision
 from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt, NameArg
 from mlc.cli.output import confirm, err, out, say, show, show_json
-from mlc.errors import MlcError
 from mlc.progress import RichProgress, human_size
 
 FOLDERS = "Folders"
@@ -181,13 +180,14 @@ def start(name: NameArg) -> None:
 
 
 def stop(name: NameArg, force: ForceOpt = False) -> None:
-    """Stop NAME; every process in it ends.
+    """Stop NAME; every process in it ends. A stopped container stays as it is (exit 0).
 
     Example: [bold]mlc stop sd -f[/]
     """
     c = containers.find(containers.client(), name, host.current_user())
     if c.status != "running":
-        raise MlcError(f"container '{name}' is not running")
+        say(f"[{name}] is not running")
+        return
     confirm(f"Stop container '{name}'? All its processes will end.", force)
     containers.stop(c)
     show(f"[{name}] stopped")

@@ -139,9 +139,17 @@ class CreateSpec:
 
 
 def resolve_dir(path: Path, what: str) -> Path:
-    """PATH as an absolute path that is a directory or does not exist yet."""
+    """PATH as an absolute path that is a directory or does not exist yet (and can be
+    looked at: a folder inside another user's home cannot)."""
     path = path.expanduser().resolve()
-    if path.exists() and not path.is_dir():
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as exc:
+        raise MlcError(
+            f"cannot use {path} as the {what} folder: {exc.strerror or exc}",
+            hint="pick a folder you may create and write, e.g. under your home",
+        ) from None
+    if is_file:
         raise MlcError(f"{what} path {path} is a file, not a directory")
     return path
 
