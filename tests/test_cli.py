@@ -217,3 +217,10 @@ def test_bad_docker_host_is_one_line(env, capsys, monkeypatch):
     except ImportError:
         monkeypatch.setenv("DOCKER_HOST", "ssh://someone@127.0.0.1")
         one_line_error(mlc(capsys, "list"), "needs the paramiko package", "pip install paramiko")
+
+
+def test_setup_help_says_the_same_url_is_skipped(env, capsys):
+    code, out, _ = mlc(capsys, "setup", "-h")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "same URL" in text and "--force" in text

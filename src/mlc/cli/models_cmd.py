@@ -29,7 +29,12 @@ def setup(
         ),
     ] = None,
     url: Annotated[
-        str | None, typer.Option("--url", help="Download from this URL instead.")
+        str | None,
+        typer.Option(
+            "--url",
+            help="Download from this URL instead (skipped when the model is already installed "
+            "and verified from this same URL; --force fetches it again).",
+        ),
     ] = None,
     from_archive: Annotated[
         Path | None,
@@ -39,7 +44,8 @@ def setup(
         bool, typer.Option("--keep-archive", help="Keep the downloaded archive.")
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Fetch again even when installed.")
+        bool,
+        typer.Option("--force", help="Fetch again even when installed (from the same --url too)."),
     ] = False,
 ) -> None:
     """Make NAME ready to generate: packages, the bundled engine, and the RECIPE's weights.
@@ -73,7 +79,8 @@ def setup(
             containers.stop_if_idle(dc, c)
     got = result.installed
     if got.skipped:
-        say(f"{rec.name} is already installed in {got.models_dir}")
+        origin = f" from {url}; nothing downloaded (--force fetches it again)" if url else ""
+        say(f"{rec.name} is already installed in {got.models_dir}{origin}")
     if got.sha256_recorded:
         say(f"recorded sha256 {got.sha256} (the recipe publishes none)")
     use = "--tiny_vae" if rec.role == "tiny_vae" else '--prompt "..."'
