@@ -97,13 +97,28 @@ class Catalog:
         )
 
 
-def _entry(raw: dict[str, Any], origin: str) -> Entry:
+def _check_text(origin: str, key: str, value: str) -> str:
+    """VALUE, unless it holds a control character (which Docker would refuse later)."""
+    bad = next((ch for ch in value if ord(ch) < 32 or ord(ch) == 127), None)
+    if bad is not None:
+        raise MlcError(
+            f"catalog {origin}: the {key} {value!r} has a control character (U+{ord(bad):04X})"
+        )
+    return value
+
+
+def _entry(raw: Any, origin: str) -> Entry:
+    if not isinstance(raw, dict):
+        raise MlcError(f"catalog {origin}: an entry is not a mapping: {str(raw)[:60]!r}")
     missing = [k for k in ("framework", "version", "arch", "image") if not raw.get(k)]
     if missing:
         raise MlcError(f"catalog {origin}: an entry lacks {', '.join(missing)}: {raw}")
     arch = raw["arch"]
-    archs = [arch] if isinstance(arch, str) else list(arch)
+    archs = list(arch) if isinstance(arch, (list, tuple)) else [arch]
     extra = {k: str(raw[k]) for k in OPTIONAL_FIELDS if raw.get(k) is not None}
+    for key, value in {**raw, "arch": ",".join(map(str, archs)), **extra}.items():
+        if isinstance(value, (str, int, float)):
+            _check_text(origin, str(key), str(value))
     return Entry(
         framework=str(raw["framework"]),
         version=str(raw["version"]),
@@ -115,12 +130,26 @@ def _entry(raw: dict[str, Any], origin: str) -> Entry:
     )
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error as one line: what, and where (line, or the position of a bad character)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem:
+        return f"{problem} (line {mark.line + 1})" if mark is not None else str(problem)
+    if hasattr(exc, "character") and hasattr(exc, "position"):  # yaml's ReaderError
+        char = exc.character
+        code = ord(char) if isinstance(char, str) else char
+        return f"character {code:#04x} at offset {exc.position} is not allowed"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def parse_yaml(text: str, origin: str) -> Catalog:
     """A catalog from YAML text: a mapping with `images:` or a bare list of entries."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise MlcError(f"catalog {origin} is not valid YAML: {exc.problem or exc}") from None
+        raise MlcError(f"catalog {origin} is not valid YAML: {_yaml_problem(exc)}") from None
     if isinstance(data, list):
         data = {"images": data}
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -131,7 +160,11 @@ def parse_yaml(text: str, origin: str) -> Catalog:
 def parse_aime_csv(text: str, origin: str) -> Catalog:
     """AIME's ml_images.repo: `FRAMEWORK, VERSION, ARCH, IMAGE`; ARCH bare (v1) or [A;B] (v2)."""
     entries = []
-    for row in csv.reader(io.StringIO(text)):
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise MlcError(f"catalog {origin} is not a valid AIME CSV: {exc}") from None
+    for row in rows:
         cells = [c.strip() for c in row]
         if not cells or not cells[0] or cells[0].startswith("#"):
             continue
@@ -147,10 +180,22 @@ def parse_aime_csv(text: str, origin: str) -> Catalog:
     return Catalog(entries)
 
 
+def decode(data: bytes, origin: str) -> str:
+    """A catalog's bytes as text: UTF-8, or one line saying where it is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MlcError(
+            f"catalog {origin} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+            f"{exc.start})",
+            hint="save it as UTF-8",
+        ) from None
+
+
 def load_file(path: Path) -> Catalog:
     """A catalog file, YAML or AIME CSV, recognised by content."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = decode(path.read_bytes(), str(path))
     except OSError as exc:
         raise MlcError(f"cannot read catalog {path}: {exc.strerror}") from None
     if path.suffix in (".yaml", ".yml") or text.lstrip().startswith(("images:", "schema:", "-")):
@@ -209,7 +254,7 @@ def update(url: str | None = None, timeout: float = 20.0) -> tuple[Path, int]:
             f"cannot update the catalog: {source} is unreachable ({reason})",
             hint="the current catalog is unchanged",
         ) from None
-    text = resp.text
+    text = decode(resp.content, source)
     fresh = (parse_aime_csv if source.endswith(".repo") or source.endswith(".csv") else parse_yaml)(
         text, source
     )
