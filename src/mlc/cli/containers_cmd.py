@@ -56,7 +56,8 @@ def create(
             "--gpus",
             "-g",
             "--num_gpus",
-            help="all, a count, ids (0,1) or none.",
+            help="all, a count (2), device ids (device=0 or 0,1) or none; 0 is refused as "
+            "ambiguous.",
             rich_help_panel=LIMITS,
         ),
     ] = None,

@@ -56,8 +56,10 @@ class Container:
 
     @property
     def gpus(self) -> str:
-        """The GPU selection it was created with (``all``, ``0,1``, ``none``)."""
-        return self.labels.gpus or ""
+        """The GPU selection it was created with (``all``, ``0,1``, ``none``); an old ``-g 0``
+        (which gave no GPUs) reads ``none``."""
+        value = self.labels.gpus or ""
+        return "none" if value.strip("'\"") == "0" else value
 
     @property
     def workspace(self) -> str:
