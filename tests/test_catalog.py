@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from httpserver import FileServer
 from mlc import catalog, cli, host
 from mlc.errors import MlcError
 
@@ -211,3 +212,27 @@ def test_update_sys_refuses_bad_bytes_and_keeps_the_catalog(tmp_path, catalog_se
         assert r.stderr.startswith(f"mlc: error: catalog {url}") and r.stderr.count("\n") == 1
         assert needle in r.stderr
         assert stored.read_text() == before
+
+
+def test_update_sys_skips_an_unchanged_source_unless_forced(tmp_path):
+    """update-sys asks the source whether the catalog changed (ETag); --force downloads it
+    whole and rewrites the stored copy (here: undoing a local edit)."""
+    env = {"XDG_DATA_HOME": str(tmp_path), "MLC_ARCH": "CPU"}
+    body = b"images: [{framework: Pytorch, version: '7', arch: [CPU], image: 'x/y:7'}]\n"
+    with FileServer({"/catalog.yaml": body}) as srv:
+        url = srv.url("/catalog.yaml")
+        r = _mlc("update-sys", "--url", url, env=env)
+        assert r.returncode == 0 and r.stdout.startswith("catalog updated: 1 images"), r.stderr
+        stored = Path(tmp_path, "mlc", "catalog.yaml")
+        good = stored.read_text()
+        stored.write_text(good.replace("x/y:7", "x/y:edited"))
+        r = _mlc("update-sys", "--url", url, env=env)
+        assert r.returncode == 0 and r.stdout.startswith("catalog is up to date: 1 images")
+        assert "x/y:edited" in stored.read_text()  # not downloaded, not rewritten
+        r = _mlc("update-sys", "--url", url, "--force", env=env)
+        assert r.returncode == 0 and r.stdout.startswith("catalog updated: 1 images")
+        assert stored.read_text() == good
+        assert [q.status for q in srv.gets("/catalog.yaml")] == [200, 304, 200]
+        srv.files["/catalog.yaml"] = body.replace(b"'7'", b"'8'")  # the source changes
+        r = _mlc("update-sys", "--url", url, env=env)
+        assert r.stdout.startswith("catalog updated: 1 images") and "'8'" in stored.read_text()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -233,15 +235,49 @@ def load(override: str | os.PathLike | None = None) -> Catalog:
     return Catalog(entries, source=os.environ.get("MLC_CATALOG_URL") or builtin.source)
 
 
-def update(url: str | None = None, timeout: float = 20.0) -> tuple[Path, int]:
-    """Fetch the catalog from its source, validate it, and replace the stored copy atomically."""
+@dataclass(frozen=True)
+class Updated:
+    """What `update` did: the stored catalog, its number of images, and whether it changed."""
+
+    path: Path
+    count: int
+    changed: bool
+
+
+def meta_path() -> Path:
+    """Where `update` remembers the source's validators (ETag, Last-Modified) and checksum."""
+    return state_dir() / "catalog.meta.json"
+
+
+def _read_meta() -> dict[str, Any]:
+    try:
+        data = json.loads(meta_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update(url: str | None = None, timeout: float = 20.0, force: bool = False) -> Updated:
+    """Fetch the catalog from its source, validate it, and replace the stored copy atomically.
+
+    An unchanged source is not downloaded again (a conditional GET with the ETag and
+    Last-Modified of the last update) nor rewritten; FORCE downloads it whole (``no-cache``)
+    and rewrites it."""
     import requests
 
     source = url or os.environ.get("MLC_CATALOG_URL") or parse_yaml(builtin_text(), "").source
     if not source:
         raise MlcError("no catalog source is configured", hint="set MLC_CATALOG_URL")
+    dest = updated_path()
+    meta = _read_meta() if dest.is_file() else {}
+    known = not force and meta.get("source") == source
+    headers = {"Cache-Control": "no-cache"} if force else {}
+    if known and meta.get("etag"):
+        headers["If-None-Match"] = meta["etag"]
+    if known and meta.get("last_modified"):
+        headers["If-Modified-Since"] = meta["last_modified"]
     try:
-        resp = requests.get(source, timeout=timeout)
+        resp = requests.get(source, timeout=timeout, headers=headers)
         resp.raise_for_status()
     except requests.HTTPError as exc:
         raise MlcError(
@@ -254,20 +290,37 @@ def update(url: str | None = None, timeout: float = 20.0) -> tuple[Path, int]:
             f"cannot update the catalog: {source} is unreachable ({reason})",
             hint="the current catalog is unchanged",
         ) from None
+    if known and resp.status_code == 304:
+        return Updated(dest, len(load_file(dest).entries), changed=False)
+    digest = hashlib.sha256(resp.content).hexdigest()
     text = decode(resp.content, source)
     fresh = (parse_aime_csv if source.endswith(".repo") or source.endswith(".csv") else parse_yaml)(
         text, source
     )
     if not fresh.entries:
         raise MlcError(f"the catalog at {source} is empty; the current catalog is unchanged")
-    dest = updated_path()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    data = {
-        "schema": 1,
+    meta = {
         "source": source,
-        "images": [e.as_dict() | ({"build": e.build} if e.build else {}) for e in fresh.entries],
+        "etag": resp.headers.get("ETag"),
+        "last_modified": resp.headers.get("Last-Modified"),
+        "sha256": digest,
     }
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    changed = force or not known or _read_meta().get("sha256") != digest
+    if changed:
+        data = {
+            "schema": 1,
+            "source": source,
+            "images": [
+                e.as_dict() | ({"build": e.build} if e.build else {}) for e in fresh.entries
+            ],
+        }
+        _write_atomic(dest, yaml.safe_dump(data, sort_keys=False))
+    _write_atomic(meta_path(), json.dumps(meta, indent=2) + "\n")
+    return Updated(dest, len(fresh.entries), changed=changed)
+
+
+def _write_atomic(dest: Path, text: str) -> None:
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, dest)
-    return dest, len(fresh.entries)
