@@ -61,16 +61,6 @@ def test_gpu_zero_is_refused_as_ambiguous(text):
     assert Gpus.parse("device=0").ids == ("0",)
 
 
-def test_old_gpu_zero_label_lists_as_none():
-    from types import SimpleNamespace
-
-    from mlc.containers import Container
-
-    for label, shown in (("0", "none"), ("'0'", "none"), ("0,1", "0,1"), ("all", "all")):
-        raw = SimpleNamespace(labels={"aime.mlc.GPUS": label}, name="sd._.1000")
-        assert Container(raw).gpus == shown  # type: ignore[arg-type]
-
-
 def test_gpus_as_docker_device_requests():
     assert creation.device_requests(Gpus.parse("none")) == []
     (every,) = creation.device_requests(Gpus.parse("all"))

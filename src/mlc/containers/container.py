@@ -56,10 +56,12 @@ class Container:
 
     @property
     def gpus(self) -> str:
-        """The GPU selection it was created with (``all``, ``0,1``, ``none``); an old ``-g 0``
-        (which gave no GPUs) reads ``none``."""
+        """The GPU selection it was created with (``all``, ``0,1``, ``none``); an old mlc
+        ``-g 0``, which gave no GPUs, reads ``none``."""
         value = self.labels.gpus or ""
-        return "none" if value.strip("'\"") == "0" else value
+        if value.strip("'\"") == "0" and not self._device_requests:
+            return "none"
+        return value
 
     @property
     def workspace(self) -> str:
@@ -113,9 +115,11 @@ class Container:
     @property
     def has_gpus(self) -> bool:
         """Whether it was given GPUs (and Docker has device requests for them)."""
-        return self.gpus not in ("", "none") and bool(
-            self.raw.attrs["HostConfig"].get("DeviceRequests")
-        )
+        return self.gpus not in ("", "none") and self._device_requests
+
+    @property
+    def _device_requests(self) -> bool:
+        return bool(self.raw.attrs.get("HostConfig", {}).get("DeviceRequests"))
 
     def describe(self) -> dict[str, Any]:
         """The facts `mlc list` shows, as plain data."""
