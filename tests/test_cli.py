@@ -224,3 +224,27 @@ def test_setup_help_says_the_same_url_is_skipped(env, capsys):
     assert code == 0
     text = " ".join(out.split())
     assert "same URL" in text and "--force" in text
+
+
+def test_txt2img_help_lists_the_engine_flags_without_torch_or_a_container():
+    """`mlc txt2img -h` and `mlc txt2img NAME ... -h`: the host's help and the engine's flags,
+    read from the engine's light argparse module; no torch, no Docker (none answers here)."""
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['mlc'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('mlc', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "mods = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "print('LOADED', code, mods)\n"
+    )
+    env = {"DOCKER_HOST": "unix:///nonexistent.sock", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(SRC), "COLUMNS": "120"}  # fmt: skip
+    for args in (["txt2img", "-h"], ["txt2img", "sd", "--prompt", "x", "-h"]):
+        p = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env
+        )
+        assert p.stdout.strip().splitlines()[-1] == "LOADED 0 []", p.stdout + p.stderr
+        assert p.stderr == ""
+        for flag in ("--no-worker", "--ddim_steps", "--n_samples", "--plms", "--outdir"):
+            assert flag in p.stdout, flag
+        assert "usage: mlc txt2img NAME" in p.stdout

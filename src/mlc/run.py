@@ -5,6 +5,7 @@ and SIGHUP passed on as a cancel (docker exec does not forward signals)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,9 @@ from mlc.errors import MlcError
 ONE_SHOT = "mlc.engine.txt2img"
 CLIENT = "mlc.engine.client"
 HOST_FLAGS = ("--no-worker",)  # read here, never passed to the engine
+ENGINE_PARSERS = ("mlc.engine.options", "mlc.engine.txt2img")
+"""Where the engine's argparse parser is built (``build_parser()``), newest layout first: light
+modules, so the host reads the engine's flags without torch and without a container."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,23 @@ def plan(
         env=env,
         tag=tag,
     )
+
+
+def engine_help(prog: str = "mlc txt2img NAME") -> str | None:
+    """The engine's flags as its own ``--help`` prints them (None when no parser is found)."""
+    for module in ENGINE_PARSERS:
+        try:
+            parser = importlib.import_module(module).build_parser()
+        except (ImportError, AttributeError):
+            continue
+        parser.prog = prog
+        return parser.format_help()
+    return None
+
+
+def wants_help(flags: Sequence[str]) -> bool:
+    """Whether FLAGS ask for help (answered on the host: no container is started)."""
+    return any(f in ("-h", "--help") for f in flags)
 
 
 def txt2img(name: str, flags: Sequence[str], dc: docker.DockerClient | None = None) -> int:

@@ -140,7 +140,9 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
 
     Example: [bold]mlc txt2img sd --prompt "a photo of a pink cube" --plms --n_samples 1[/]
     """
-    if name in ("-h", "--help"):
+    if name in ("-h", "--help") or run.wants_help(ctx.args):  # no container for help
         show(ctx.get_help())
+        flags = run.engine_help()
+        print(f"\nThe engine's flags (passed on):\n\n{flags}" if flags else "", end="")
         raise typer.Exit()
     raise typer.Exit(run.txt2img(name, ctx.args))
