@@ -248,3 +248,26 @@ def test_txt2img_help_lists_the_engine_flags_without_torch_or_a_container():
         for flag in ("--no-worker", "--ddim_steps", "--n_samples", "--plms", "--outdir"):
             assert flag in p.stdout, flag
         assert "usage: mlc txt2img NAME" in p.stdout
+
+
+def test_tables_are_whole_when_piped(tmp_path):
+    """`mlc images | grep ...`: a pipe has no width, so rows are never cut at 80 columns (or at
+    a small COLUMNS) with an ellipsis."""
+    image = "registry.example.com/" + "team/" * 20 + "pytorch:2.13.0-cuda12.8-with-a-long-tag"
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        f"images: [{{framework: Pytorch, version: '2.13', arch: [CPU], image: '{image}'}}]\n"
+    )
+    for columns in (None, "40"):
+        env = {**os.environ, "PYTHONPATH": str(SRC), "MLC_CATALOG": str(catalog),
+               "XDG_DATA_HOME": str(tmp_path)}  # fmt: skip
+        env.pop("COLUMNS", None)
+        if columns:
+            env["COLUMNS"] = columns
+        p = subprocess.run(
+            [sys.executable, "-m", "mlc", "images", "--arch", "CPU"],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        row = next(line for line in p.stdout.splitlines() if "Pytorch" in line)
+        assert row.split() == ["Pytorch", "2.13", "-", "-", "-", "-", image], p.stdout

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from mlc import catalog, host
 from mlc.cli.options import ArchOpt, CatalogOpt, JsonOpt
-from mlc.cli.output import out, show, show_json
+from mlc.cli.output import show, show_json, show_table, table
 
 
 def update_sys(
@@ -61,14 +60,14 @@ def images(
     if as_json:
         show_json([e.as_dict() for e in entries])
         return
-    table = Table(
+    grid = table(
         "FRAMEWORK", "VERSION", "CUDA", "PYTHON", "TORCH", "DRIVER", "IMAGE",
-        box=None, title=f"images for {arch_name}",
+        title=f"images for {arch_name}",
     )  # fmt: skip
     for e in entries:
         driver = f">= {e.min_driver}" if e.min_driver else "-"
-        table.add_row(
+        grid.add_row(
             e.framework, e.version, e.cuda or "-", e.python or "-", e.torch or "-", driver,
             e.reference,
         )  # fmt: skip
-    out.print(table)
+    show_table(grid)

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from mlc import containers, host, models, recipes, run
 from mlc.cli.options import JsonOpt, NameArg
-from mlc.cli.output import err, out, say, show, show_json
+from mlc.cli.output import err, say, show, show_json, show_table, table
 from mlc.errors import MlcError
 from mlc.progress import RichProgress, human_size
 
@@ -123,11 +122,11 @@ def models_(
             ]
         )
         return
-    table = Table("RECIPE", "DESCRIPTION", "SIZE", "INSTALLED IN", box=None)
+    grid = table("RECIPE", "DESCRIPTION", "SIZE", "INSTALLED IN")
     for r, where in rows:
         size = human_size(r.size) if r.size else "-"
-        table.add_row(r.name, r.description, size, "\n".join(map(str, where)) or "-")
-    out.print(table)
+        grid.add_row(r.name, r.description, size, "\n".join(map(str, where)) or "-")
+    show_table(grid)
 
 
 def txt2img(ctx: typer.Context, name: NameArg) -> None:
