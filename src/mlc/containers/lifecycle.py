@@ -79,12 +79,18 @@ def busy(dc: docker.DockerClient, c: Container) -> bool:
 def stop_if_idle(dc: docker.DockerClient, c: Container) -> bool:
     """AIME's auto-stop: stop C when the last shell is gone, unless `mlc start` started it.
     When something still runs in C, a watcher inside stops C once that has ended."""
-    c.reload()
-    if c.status != "running" or c.keeps_running():
-        return False
-    if busy(dc, c):
-        watch_idle(c)
-        return False
+    try:
+        c.reload()
+        if c.status != "running" or c.keeps_running():
+            return False
+        if busy(dc, c):
+            watch_idle(c)
+            return False
+    except APIError:  # it stopped meanwhile (its idle watcher): nothing left to do
+        c.reload()
+        if c.status != "running":
+            return False
+        raise
     stop(c)
     return True
 
