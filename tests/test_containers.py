@@ -594,6 +594,16 @@ def test_interrupted_command_ends_in_the_container(mlc, name, tmp_path, docker_c
         assert (p.returncode, err) == (code, line + "\n")
         assert not [a for a in _commands(c) if "sleep 1234" in a]
 
+    # `mlc open NAME -- CMD | head -1`: the pipe closes, CMD gets SIGPIPE as it would on a host
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlc", "open", name, "--", "sh", "-c", "exec yes mlc-yes"],
+        env=mlc.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert p.stdout is not None and p.stdout.readline() == b"mlc-yes\n"
+    p.stdout.close()
+    p.wait(timeout=60)
+    assert not [a for a in _commands(c) if "mlc-yes" in a]
+
 
 def test_background_job_stops_the_container_when_it_ends(mlc, name, tmp_path, docker_client):
     """What outlives `mlc open` (a background job, the engine worker) keeps the container up;

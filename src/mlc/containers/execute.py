@@ -5,20 +5,24 @@ Docker passes no signal on to an exec, and keeps it running when its client goes
 every exec carries a tag (``MLC_EXEC``) in its environment, and when the mlc command is
 interrupted (Ctrl-C, SIGTERM, a closed terminal: a ``KeyboardInterrupt`` here) the same signal
 goes to every process of that exec's session inside the container (``session.sh``), and what
-is left after a grace period is killed.
+is left after a grace period is killed; likewise SIGPIPE when mlc's own output is a closed pipe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Callable, Iterator
 from importlib import resources
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import docker
 
@@ -82,9 +86,9 @@ def exec_stream(
         workdir=workdir,
         environment={**exec_env(c), **(env or {}), EXEC_TAG: tag},
     )["Id"]
-    stream = dc.api.exec_start(eid, stream=True, demux=True)
+    output = _Output(dc.api.exec_start(eid, stream=True, demux=True))
     try:
-        for out, err in stream:
+        for out, err in output:
             if out:
                 stdout.write(out)
                 stdout.flush()
@@ -92,13 +96,66 @@ def exec_stream(
                 stderr.write(err)
                 stderr.flush()
     except KeyboardInterrupt as interrupt:
-        end_session(c, tag, signal_of(interrupt))
+        output.drain_while(end_session, c, tag, signal_of(interrupt))
+        raise
+    except OSError as exc:  # our output is gone: a closed pipe (`| head`) or terminal
+        if exc.errno in (errno.EPIPE, errno.EIO):
+            sig = signal.SIGPIPE if exc.errno == errno.EPIPE else signal.SIGHUP
+            output.drain_while(end_session, c, tag, sig)
         raise
     finally:
-        with contextlib.suppress(Exception):
-            stream.close()
+        output.close()
     code = dc.api.exec_inspect(eid)["ExitCode"]
     return 127 if code is None else int(code)
+
+
+class _Output:
+    """An exec's (stdout, stderr) chunks, read by a thread of their own. An interruption thus
+    never cuts a read short, and what the exec still prints can be read to the end while it
+    is being stopped: Docker holds back the exit of every other exec of a container (the one
+    that stops it, too) while one exec's output is unread."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.chunks: queue.Queue[Any] = queue.Queue(maxsize=64)
+        self.dropping = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        item: Any = None
+        try:
+            for item in self.stream:
+                self._put(item)
+            item = None
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread
+            item = exc
+        self._put(item)
+
+    def _put(self, item: Any) -> None:
+        while not self.dropping.is_set():
+            try:
+                self.chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[tuple[bytes | None, bytes | None]]:
+        while (item := self.chunks.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def drain_while(self, stop: Callable[..., None], *args: Any) -> None:
+        """Drop the output from now on, run STOP(*ARGS), and wait a little for the end."""
+        self.dropping.set()
+        stop(*args)
+        self.reader.join(timeout=GRACE_S + 5)
+
+    def close(self) -> None:
+        self.dropping.set()
+        with contextlib.suppress(Exception):
+            self.stream.close()
 
 
 def shell(c: Container, command: list[str] | None = None) -> int:
