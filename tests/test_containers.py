@@ -560,6 +560,9 @@ def test_closed_terminal_ends_the_shell_and_the_auto_stop_still_works(
             timeout=30, dimensions=(40, 160),
         )  # fmt: skip
         child.expect(prompt)
+        if keep:  # a nohup job outlives the terminal, as on a host
+            child.sendline("nohup sleep 4321 >/dev/null 2>&1 &")
+            child.expect(prompt)
         child.sendline("sleep 1234")
         _wait(lambda c=c: "sleep 1234" in _commands(c), "the shell's command")
         child.ptyproc.fileobj.close()  # the terminal window goes away: SIGHUP
@@ -570,6 +573,7 @@ def test_closed_terminal_ends_the_shell_and_the_auto_stop_still_works(
             assert c.status == "running"
             left = [a for a in _commands(c) if "bash" in a or "sleep 1234" in a]
             assert left == []
+            assert "sleep 4321" in _commands(c)
         else:
             assert c.status == "exited"
 

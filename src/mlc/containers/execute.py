@@ -53,11 +53,15 @@ def signal_of(interrupt: KeyboardInterrupt) -> int:
     return interrupt.signum if isinstance(interrupt, Interrupted) else int(signal.SIGINT)
 
 
-def end_session(c: Container, tag: str, signum: int, grace: float = GRACE_S) -> None:
+def end_session(
+    c: Container, tag: str, signum: int, grace: float = GRACE_S, *, shell: bool = False
+) -> None:
     """Send SIGNUM to what the exec tagged TAG runs in C; kill what is left after GRACE
-    seconds. Best effort: the caller is already being interrupted."""
+    seconds (of an interactive SHELL, only the shell itself, as a terminal's hangup would
+    leave `nohup` jobs). Best effort: the caller is already being interrupted."""
     script = resources.files("mlc.containers").joinpath("session.sh").read_text(encoding="utf-8")
     argv = ["sh", "-c", script, "mlc-session", f"{EXEC_TAG}={tag}", str(signum), str(int(grace))]
+    argv.append("leader" if shell else "all")
     with contextlib.suppress(Exception):
         c.exec_run(argv, user="root")
 
@@ -181,7 +185,10 @@ def shell(c: Container, command: list[str] | None = None) -> int:
         try:
             return proc.wait()
         except KeyboardInterrupt as interrupt:
-            end_session(c, tag, signal_of(interrupt), grace=3)
+            # SIGTERM or SIGHUP: the shell's terminal is gone, as far as the shell can tell
+            hangup = isinstance(interrupt, Interrupted)
+            sig = signal.SIGHUP if hangup else signal.SIGINT
+            end_session(c, tag, sig, grace=3, shell=True)
             try:
                 proc.wait(timeout=5)  # the exec has ended: the CLI follows
             except subprocess.TimeoutExpired:
