@@ -223,6 +223,7 @@ def test_the_page_is_package_data_with_three_slots():
     assert "/^\\d+$/" in template and '" \\u00b7 "' in template  # JS escapes kept as JS
     # pyproject ships it: a package-data pattern of `mlc` matches the file
     import fnmatch
+
     import tomllib
 
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
