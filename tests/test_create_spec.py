@@ -14,7 +14,7 @@ from mlc import host
 from mlc.catalog import Entry
 from mlc.containers import creation, spec
 from mlc.containers.spec import DEFAULT_ULIMITS, CreateSpec, Gpus, Ulimit, Ulimits
-from mlc.errors import MlcError
+from mlc.errors import MlcError, UsageError
 
 ENTRY = Entry("Pytorch", "test", ("CPU",), "mlctest/py311:bookworm-r1", min_driver="535")
 USER = host.User("alice", 1234, 1234, Path("/home/alice"))
@@ -33,7 +33,6 @@ def make(**changes: object) -> CreateSpec:
         ("all", -1, ()),
         ("'all'", -1, ()),
         ("none", 0, ()),
-        ("0", 0, ()),
         ("2", 2, ()),
         ("0,1", 0, ("0", "1")),
         ("device=0, 3", 0, ("0", "3")),
@@ -51,6 +50,15 @@ def test_gpu_selection(text, count, ids):
 def test_bad_gpu_selection(text):
     with pytest.raises(MlcError, match="invalid GPU selection.*all, a count"):
         Gpus.parse(text)
+
+
+@pytest.mark.parametrize("text", ["0", " 0", "'0'"])
+def test_gpu_zero_is_refused_as_ambiguous(text):
+    """`-g 0` gave no GPUs while `mlc list` showed "0", and Docker's device ids read it as GPU
+    0: ask which was meant (exit 2)."""
+    with pytest.raises(UsageError, match=r"-g 0 is ambiguous \(use -g none .* -g device=0"):
+        Gpus.parse(text)
+    assert Gpus.parse("device=0").ids == ("0",)
 
 
 def test_gpus_as_docker_device_requests():

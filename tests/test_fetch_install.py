@@ -197,3 +197,31 @@ def test_generator_writing_nothing_installs_nothing(models):
     with pytest.raises(MlcError, match="does not contain mlc-demo/demo.ckpt"):
         install(r, models, generator=lambda dest: None)
     assert not (models / "mlc-demo").exists() and leftovers(models) == []
+
+
+def test_same_url_again_is_skipped_unless_forced_or_another(server, archive, models):
+    """`mlc setup NAME --url SAME` after a complete, verified install from SAME downloads
+    nothing; --force or a different URL fetch again."""
+    r = recipe(server.url("/elsewhere.zip"))
+    server.files["/mirror/model.zip"] = archive
+    url = server.url(ZIP_PATH)
+    assert install(r, models, url=url).downloaded
+    again = install(r, models, url=url)
+    assert again.skipped and not again.downloaded and again.url == url
+    assert len(server.gets(ZIP_PATH)) == 1
+    assert install(r, models, url=url, force=True).downloaded
+    assert len(server.gets(ZIP_PATH)) == 2
+    other = server.url("/mirror/model.zip")
+    assert install(r, models, url=other).downloaded
+    assert install(r, models, url=url).downloaded  # the install now came from the other one
+    (models / CKPT).write_bytes(b"broken")  # no longer verified: fetched again
+    assert install(r, models, url=url).downloaded
+    assert len(server.gets(ZIP_PATH)) == 4
+
+
+def test_same_file_url_again_is_skipped(archive, models, tmp_path):
+    local = tmp_path / "model.zip"
+    local.write_bytes(archive)
+    r = recipe("https://example.invalid/none.zip")
+    assert not install(r, models, url=local.as_uri()).skipped
+    assert install(r, models, url=local.as_uri()).skipped

@@ -170,3 +170,16 @@ def test_container_defaults_when_labels_are_missing():
     assert gpu.has_gpus
     none = Container(docker_container("n._.1", {"aime.mlc.GPUS": "none"}, devices=[{"C": 1}]))
     assert not none.has_gpus
+
+
+def test_old_mlc_gpu_zero_lists_as_none():
+    """mlc's old `-g 0` gave no GPUs while `mlc list` showed "0"; with device requests (AIME's
+    GPU 0) it stays as labelled."""
+    for label, devices, shown in (
+        ("0", None, "none"),
+        ("'0'", None, "none"),
+        ("0", [{"Count": 1}], "0"),
+        ("0,1", None, "0,1"),
+    ):
+        c = Container(docker_container("z._.1", {"aime.mlc.GPUS": label}, devices=devices))
+        assert (c.gpus, c.has_gpus) == (shown, devices is not None)

@@ -32,9 +32,11 @@ def module_files(src: Path, package: str) -> dict[str, Path]:
     return files
 
 
-def imported_names(path: Path, module: str) -> set[str]:
+def imported_names(path: Path, module: str, modules: frozenset[str] = frozenset()) -> set[str]:
     """Every dotted name an import statement in PATH names (relative ones made absolute); for
-    ``from X import a, b`` that is X, X.a and X.b (a and b may be submodules)."""
+    ``from X import a, b`` that is X, X.a and X.b (a and b may be submodules), but not X itself
+    when every name is one of MODULES (``from pkg import sub`` needs only pkg's submodule, as a
+    package's own ``__init__`` that re-exports its submodules shows)."""
     is_package = path.name == "__init__.py"
     package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
@@ -47,8 +49,10 @@ def imported_names(path: Path, module: str) -> set[str]:
                 parts = package.split(".")
                 anchor = parts[: len(parts) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+            subs = {f"{base}.{alias.name}" for alias in node.names if alias.name != "*"}
+            if not subs or not subs <= modules or len(subs) < len(node.names):
+                names.add(base)
+            names.update(subs)
     return names
 
 
@@ -59,7 +63,7 @@ def import_graph(src: Path, package: str = "mlc") -> Graph:
     graph: Graph = {}
     for module, path in files.items():
         targets = set()
-        for name in imported_names(path, module):
+        for name in imported_names(path, module, frozenset(files)):
             while name and name not in files:
                 name = name.rpartition(".")[0]
             if name and name != module:
@@ -153,7 +157,7 @@ def test_a_circle_through_function_level_and_relative_imports_is_found(tmp_path:
         },
     )
     graph = import_graph(src)
-    assert graph["mlc.engine.b"] == {"mlc.engine", "mlc.engine.c"}
+    assert graph["mlc.engine.b"] == {"mlc.engine.c"}  # `from . import c`: the submodule only
     assert graph["mlc.engine.c"] == {"mlc.engine.a"}  # `thing` is no module: a itself
     assert graph["mlc.engine.d"] == {"mlc.engine.a"}
     assert find_cycle(graph) == ["mlc.engine.a", "mlc.engine.b", "mlc.engine.c", "mlc.engine.a"]
@@ -171,6 +175,20 @@ def test_a_package_that_imports_its_own_submodule_back_is_a_circle(tmp_path: Pat
         },
     )
     assert find_cycle(import_graph(src)) == ["mlc", "mlc.engine.x", "mlc"]
+
+
+def test_a_package_whose_submodule_imports_a_sibling_through_it_is_no_circle(tmp_path: Path):
+    files = {
+        "mlc/__init__.py": "",
+        "mlc/cli/__init__.py": "from mlc.cli.app import app\n",
+        "mlc/cli/app.py": "from mlc.cli import cmds\n",
+        "mlc/cli/cmds.py": "",
+    }
+    src = _tree(tmp_path, files)
+    assert find_cycle(import_graph(src)) is None
+    # ... but taking a name from the package's own namespace is one
+    (src / "mlc/cli/app.py").write_text("from mlc.cli import cmds, VERSION\n")
+    assert find_cycle(import_graph(src)) == ["mlc.cli", "mlc.cli.app", "mlc.cli"]
 
 
 @pytest.mark.parametrize(

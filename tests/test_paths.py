@@ -68,12 +68,44 @@ def test_translate_paths(host_dirs):
     ]
     assert t(mounts, ["--prompt", "x", "--tiny_vae"], "sd") == ["--prompt", "x", "--tiny_vae"]
     # paths that only exist inside the container pass unchanged, and so do other flags
-    inside = ["--ckpt", "/models/m.ckpt", "--config", "none.yaml", "--outdir", "prompts.txt"]
+    inside = ["--ckpt", "/models/m.ckpt", "--config", "none.yaml", "--outdir", "/workspace/o"]
     assert t(mounts, inside, "sd") == inside
     with pytest.raises(MlcError, match="not visible inside sd"):
         t(mounts, ["--from-file", str(ws.parent / "outside.txt")], "sd")
     with pytest.raises(MlcError, match="not visible inside sd"):
         t(mounts, ["--ckpt=/etc/hostname"], "sd")
+
+
+def test_outdir_is_translated_or_refused(host_dirs, tmp_path, monkeypatch):
+    """--outdir (and --bench_json) name where the container writes: a host path under a mount
+    is translated like --from-file, even when it does not exist yet; a container path under
+    a mount point passes; anything else would be lost inside the container: refused."""
+    ws, models, mounts = host_dirs
+    t = paths.translate_paths
+    assert t(mounts, ["--outdir", str(ws / "new" / "x")], "sd") == ["--outdir", "/workspace/new/x"]
+    assert t(mounts, [f"--outdir={models}/o"], "sd") == ["--outdir", "/models/o"]
+    assert t(mounts, ["--bench_json", str(ws / "b.json")], "sd") == [
+        "--bench_json",
+        "/workspace/b.json",
+    ]
+    assert t(mounts, ["--outdir", "/workspace/o", "--n_iter", "1"], "sd") == [
+        "--outdir",
+        "/workspace/o",
+        "--n_iter",
+        "1",
+    ]
+    assert t(mounts, ["--outdir", "--seed", "1"], "sd") == ["--outdir", "--seed", "1"]  # bare
+    # relative: from the current folder when it is in a mount (ws/sub here) ...
+    monkeypatch.chdir(ws / "sub")
+    assert t(mounts, ["--outdir", "out"], "sd") == ["--outdir", "/workspace/sub/out"]
+    # ... else relative to the workspace inside, as before
+    monkeypatch.chdir(tmp_path)
+    assert t(mounts, ["--outdir", "out"], "sd") == ["--outdir", "out"]
+    for outside in (str(tmp_path / "elsewhere"), "/tmp/x", "/workspacex/o"):
+        with pytest.raises(MlcError, match=r"not inside a folder that sd mounts.*use a folder"):
+            t(mounts, ["--outdir", outside], "sd")
+    with pytest.raises(MlcError, match="not inside a folder that sd mounts"):
+        t(mounts, ["--bench_json=/etc/b.json"], "sd")
 
 
 STATE = {

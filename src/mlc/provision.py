@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shlex
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -248,8 +249,13 @@ def record_model(c: Container, recipe: Recipe, ckpt_inside: str, models_inside: 
     state["tiny_vae" if recipe.role == "tiny_vae" else "ckpt"] = ckpt_inside
     state["cache_dir"] = f"{models_inside.rstrip('/')}/.mlc-cache"
     save_state(c, state)
-    profile = "".join(f"export {k}='{v}'\n" for k, v in engine_env(state).items())
-    write_files(c, {"mlc-engine.sh": profile.encode()}, root="/etc/profile.d")
+    write_files(c, {"mlc-engine.sh": profile(engine_env(state)).encode()}, root="/etc/profile.d")
+
+
+def profile(env: dict[str, str]) -> str:
+    """ENV as a login-shell profile (``/etc/profile.d``), each value quoted for sh: a models
+    folder may hold ``'``, ``$`` or spaces."""
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
 def engine_env(state: dict[str, Any]) -> dict[str, str]:

@@ -1,10 +1,11 @@
 """The host side of `mlc txt2img`: the engine's defaults from what `mlc setup` recorded, host
-paths translated through the mounts, the warm worker or a one-shot run, and Ctrl-C passed on
-as a cancel (docker exec does not forward signals)."""
+paths translated through the mounts, the warm worker or a one-shot run, and Ctrl-C, SIGTERM
+and SIGHUP passed on as a cancel (docker exec does not forward signals)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,9 @@ from mlc.errors import MlcError
 ONE_SHOT = "mlc.engine.txt2img"
 CLIENT = "mlc.engine.client"
 HOST_FLAGS = ("--no-worker",)  # read here, never passed to the engine
+ENGINE_PARSERS = ("mlc.engine.options", "mlc.engine.txt2img")
+"""Where the engine's argparse parser is built (``build_parser()``), newest layout first: light
+modules, so the host reads the engine's flags without torch and without a container."""
 
 
 @dataclass(frozen=True)
@@ -78,27 +82,47 @@ def plan(
     )
 
 
+def engine_help(prog: str = "mlc txt2img NAME") -> str | None:
+    """The engine's flags as its own ``--help`` prints them (None when no parser is found)."""
+    for module in ENGINE_PARSERS:
+        try:
+            parser = importlib.import_module(module).build_parser()
+        except (ImportError, AttributeError):
+            continue
+        parser.prog = prog
+        return parser.format_help()
+    return None
+
+
+def wants_help(flags: Sequence[str]) -> bool:
+    """Whether FLAGS ask for help (answered on the host: no container is started)."""
+    return any(f in ("-h", "--help") for f in flags)
+
+
 def txt2img(name: str, flags: Sequence[str], dc: docker.DockerClient | None = None) -> int:
     """Run the engine in the caller's container NAME with FLAGS; returns the engine's exit code.
-    The container is started when needed and stopped again when this run started it and
-    nothing else runs there."""
+    The container is started when needed; unless `mlc start` started it, it stops once nothing
+    runs there any more (at once, or after the warm worker's idle exit).
+
+    Interrupted (Ctrl-C, SIGTERM, SIGHUP: a ``KeyboardInterrupt``), the request is cancelled in
+    the worker and the engine command in the container gets the signal, before this re-raises.
+    """
     dc = dc or containers.client()
     c = containers.find(dc, name, host.current_user())
-    started = containers.start(c)
+    containers.start(c)
     try:
         inv = plan(name, provision.load_state(c), c.mounts, flags)
         try:
-            return containers.exec_stream(dc, c, inv.argv, env=inv.env)
+            return containers.exec_stream(dc, c, inv.argv, env=inv.env, tag=inv.tag)
         except KeyboardInterrupt:
             if not inv.one_shot:
                 cancel(c, inv)
             raise
     finally:
-        if started:
-            containers.stop_if_idle(dc, c)
+        containers.stop_if_idle(dc, c)
 
 
 def cancel(c: Container, inv: Invocation) -> None:
-    """Ctrl-C: docker exec does not pass signals on, so ask the worker to cancel the request."""
+    """Ask the worker to cancel the request (docker exec passes no signal on)."""
     with contextlib.suppress(Exception):  # best effort while interrupted
         c.exec_run([inv.python, "-m", CLIENT, "--cancel", inv.tag], user=c.exec_user)

@@ -3,8 +3,8 @@ renders the result.
 
 Modules: :mod:`.app` (the Typer app, assembled), :mod:`.entry` (``main``, the ``mlc-VERB``
 entry points, AIME's spellings, the one error report), :mod:`.options` (shared option types),
-:mod:`.output` (stdout/stderr), and one module per command group: :mod:`.containers_cmd`,
-:mod:`.models_cmd`, :mod:`.images_cmd`.
+:mod:`.output` (stdout/stderr), :mod:`.signals` (Ctrl-C, SIGTERM and SIGHUP), and one module
+per command group: :mod:`.containers_cmd`, :mod:`.models_cmd`, :mod:`.images_cmd`.
 """
 
 from mlc.cli.app import app

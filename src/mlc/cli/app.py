@@ -10,6 +10,7 @@ from mlc import __version__
 from mlc.cli import containers_cmd, images_cmd, models_cmd
 from mlc.cli.options import CONTAINERS, IMAGES, MODELS
 from mlc.cli.output import show
+from mlc.cli.signals import interruptible
 
 HELP = "Per-user GPU containers from pinned images, one-shot model setup, and Stable Diffusion."
 
@@ -63,4 +64,4 @@ COMMANDS = [
     ("images", images_cmd.images, IMAGES, None),
 ]
 for _name, _func, _panel, _settings in COMMANDS:
-    app.command(_name, rich_help_panel=_panel, context_settings=_settings)(_func)
+    app.command(_name, rich_help_panel=_panel, context_settings=_settings)(interruptible(_func))

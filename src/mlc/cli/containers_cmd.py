@@ -7,12 +7,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from mlc import containers, host, provision
 from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt, NameArg
-from mlc.cli.output import confirm, err, out, say, show, show_json
-from mlc.errors import MlcError
+from mlc.cli.output import confirm, err, say, show, show_json, show_table, table
 from mlc.progress import RichProgress, human_size
 
 FOLDERS = "Folders"
@@ -57,7 +55,8 @@ def create(
             "--gpus",
             "-g",
             "--num_gpus",
-            help="all, a count, ids (0,1) or none.",
+            help="all, a count (2), device ids (device=0 or 0,1) or none; 0 is refused as "
+            "ambiguous.",
             rich_help_panel=LIMITS,
         ),
     ] = None,
@@ -154,9 +153,9 @@ def list_(
     if not found:
         say("no containers; create one with: mlc create NAME FRAMEWORK VERSION")
         return
-    table = Table("NAME", "FRAMEWORK", "STATUS", "GPUS", "WORKSPACE", box=None)
+    grid = table("NAME", "FRAMEWORK", "STATUS", "GPUS", "WORKSPACE")
     if all_users:
-        table.add_column("USER")
+        grid.add_column("USER")
     for c in found:
         cells = [
             escape(f"[{c.name}]"),
@@ -165,8 +164,8 @@ def list_(
             c.gpus,
             c.workspace,
         ]
-        table.add_row(*cells, *([c.user] if all_users else []))
-    out.print(table)
+        grid.add_row(*cells, *([c.user] if all_users else []))
+    show_table(grid)
 
 
 def start(name: NameArg) -> None:
@@ -181,13 +180,14 @@ def start(name: NameArg) -> None:
 
 
 def stop(name: NameArg, force: ForceOpt = False) -> None:
-    """Stop NAME; every process in it ends.
+    """Stop NAME; every process in it ends. A stopped container stays as it is (exit 0).
 
     Example: [bold]mlc stop sd -f[/]
     """
     c = containers.find(containers.client(), name, host.current_user())
     if c.status != "running":
-        raise MlcError(f"container '{name}' is not running")
+        say(f"[{name}] is not running")
+        return
     confirm(f"Stop container '{name}'? All its processes will end.", force)
     containers.stop(c)
     show(f"[{name}] stopped")
@@ -223,18 +223,18 @@ def stats(as_json: JsonOpt = False) -> None:
     if not rows:
         say("no running containers")
         return
-    table = Table("NAME", "CPU %", "MEM USAGE / LIMIT", "GPU MEM", "PIDS", box=None)
+    grid = table("NAME", "CPU %", "MEM USAGE / LIMIT", "GPU MEM", "PIDS")
     for r in rows:
         gpu = (
             f"{human_size(r.gpu_mem_used)} / {human_size(r.gpu_mem_total)}"
             if r.gpu_mem_total
             else "-"
         )
-        table.add_row(
+        grid.add_row(
             escape(f"[{r.name}]"),
             f"{r.cpu_percent:.1f}",
             f"{human_size(r.mem_used)} / {human_size(r.mem_limit)}",
             gpu,
             str(r.pids),
         )
-    out.print(table)
+    show_table(grid)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import typer
 
 from mlc import errors
+from mlc.cli import signals
 from mlc.cli.app import app
 
 _SHORT_WITH_VALUE = re.compile(r"^(-[wdmg])=(.*)$")
@@ -34,13 +35,16 @@ def run(args: list[str]) -> int:
         code = app(args=args, prog_name="mlc", standalone_mode=False)
     except typer.Abort:  # click's EOF or Ctrl-C at a prompt: no exit_code of its own
         return errors.report(KeyboardInterrupt(), "mlc")
+    except signals.Escaped as escaped:  # Ctrl-C, SIGTERM or SIGHUP in a command
+        return errors.report(escaped.interrupt, "mlc")
     except (Exception, KeyboardInterrupt) as exc:
         return errors.report(exc, "mlc")
     return code if isinstance(code, int) else 0
 
 
 def main(argv: list[str] | None = None, prefix: list[str] | None = None) -> None:
-    """`mlc`: run and exit with the command's code."""
+    """`mlc`: run and exit with the command's code (SIGTERM and SIGHUP taken like Ctrl-C)."""
+    signals.install()
     sys.exit(run(normalise((prefix or []) + list(sys.argv[1:] if argv is None else argv))))
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from mlc import catalog, host
-from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt
-from mlc.cli.output import out, show, show_json
+from mlc.cli.options import ArchOpt, CatalogOpt, JsonOpt
+from mlc.cli.output import show, show_json, show_table, table
 
 
 def update_sys(
@@ -19,15 +18,27 @@ def update_sys(
             "--url", help="Catalog source (default: MLC_CATALOG_URL or the built-in source)."
         ),
     ] = None,
-    force: ForceOpt = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            "-f",
+            "-Y",
+            "--yes",
+            help="Download the catalog again and rewrite it, even when the source says it is "
+            "unchanged.",
+        ),
+    ] = False,
 ) -> None:
-    """Update the image catalog from its source.
+    """Update the image catalog from its source (an unchanged source is not downloaded again).
 
     Example: [bold]mlc update-sys[/]
     """
-    del force  # AIME's flag, accepted: there is nothing to confirm
-    path, count = catalog.update(url)
-    show(f"catalog updated: {count} images, stored in {path}")
+    done = catalog.update(url, force=force)
+    if done.changed:
+        show(f"catalog updated: {done.count} images, stored in {done.path}")
+    else:
+        show(f"catalog is up to date: {done.count} images in {done.path}")
 
 
 def images(
@@ -49,14 +60,14 @@ def images(
     if as_json:
         show_json([e.as_dict() for e in entries])
         return
-    table = Table(
+    grid = table(
         "FRAMEWORK", "VERSION", "CUDA", "PYTHON", "TORCH", "DRIVER", "IMAGE",
-        box=None, title=f"images for {arch_name}",
+        title=f"images for {arch_name}",
     )  # fmt: skip
     for e in entries:
         driver = f">= {e.min_driver}" if e.min_driver else "-"
-        table.add_row(
+        grid.add_row(
             e.framework, e.version, e.cuda or "-", e.python or "-", e.torch or "-", driver,
             e.reference,
         )  # fmt: skip
-    out.print(table)
+    show_table(grid)

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from mlc import containers, host, models, recipes, run
 from mlc.cli.options import JsonOpt, NameArg
-from mlc.cli.output import err, out, say, show, show_json
+from mlc.cli.output import err, say, show, show_json, show_table, table
 from mlc.errors import MlcError
 from mlc.progress import RichProgress, human_size
 
@@ -29,7 +28,12 @@ def setup(
         ),
     ] = None,
     url: Annotated[
-        str | None, typer.Option("--url", help="Download from this URL instead.")
+        str | None,
+        typer.Option(
+            "--url",
+            help="Download from this URL instead (skipped when the model is already installed "
+            "and verified from this same URL; --force fetches it again).",
+        ),
     ] = None,
     from_archive: Annotated[
         Path | None,
@@ -39,7 +43,8 @@ def setup(
         bool, typer.Option("--keep-archive", help="Keep the downloaded archive.")
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Fetch again even when installed.")
+        bool,
+        typer.Option("--force", help="Fetch again even when installed (from the same --url too)."),
     ] = False,
 ) -> None:
     """Make NAME ready to generate: packages, the bundled engine, and the RECIPE's weights.
@@ -73,7 +78,8 @@ def setup(
             containers.stop_if_idle(dc, c)
     got = result.installed
     if got.skipped:
-        say(f"{rec.name} is already installed in {got.models_dir}")
+        origin = f" from {url}; nothing downloaded (--force fetches it again)" if url else ""
+        say(f"{rec.name} is already installed in {got.models_dir}{origin}")
     if got.sha256_recorded:
         say(f"recorded sha256 {got.sha256} (the recipe publishes none)")
     use = "--tiny_vae" if rec.role == "tiny_vae" else '--prompt "..."'
@@ -116,11 +122,11 @@ def models_(
             ]
         )
         return
-    table = Table("RECIPE", "DESCRIPTION", "SIZE", "INSTALLED IN", box=None)
+    grid = table("RECIPE", "DESCRIPTION", "SIZE", "INSTALLED IN")
     for r, where in rows:
         size = human_size(r.size) if r.size else "-"
-        table.add_row(r.name, r.description, size, "\n".join(map(str, where)) or "-")
-    out.print(table)
+        grid.add_row(r.name, r.description, size, "\n".join(map(str, where)) or "-")
+    show_table(grid)
 
 
 def txt2img(ctx: typer.Context, name: NameArg) -> None:
@@ -133,7 +139,9 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
 
     Example: [bold]mlc txt2img sd --prompt "a photo of a pink cube" --plms --n_samples 1[/]
     """
-    if name in ("-h", "--help"):
+    if name in ("-h", "--help") or run.wants_help(ctx.args):  # no container for help
         show(ctx.get_help())
+        flags = run.engine_help()
+        print(f"\nThe engine's flags (passed on):\n\n{flags}" if flags else "", end="")
         raise typer.Exit()
     raise typer.Exit(run.txt2img(name, ctx.args))

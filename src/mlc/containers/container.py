@@ -3,6 +3,7 @@ object over Docker's ``attrs`` whose properties read the label table (:mod:`.lab
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import docker
@@ -55,8 +56,12 @@ class Container:
 
     @property
     def gpus(self) -> str:
-        """The GPU selection it was created with (``all``, ``0,1``, ``none``)."""
-        return self.labels.gpus or ""
+        """The GPU selection it was created with (``all``, ``0,1``, ``none``); an old mlc
+        ``-g 0``, which gave no GPUs, reads ``none``."""
+        value = self.labels.gpus or ""
+        if value.strip("'\"") == "0" and not self._device_requests:
+            return "none"
+        return value
 
     @property
     def workspace(self) -> str:
@@ -110,9 +115,11 @@ class Container:
     @property
     def has_gpus(self) -> bool:
         """Whether it was given GPUs (and Docker has device requests for them)."""
-        return self.gpus not in ("", "none") and bool(
-            self.raw.attrs["HostConfig"].get("DeviceRequests")
-        )
+        return self.gpus not in ("", "none") and self._device_requests
+
+    @property
+    def _device_requests(self) -> bool:
+        return bool(self.raw.attrs.get("HostConfig", {}).get("DeviceRequests"))
 
     def describe(self) -> dict[str, Any]:
         """The facts `mlc list` shows, as plain data."""
@@ -154,6 +161,7 @@ class Container:
 
 def client() -> docker.DockerClient:
     """A Docker client, or one clear error saying why the engine cannot be reached."""
+    where = os.environ.get("DOCKER_HOST") or ""
     try:
         c = docker.from_env()
         c.ping()
@@ -165,8 +173,18 @@ def client() -> docker.DockerClient:
                 "permission denied on the Docker socket",
                 hint="join the docker group (sudo usermod -aG docker $USER, then log in again)",
             ) from None
+        if "paramiko" in text:
+            raise DockerUnavailable(
+                f"DOCKER_HOST={where} needs the paramiko package for ssh://",
+                hint="install paramiko: pip install paramiko",
+            ) from None
+        if where and "server API version" not in text and "Connection" not in text:
+            raise DockerUnavailable(  # the address itself is wrong: nothing was asked
+                f"invalid DOCKER_HOST={where}: {text.strip().splitlines()[0]}",
+                hint="use unix:///var/run/docker.sock, tcp://HOST:PORT or ssh://USER@HOST",
+            ) from None
         raise DockerUnavailable(
-            "cannot reach the Docker engine",
+            f"cannot reach the Docker engine{f' at {where}' if where else ''}",
             hint="start Docker (sudo systemctl start docker) or set DOCKER_HOST",
         ) from None
 

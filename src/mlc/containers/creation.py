@@ -65,10 +65,12 @@ def environment_for(spec: CreateSpec) -> tuple[dict[str, str], list[Mount]]:
         env.update(host.proxy_env())
         bundle = host.ca_bundle()
         if bundle:
-            # Mount the folder, not the file: a regenerated bundle (new inode) stays visible.
-            mounts.append(Mount(HOST_CA_DIR, str(bundle.parent), type="bind", read_only=True))
+            # Only the file, read-only: its folder may hold anything (~/corp-ca.pem beside
+            # ~/.ssh). A bundle regenerated on the host (a new file) is seen at the next start.
+            inside = f"{HOST_CA_DIR}/{bundle.name}"
+            mounts.append(Mount(inside, str(bundle.resolve()), type="bind", read_only=True))
             for var in CA_VARS:
-                env.setdefault(var, f"{HOST_CA_DIR}/{bundle.name}")
+                env.setdefault(var, inside)
     return env, mounts
 
 
@@ -86,11 +88,14 @@ def _make_dirs(paths: list[Path]) -> list[Path]:
     """Create the missing PATHS (owned by the caller); returns those it made."""
     made: list[Path] = []
     for path in paths:
-        missing = [p for p in [path, *path.parents] if not p.exists()]
         try:
+            missing = [p for p in [path, *path.parents] if not p.exists()]
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise MlcError(f"cannot create directory {path}: {exc.strerror}") from None
+            raise MlcError(
+                f"cannot create directory {path}: {exc.strerror or exc}",
+                hint="pick a folder you may create and write, e.g. under your home",
+            ) from None
         made += reversed(missing)
     return made
 

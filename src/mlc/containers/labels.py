@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from mlc.errors import MlcError
+from mlc.errors import UsageError
 
 SEP = "._."
 """AIME's separator between the name and the uid in a Docker name: ``sd._.1000``."""
@@ -22,6 +22,9 @@ SCHEMA_VERSION = "1"
 MLC_VERSION = "4"  # the AIME MLC version whose labels mlc writes
 NONE = "-"  # an unset mount in AIME's labels
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+NAME_MAX = 64
+"""The longest name: it is also the container's host name, which the kernel caps at 64 bytes
+(runc refuses to start a container with a longer one)."""
 
 TABLE: dict[str, str] = {
     "owner": PREFIX,
@@ -139,11 +142,19 @@ def bare_name(docker_name: str) -> str:
 
 
 def validate_name(name: str) -> None:
-    """NAME must be a valid Docker name without AIME's separator."""
+    """NAME must be a valid Docker name and host name, without AIME's separator (a
+    :class:`~mlc.errors.UsageError` saying why not)."""
+    if not name:
+        raise UsageError("the container name is empty", hint="see `mlc list` for yours")
+    if len(name) > NAME_MAX:
+        raise UsageError(
+            f"invalid container name '{name[:24]}...': {len(name)} characters, at most "
+            f"{NAME_MAX} (it is also the container's host name)"
+        )
     if SEP in name:
-        raise MlcError(f"invalid container name '{name}': it must not contain '{SEP}'")
+        raise UsageError(f"invalid container name '{name}': it must not contain '{SEP}'")
     if not NAME_RE.match(name):
-        raise MlcError(
+        raise UsageError(
             f"invalid container name '{name}'",
             hint="use letters, digits, '_', '.' and '-', starting with a letter or digit",
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 from mlc import catalog, host
 from mlc.catalog import Entry
 from mlc.containers.labels import Labels, new_labels, validate_name
-from mlc.errors import MlcError
+from mlc.errors import MlcError, UsageError
 
 DEFAULT_ULIMITS = "memlock=-1,stack=67108864"
 GPU_DRIVER_ERRORS = ("could not select device driver", "nvidia-container-cli")
@@ -30,10 +30,15 @@ class Gpus:
 
     @classmethod
     def parse(cls, text: str | None) -> Gpus:
-        """``all|N|ID,ID|device=ID,ID|none`` (None: all)."""
+        """``all|N|ID,ID|device=ID,ID|none`` (None: all); ``0`` is refused as ambiguous."""
         raw = text or "all"
         spec = raw.strip().strip("'\"")
-        if spec in ("none", "0", ""):
+        if spec == "0":  # no GPUs (a count) or GPU 0 (Docker's device ids)? Ask which.
+            raise UsageError(
+                "-g 0 is ambiguous",
+                hint="use -g none for no GPUs, or -g device=0 for the GPU with id 0",
+            )
+        if spec in ("none", ""):
             return cls(raw, 0)
         if spec == "all":
             return cls(raw, -1)
@@ -139,9 +144,17 @@ class CreateSpec:
 
 
 def resolve_dir(path: Path, what: str) -> Path:
-    """PATH as an absolute path that is a directory or does not exist yet."""
+    """PATH as an absolute path that is a directory or does not exist yet (and can be
+    looked at: a folder inside another user's home cannot)."""
     path = path.expanduser().resolve()
-    if path.exists() and not path.is_dir():
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as exc:
+        raise MlcError(
+            f"cannot use {path} as the {what} folder: {exc.strerror or exc}",
+            hint="pick a folder you may create and write, e.g. under your home",
+        ) from None
+    if is_file:
         raise MlcError(f"{what} path {path} is a file, not a directory")
     return path
 

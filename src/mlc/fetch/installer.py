@@ -69,6 +69,12 @@ def _lock(models_dir: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _same_url(url: str, record: dict[str, Any]) -> bool:
+    """Whether the install RECORD came from URL (a ``file://`` URL is recorded as its path)."""
+    parts = urlsplit(url)
+    return record.get("url") in (url, unquote(parts.path) if parts.scheme == "file" else url)
+
+
 def _archive_name(recipe: Recipe, url: str | None) -> str:
     name = posixpath.basename(unquote(urlsplit(url).path)) if url else ""
     if not name or name in (".", ".."):
@@ -91,15 +97,15 @@ def install(
 ) -> InstallResult:
     """Set up ``recipe``'s weights in ``models_dir``; returns what was done.
 
-    Skipped (nothing fetched) when the files are present and verified, unless
-    ``force``, ``url`` or ``from_archive`` is given. Otherwise the weights come from
-    ``from_archive`` (a local file, never deleted), ``url``, or the recipe's URLs
-    (rewritten by ``MLC_MODELS_MIRROR``, tried in order; ``file://`` URLs are read
-    in place). For ``source: generate`` recipes, ``generator(dest_dir)`` must write
-    the files into ``dest_dir``. The archive's sha256 is checked against the
-    recipe's, or else the one recorded at the first install; when there is neither,
-    it is recorded and returned with ``sha256_recorded=True``. Nothing is installed
-    unless everything checks out, and a failure leaves the previous state intact.
+    Skipped (nothing fetched) when the files are present and verified, unless ``force``,
+    ``from_archive`` or a ``url`` other than the one they came from is given. Otherwise the
+    weights come from ``from_archive`` (a local file, never deleted), ``url``, or the
+    recipe's URLs (rewritten by ``MLC_MODELS_MIRROR``, tried in order; ``file://`` URLs are
+    read in place). For ``source: generate`` recipes, ``generator(dest_dir)`` must write the
+    files into ``dest_dir``. The archive's sha256 is checked against the recipe's, or else
+    the one recorded at the first install; when there is neither, it is recorded and
+    returned with ``sha256_recorded=True``. Nothing is installed unless everything checks
+    out, and a failure leaves the previous state intact.
     """
     models_dir = Path(models_dir).expanduser().absolute()
     progress = progress or NullProgress()
@@ -112,7 +118,7 @@ def install(
         for stale in models_dir.glob(STAGE_PREFIX + "*"):
             shutil.rmtree(stale, ignore_errors=True)
         record = installed_record(recipe, models_dir) or {}
-        explicit = from_archive is not None or url is not None
+        explicit = from_archive is not None or (url is not None and not _same_url(url, record))
         if not force and not explicit and is_installed(recipe, models_dir, progress):
             return _result(
                 recipe,
