@@ -62,8 +62,8 @@ def test_each_image_is_saved_as_soon_as_it_is_decoded(tiny: TinyModel, tmp_path:
 def test_an_interrupted_run_keeps_every_finished_image(
     tiny: TinyModel, tmp_path: Path, signum: int
 ):
-    """Ctrl-C, `kill`, `timeout` or a closed terminal: the same stop, exit 130, one line, and
-    every image finished so far is a complete PNG (no temporary file, no empty claim)."""
+    """Ctrl-C, `kill`, `timeout` or a closed terminal: the same stop, one line, and every
+    image finished so far is a complete PNG (no temporary file, no empty claim)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlc.engine.txt2img", *small_run(tiny.safetensors, steps=10)]
         + ["--n_samples", "40", "--n_iter", "1", "--outdir", str(tmp_path)],
@@ -76,8 +76,10 @@ def test_an_interrupted_run_keeps_every_finished_image(
             proc.send_signal(signum)
             break
     rest = proc.stderr.read()
-    assert proc.wait(timeout=120) == 130, rest
-    assert rest.strip().splitlines()[-1] == "mlc-txt2img: interrupted"
+    code, line = (130, "interrupted") if signum == signal.SIGINT else (128 + signum, "")
+    line = line or f"interrupted ({signal.Signals(signum).name})"
+    assert proc.wait(timeout=120) == code, rest  # 130, 143, 129: as the host's mlc
+    assert rest.strip().splitlines()[-1] == f"mlc-txt2img: {line}"
     assert "Traceback" not in rest
     kept = _pngs(tmp_path / "samples")
     assert 2 <= len(kept) < 40

@@ -43,7 +43,12 @@ def offline() -> None:
 offline()
 
 
-from mlc.errors import EngineError, UsageError, report  # noqa: E402  (light: no third party)
+from mlc.errors import (  # noqa: E402  (light: no third party)
+    EngineError,
+    Interrupted,
+    UsageError,
+    report,
+)
 
 __all__ = [
     "CONFIG_DIR",
@@ -85,15 +90,16 @@ def guarded(call: Callable[[], int]) -> int:
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    raise Interrupted(signum)
 
 
 @contextlib.contextmanager
 def stopped_like_ctrl_c(*signums: int) -> Iterator[None]:
-    """While inside, each of SIGNUMS (default SIGTERM and SIGHUP) raises KeyboardInterrupt in
-    the main thread, as Ctrl-C does: the command stops the same way (exit 130,
-    ``interrupted``, finished images kept, a warm worker's request cancelled). The previous
-    handlers come back afterwards; off the main thread nothing changes."""
+    """While inside, each of SIGNUMS (default SIGTERM and SIGHUP) raises ``Interrupted`` (a
+    KeyboardInterrupt) in the main thread, as Ctrl-C does: the command stops the same way
+    (finished images kept, a warm worker's request cancelled), reported as ``interrupted
+    (SIGTERM)`` with exit code 128 + N, as the host's ``mlc`` does. The previous handlers come
+    back afterwards; off the main thread nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -5,7 +5,7 @@ user's worker (``mlc.engine.worker``) on a Unix socket in a private folder, star
 worker on first use, sends the command line, streams the worker's stdout and stderr back,
 and exits with the engine's exit code (0, 1, 2 or 130, as ``mlc-txt2img``). Ctrl-C, SIGTERM
 and SIGHUP all end it the same way: its request is cancelled (the worker sees it leave and
-stops after the current denoising step), exit 130.
+stops after the current denoising step); exit 130 for Ctrl-C, 128 + N for signal N.
 
 Client flags (everything else goes to the engine unchanged):
   --no-worker      run the one-shot engine in this process instead (``mlc-txt2img``)
@@ -336,7 +336,7 @@ def one_shot(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the client; returns the exit code (failures: one line, ``mlc.errors``' table).
-    SIGTERM and SIGHUP end it as Ctrl-C does: the request is cancelled, exit 130."""
+    SIGTERM and SIGHUP end it as Ctrl-C does: the request is cancelled (exit 143, 129)."""
     with stopped_like_ctrl_c():
         return guarded(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
 

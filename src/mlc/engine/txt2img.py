@@ -21,8 +21,8 @@ __all__ = ["build_parser", "main", "read_prompt_file"]  # the parser is public (
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code. SIGTERM and SIGHUP stop it as Ctrl-C does (exit
-    130; every image finished so far is kept, no half-written file is left)."""
+    """Run the CLI; returns the exit code. SIGTERM and SIGHUP stop it as Ctrl-C does (every
+    image finished so far is kept, no half-written file is left; exit 143 or 129)."""
     with stopped_like_ctrl_c():
         return command.main(argv)
 
