@@ -187,3 +187,29 @@ def test_cache_off_small_files_and_other_dtype(tiny, tmp_path, monkeypatch) -> N
     e16 = converted_cache(source, torch.float16)
     assert e32 is not None and e16 is not None
     assert e32.path != e16.path and e32.key != e16.key and not e32.valid()
+
+
+def test_bench_passes_every_engine_flag_through(tiny, tmp_path: Path, monkeypatch, capsys):
+    """Flags the benchmark does not own reach the measured runs, whatever they are: --f (an
+    explicit mismatch fails there, as in a plain run) and --ddim_eta (in the PNG's metadata)."""
+    from mlc.engine.outputs import read_metadata
+
+    monkeypatch.setenv("MLC_CACHE_DIR", "off")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    base = ["--bench", "--ckpt", str(tiny.safetensors), "--H", "32", "--W", "32"]
+    base += ["--ddim_steps", "2", "--n_iter", "2", "--sampler", "ddim"]
+    out = tmp_path / "b.json"
+    argv = [*base, "--f", "8", "--ddim_eta", "0.5", "--outdir", str(tmp_path / "ok")]
+    assert main([*argv, "--bench_json", str(out)]) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert {"--f 8", "--ddim_eta 0.5"} <= set(report["changed_from_seed"])
+    (run,) = report["runs"]
+    _, data = read_metadata(run["last_image"])
+    assert data["eta"] == 0.5 and data["sampler"] == "ddim"
+    capsys.readouterr()
+    assert main([*base, "--f", "4", "--outdir", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "mlc-txt2img: error: the measured mlc run: --f 4 does not match the model's VAE, "
+        "which downsamples by 8"
+    )

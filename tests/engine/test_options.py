@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlc.engine import UsageError, options, txt2img
-from mlc.engine.spec import MAX_SEED, VALID, Axis, RunSpec, multiple_of_8
+from mlc.engine.spec import MAX_SEED, VALID, Axis, Limits, RunSpec, multiple_of_8
 
 from .conftest import TinyModel, small_run
 
@@ -34,7 +34,8 @@ def test_classic_defaults(monkeypatch):
     args = options.parse_args([])
     assert (args.n_iter, args.n_samples, args.n_rows) == (2, 3, 0)
     assert args.ddim_steps is None and options.validate(args).steps == 50  # 20 with --fast
-    assert (args.H, args.W, args.C, args.f, args.scale, args.seed) == (512, 512, 4, 8, 7.5, 42)
+    assert (args.H, args.W, args.scale, args.seed) == (512, 512, 7.5, 42)
+    assert (args.C, args.f) == (None, None)  # the model's own (4 and 8 for SD v1)
     assert args.outdir == "outputs/txt2img-samples" and args.precision == "autocast"
     assert args.ckpt == "stable-diffusion-v1-5-emaonly/v1-5-pruned-emaonly.ckpt"
     assert args.ddim_eta == 0.0 and args.from_file is None and args.config is None
@@ -78,7 +79,8 @@ def test_multiple_of_8_is_one_rule_for_flags_and_axes():
     for where, value, text in (
         ("--H", 500, "--H 500 is not a multiple of 8; use 496 or 504"),
         ("--x size:", 7, "--x size: 7 is not a multiple of 8; use 8"),
-        ("--W", 0, "--W 0 is not a multiple of 8; use 8"),
+        ("--W", 0, "--W 0 must be a positive multiple of 8, e.g. 512"),
+        ("--H", -64, "--H -64 must be a positive multiple of 8, e.g. 512"),
     ):
         with pytest.raises(UsageError, match=text):
             multiple_of_8(where, value)
@@ -87,6 +89,8 @@ def test_multiple_of_8_is_one_rule_for_flags_and_axes():
 ERRORS = [
     (["--H", "500"], "--H 500 is not a multiple of 8; use 496 or 504"),
     (["--W", "4"], "--W 4 is not a multiple of 8; use 8"),
+    (["--H", "-64"], "--H -64 must be a positive multiple of 8, e.g. 512"),
+    (["--W", "0"], "--W 0 must be a positive multiple of 8, e.g. 512"),
     (["--sampler", "k_lms"], "unknown sampler 'k_lms'; choose one of: ddim, plms, dpm_solver"),
     (["--plms", "--ddim_eta", "0.5"], "ddim_eta must be 0 for PLMS"),
     (["--ddim_steps", "0"], "--ddim_steps must be at least 1"),
@@ -325,3 +329,63 @@ def test_worker_environment(monkeypatch, tmp_path: Path):
     options.apply_request_env({"MLC_CKPT": "/b.ckpt", "MLC_WORKER_DIR": "/elsewhere"})
     assert os.environ["MLC_CKPT"] == "/b.ckpt" and "MLC_TINY_VAE" not in os.environ
     assert os.environ["MLC_WORKER_DIR"] == str(tmp_path)  # not a request's to change
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--H", "4096", "--W", "4096"],
+            "--W 4096 --H 4096 is 16.8 megapixels, over the limit of 4.2 megapixels "
+            "(2048x2048); to run it anyway, pass --max_pixels 16777216 (or --no_limits)",
+        ),
+        (
+            ["--ddim_steps", "900"],
+            "--ddim_steps 900 is over the limit of 500 steps; to run it anyway, pass "
+            "--max_steps 900 (or --no_limits)",
+        ),
+        (
+            ["--n_samples", "100000"],
+            "200000 images (--n_samples 100000 x --n_iter 2) in one run is over the limit of "
+            "10000; to run it anyway, pass --max_images 200000 (or --no_limits)",
+        ),
+        (
+            ["--x", "size=512,4096x2048"],
+            "--W 4096 --H 2048 (a grid cell) is 8.4 megapixels, over the limit of 4.2 megapixels",
+        ),
+        (["--x", "steps=10,600"], "--ddim_steps 600 (a grid cell) is over the limit of 500"),
+        (
+            ["--x", "seed=1,2,3", "--y", "steps=1,2", "--max_images", "5"],
+            "6 grid cells in one run is over the limit of 5; to run it anyway, pass "
+            "--max_images 6 (or --no_limits)",
+        ),
+        (["--max_steps", "-1"], "--max_steps must be 0 (no limit) or more, not -1"),
+    ],
+)
+def test_limits_say_how_to_go_over_them(args: list[str], message: str):
+    assert message in _usage(*args)
+
+
+def test_limits_are_overridden_by_flag_env_or_no_limits(monkeypatch, tmp_path: Path):
+    big = ("--H", "4096", "--W", "4096", "--ddim_steps", "900", "--n_samples", "6000")
+    assert _spec(*big, "--no_limits").height == 4096
+    flags = ("--max_pixels", "16777216", "--max_steps", "900", "--max_images", "12000")
+    assert _spec(*big, *flags).steps == 900
+    assert _spec(*big, "--max_pixels", "0", "--max_steps", "0", "--max_images", "0").n_images
+    monkeypatch.setenv("MLC_MAX_PIXELS", "16777216")
+    monkeypatch.setenv("MLC_MAX_STEPS", "off")
+    monkeypatch.setenv("MLC_MAX_IMAGES", "12_000")
+    assert _spec(*big).n_images == 12000
+    assert "--max_pixels 16809984" in _usage(*big, "--max_pixels", "16777216", "--W", "4104")
+    monkeypatch.setenv("MLC_MAX_STEPS", "many")
+    assert _usage() == "MLC_MAX_STEPS must be a whole number (or 0 or off: no limit), not 'many'"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\nc\nd\n")
+    monkeypatch.setenv("MLC_MAX_STEPS", "50")
+    monkeypatch.setenv("MLC_MAX_IMAGES", "5")
+    assert "8 images (4 prompts x --n_iter 2) in one run" in _usage("--from-file", str(prompts))
+    assert Limits() == Limits(2048 * 2048, 500, 10_000)
+    assert "MLC_MAX_PIXELS" in options.REQUEST_ENV  # a worker request carries the client's

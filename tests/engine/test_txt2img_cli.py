@@ -296,3 +296,49 @@ def test_a_failed_run_is_one_line_through_the_error_table(capsys, kind: str, lin
     assert command.main(["--n_samples", "1"], run=fail) == code
     out, err = capsys.readouterr()
     assert out == "" and err == f"mlc-txt2img: {line}\n"
+
+
+def _odd_model(dest: Path) -> Path:
+    """A tiny SD-v1-shaped model whose VAE downsamples by 2 into 8 latent channels."""
+    import torch
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from mlc.engine import demo
+    from mlc.engine.export import export_checkpoint
+
+    torch.manual_seed(5)
+    unet = UNet2DConditionModel(**{**demo.UNET_CONFIG, "in_channels": 8, "out_channels": 8})
+    vae = AutoencoderKL(
+        **{
+            **demo.VAE_CONFIG,
+            "block_out_channels": [32, 32],
+            "down_block_types": ["DownEncoderBlock2D"] * 2,
+            "up_block_types": ["UpDecoderBlock2D"] * 2,
+            "latent_channels": 8,
+        }
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**demo.TEXT_CONFIG))
+    path = dest / "odd.safetensors"
+    demo.write_config_folder(demo.sidecar_dir(path), unet, vae, text_encoder)
+    return export_checkpoint(unet, vae, text_encoder, path)
+
+
+def test_f_and_c_default_to_the_models_own(capsys, tmp_path: Path):
+    """--f and --C not given: the model's VAE factor and latent channels; only an explicit
+    value that differs is refused."""
+    odd = _odd_model(tmp_path)
+    base = [*small_run(odd), "--n_samples", "1", "--n_iter", "1", "--skip_grid"]
+    for extra in ([], ["--f", "2", "--C", "8"]):
+        code = txt2img.main([*base, *extra, "--outdir", str(tmp_path / "out"), "--json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        (file,) = json.loads(out)["files"]
+        assert Image.open(file).size == (SIZE, SIZE)
+    for extra, line in (
+        (["--f", "8"], "--f 8 does not match the model's VAE, which downsamples by 2"),
+        (["--C", "4"], "--C 4 does not match the model's 8 latent channels"),
+    ):
+        assert txt2img.main([*base, *extra, "--outdir", str(tmp_path / "refused")]) == 2
+        assert capsys.readouterr().err == f"mlc-txt2img: error: {line}\n"
+    assert not (tmp_path / "refused").exists()

@@ -5,18 +5,22 @@ runs here, once, before any submodule can import them). Imports nothing heavy: t
 diffusers are loaded by the submodules that need them. Never imports docker, typer or rich.
 
 Also the engine's few shared basics: its errors (``mlc.errors``' EngineError and UsageError),
-``say()`` for progress lines on stderr, and ``guarded()`` / ``report_error()``, the one way
+``say()`` for progress lines on stderr, ``guarded()`` / ``report_error()``, the one way
 the engine's entry points (the CLI, the benchmark, the worker client) turn an exception into
-one line and an exit code.
+one line and an exit code, and ``stopped_like_ctrl_c()``, which makes SIGTERM and SIGHUP
+(``kill``, ``timeout``, a closed terminal) stop an entry point the way Ctrl-C does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd-v1"
 """The bundled SD v1 diffusers config folder (configs and tokenizer, no weights)."""
@@ -39,7 +43,12 @@ def offline() -> None:
 offline()
 
 
-from mlc.errors import EngineError, UsageError, report  # noqa: E402  (light: no third party)
+from mlc.errors import (  # noqa: E402  (light: no third party)
+    EngineError,
+    Interrupted,
+    UsageError,
+    report,
+)
 
 __all__ = [
     "CONFIG_DIR",
@@ -51,6 +60,7 @@ __all__ = [
     "offline",
     "report_error",
     "say",
+    "stopped_like_ctrl_c",
 ]
 
 
@@ -77,3 +87,25 @@ def guarded(call: Callable[[], int]) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     except (Exception, KeyboardInterrupt) as exc:  # one line, no traceback
         return report_error(exc)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stopped_like_ctrl_c(*signums: int) -> Iterator[None]:
+    """While inside, each of SIGNUMS (default SIGTERM and SIGHUP) raises ``Interrupted`` (a
+    KeyboardInterrupt) in the main thread, as Ctrl-C does: the command stops the same way
+    (finished images kept, a warm worker's request cancelled), reported as ``interrupted
+    (SIGTERM)`` with exit code 128 + N, as the host's ``mlc`` does. The previous handlers come
+    back afterwards; off the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _interrupt) for s in signums or (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)

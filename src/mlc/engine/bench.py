@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlc.engine import CONFIG_DIR, EngineError, UsageError, guarded, say
+from mlc.engine import CONFIG_DIR, PROG, EngineError, UsageError, guarded, say
 from mlc.engine.bench_report import build_report, format_table, summarize
 from mlc.engine.checkpoint import ModelSource, resolve
-from mlc.engine.options import parse_args, validate
+from mlc.engine.options import build_parser, parse_args, validate
 from mlc.engine.spec import RunSpec
 
 SEED_DEFAULTS: dict[str, Any] = {
@@ -52,6 +52,17 @@ SEED_DEFAULTS: dict[str, Any] = {
 SEED_SAMPLER = "plms"
 SEED_WARMUP = 2
 
+OWN = ("bench", "baseline", "bench_json", "bench_warmup", "bench_repeat", "bench_modes")
+"""The benchmark's own flags (argparse dests): never passed to a measured run."""
+SET_PER_RUN = ("ckpt", "outdir", "skip_grid", "skip_save", "json", "from_file", "x", "y", "z")
+"""What the harness decides for every measured run itself (the resolved checkpoint, a folder
+of its own, samples without a grid, the summary; one prompt, no grid axes)."""
+NAMED = ("H", "W", "ddim_steps", "n_iter", "n_samples", "scale", "prompt", "sampler", "plms")
+"""Flags that ``what_was_run`` reports in its own words."""
+
+Flag = tuple[str, str, str | None]
+"""An engine flag as given: its dest, its option string, its value (None: a switch)."""
+
 
 def bench_args(argv: list[str] | None) -> argparse.Namespace:
     """txt2img's flags with the seed benchmark's defaults (explicit flags win)."""
@@ -59,6 +70,30 @@ def bench_args(argv: list[str] | None) -> argparse.Namespace:
     if args.sampler is None and not args.dpm_solver:
         args.plms = True
     return args
+
+
+def passthrough(args: argparse.Namespace) -> list[Flag]:
+    """Every engine flag of ARGS that differs from txt2img's default, but the benchmark's own
+    and those it sets per run: what each measured run gets, whatever the flag (generic, so a
+    new engine flag is passed on without a change here)."""
+    flags: list[Flag] = []
+    for action in build_parser()._actions:
+        dest = action.dest
+        if not action.option_strings or dest == "help" or dest in OWN + SET_PER_RUN:
+            continue
+        value = getattr(args, dest, action.default)
+        if value == action.default or value is None:
+            continue
+        if action.nargs == 0:  # a switch (store_true)
+            flags.append((dest, action.option_strings[0], None))
+        else:
+            flags.append((dest, action.option_strings[0], str(value)))
+    return flags
+
+
+def engine_argv(flags: list[Flag]) -> list[str]:
+    """FLAGS as a command line (``--flag=value``: a value may start with a dash)."""
+    return [flag if value is None else f"{flag}={value}" for _, flag, value in flags]
 
 
 def what_was_run(args: argparse.Namespace, spec: RunSpec, warmup: int) -> list[str]:
@@ -89,6 +124,8 @@ def check(args: argparse.Namespace) -> tuple[RunSpec, int, ModelSource]:
         raise UsageError(f"--bench_warmup must be between 0 and n_iter-1 ({spec.n_iter - 1})")
     if args.bench_repeat < 1:
         raise UsageError("--bench_repeat must be at least 1")
+    if spec.axes:
+        raise UsageError("--bench times one run; drop --x/--y/--z")
     if not args.bench_modes and (spec.deepcache or spec.tome or spec.tiny_vae):
         raise UsageError(
             "--bench times the exact output; --bench --bench_modes times the speed modes"
@@ -111,7 +148,11 @@ def run_bench(argv: list[str] | None = None) -> int:
     json_path = Path(args.bench_json) if args.bench_json else spec.outdir / f"bench-{stamp}.json"
     cfg = child_config(args, spec, warmup, source, work)
     rows = ["mlc"] + (["diffusers"] if args.baseline else [])
-    ran = what_was_run(args, spec, warmup) + cfg["engine_flags"]
+    ran = what_was_run(args, spec, warmup) + [
+        flag if value is None else f"{flag} {value}"
+        for dest, flag, value in passthrough(args)
+        if dest not in NAMED
+    ]
     say(
         f"benchmark: {cfg['prompt']!r}, {spec.sampler}, {spec.steps} steps, scale {spec.scale}, "
         f"{spec.width}x{spec.height}, n_samples {spec.n_samples}, n_iter {spec.n_iter} "
@@ -157,9 +198,7 @@ def child_config(
         "device": spec.device,
         "precision": spec.precision,
         "warmup": warmup,
-        "engine_flags": [
-            f for f, on in (("--compile", args.compile), ("--low_vram", args.low_vram)) if on
-        ],
+        "engine_argv": engine_argv(passthrough(args)),  # + --ckpt, --outdir per measured run
     }
     if args.baseline:
         from mlc.engine.checkpoint import schedule_of
@@ -199,6 +238,12 @@ def _child(role: str, cfg: dict[str, Any], outdir: Path) -> dict[str, Any]:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not result_file.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            prefix = f"{PROG}: error: "
+            if tail and tail[-1].startswith(prefix):  # the engine's own one line, and its code
+                raise EngineError(
+                    f"the measured {role} run: {tail[-1][len(prefix) :]}",
+                    exit_code=proc.returncode,
+                )
             raise EngineError(f"{role} run failed (exit {proc.returncode}): {' | '.join(tail)}")
         result = json.loads(result_file.read_text(encoding="utf-8"))
     result["t_launch"] = t_launch

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlc.engine import guarded
+
 
 def engine(cfg: dict[str, Any]) -> dict[str, Any]:
     """The engine, as ``mlc-txt2img`` runs it, with a clock on the UNet."""
@@ -22,41 +24,10 @@ def engine(cfg: dict[str, Any]) -> dict[str, Any]:
     from mlc.engine.run import execute
     from mlc.engine.session import open_session
 
-    argv = [
-        "--ckpt",
-        cfg["ckpt"],
-        "--prompt",
-        cfg["prompt"],
-        "--sampler",
-        cfg["sampler"],
-        "--ddim_steps",
-        str(cfg["steps"]),
-        "--scale",
-        str(cfg["scale"]),
-        "--H",
-        str(cfg["height"]),
-        "--W",
-        str(cfg["width"]),
-        "--n_iter",
-        str(cfg["n_iter"]),
-        "--n_samples",
-        str(cfg["n_samples"]),
-        "--seed",
-        str(cfg["seed"]),
-        "--outdir",
-        cfg["outdir"],
-        "--device",
-        cfg["device"],
-        "--precision",
-        cfg["precision"],
-        "--skip_grid",
-        "--json",
-    ]
-    if cfg["config"]:
-        argv += ["--config", cfg["config"]]
-    if cfg["negative_prompt"]:
-        argv += ["--negative_prompt", cfg["negative_prompt"]]
-    argv += cfg.get("engine_flags", [])
+    # Every engine flag the user gave (the benchmark passes them all on), then what the
+    # harness sets for this run: the resolved checkpoint, its folder, samples and a summary.
+    argv = [*cfg["engine_argv"], f"--ckpt={cfg['ckpt']}", f"--outdir={cfg['outdir']}"]
+    argv += ["--skip_grid", "--json"]
     spec = parse(argv)
     t_imported = time.time()
     session = open_session(spec)
@@ -120,7 +91,12 @@ def prepare(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m mlc.engine.bench_child ROLE CFG.json RESULT.json``."""
+    """``python -m mlc.engine.bench_child ROLE CFG.json RESULT.json``; a failure is the
+    engine's one line and exit code (the harness passes it on)."""
+    return guarded(lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
     role, cfg_file, result_file = argv
     cfg = json.loads(Path(cfg_file).read_text(encoding="utf-8"))
     result = prepare(cfg) if role == "prepare" else engine(cfg)

@@ -3,18 +3,23 @@
 It imports no torch or diffusers (it starts in a fraction of a second), connects to the
 user's worker (``mlc.engine.worker``) on a Unix socket in a private folder, starting the
 worker on first use, sends the command line, streams the worker's stdout and stderr back,
-and exits with the engine's exit code (0, 1, 2 or 130, as ``mlc-txt2img``).
+and exits with the engine's exit code (0, 1, 2 or 130, as ``mlc-txt2img``). Ctrl-C, SIGTERM
+and SIGHUP all end it the same way: its request is cancelled (the worker sees it leave and
+stops after the current denoising step); exit 130 for Ctrl-C, 128 + N for signal N.
 
 Client flags (everything else goes to the engine unchanged):
   --no-worker      run the one-shot engine in this process instead (``mlc-txt2img``)
   --idle SECONDS   the worker exits after this long without requests (default: $MLC_WORKER_IDLE,
                    else 600); also updates a running worker
-  --stop-worker    ask the worker to exit (after the requests it has queued)
+  --stop-worker    stop the worker now: its running and queued requests are cancelled
   --cancel TAG     cancel the request tagged TAG ($MLC_REQUEST_TAG of its client)
 
 Protocol: ``mlc.engine.protocol`` (newline-delimited JSON over ``$MLC_WORKER_DIR/engine.sock``).
 A connection that ends without an exit code means the worker died: it is restarted and the
-request retried once. Errors are one line through the one error table (``WorkerError``).
+request retried once, resuming after the last image the worker said it saved (``image``
+messages), so no seed is made twice and no file written twice. A worker killed by the
+kernel's OOM killer (its cgroup's counter rose: ``mlc.engine.oomkill``) is reported as such,
+without a retry. Errors are one line through the one error table (``WorkerError``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from mlc.engine import PROG, UsageError, guarded
+from mlc.engine import PROG, UsageError, guarded, stopped_like_ctrl_c
+from mlc.engine.oomkill import OomCounter, killed_for_memory, oom_counter
 from mlc.engine.options import request_env, request_tag, worker_dir, worker_idle
 from mlc.engine.protocol import (
     LOCK,
@@ -48,11 +54,12 @@ START_TIMEOUT = 120.0
 
 
 class WorkerGone(Exception):
-    """The connection ended without an exit code. ACCEPTED: the worker had taken the request."""
+    """The connection ended without an exit code. ACCEPTED: the worker had taken the request;
+    OOM: its memory cgroup's OOM-kill counter when the request was sent."""
 
-    def __init__(self, accepted: bool) -> None:
+    def __init__(self, accepted: bool, oom: OomCounter | None = None) -> None:
         super().__init__("the engine worker went away")
-        self.accepted = accepted
+        self.accepted, self.oom = accepted, oom
 
 
 # -- connecting -------------------------------------------------------------------------------
@@ -161,18 +168,42 @@ def open_worker(d: Path, idle: float) -> tuple[socket.socket, Lines, dict[str, A
 # -- requests ----------------------------------------------------------------------------------
 
 
+MID_LINE: set[int] = set()
+"""The streams (``id``) whose last write did not end a line (the client's own lines start a
+new one: they never land in the middle of the worker's)."""
+
+
 def _write(stream: TextIO, text: str) -> None:
+    """TEXT to STREAM in one write (the worker sends whole lines)."""
+    if not text:
+        return
     try:
         stream.buffer.write(text.encode("utf-8", "replace"))
         stream.flush()
     except BrokenPipeError:  # `| head`: keep the request going, drop the rest
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())
+    if text.endswith("\n"):
+        MID_LINE.discard(id(stream))
+    else:
+        MID_LINE.add(id(stream))
 
 
-def attempt(d: Path, argv: list[str], idle: float, idle_given: bool) -> int:
-    """One try of a request; WorkerGone when the connection ends without an exit code."""
-    sock, lines, _hello = open_worker(d, idle)
+def _say(text: str) -> None:
+    """One line of the client's own on stderr, never glued to a line the worker left open."""
+    for stream in (sys.stdout, sys.stderr):
+        if id(stream) in MID_LINE:
+            _write(stream, "\n")
+    _write(sys.stderr, f"{PROG}: {text}\n")
+
+
+def attempt(
+    d: Path, argv: list[str], idle: float, idle_given: bool, saved: list[dict[str, Any]]
+) -> int:
+    """One try of a request (resuming after the images in SAVED, to which the images this try
+    saves are added); WorkerGone when the connection ends without an exit code."""
+    sock, lines, hello = open_worker(d, idle)
+    oom = oom_counter(hello["pid"]) if isinstance(hello.get("pid"), int) else None
     with sock:
         umask = os.umask(0o022)
         os.umask(umask)
@@ -184,27 +215,29 @@ def attempt(d: Path, argv: list[str], idle: float, idle_given: bool) -> int:
             "umask": umask,
             "idle": idle if idle_given else None,
             "tag": request_tag(),
+            "resume": saved,
         }
         try:
             send(sock, request)
         except OSError:
-            raise WorkerGone(accepted=False) from None
+            raise WorkerGone(False, oom) from None
         accepted = False
         while True:
             msg = lines.next()
             if msg is None:
-                raise WorkerGone(accepted)
+                raise WorkerGone(accepted, oom)
             accepted = True
             if "out" in msg:
                 _write(sys.stdout, msg["out"])
             elif "err" in msg:
                 _write(sys.stderr, msg["err"])
+            elif "image" in msg:
+                saved.append(msg["image"])
             elif "queued" in msg:
                 ahead = int(msg["queued"])
-                _write(
-                    sys.stderr,
-                    f"{PROG}: waiting for the engine worker "
-                    f"({ahead} request{'s' if ahead != 1 else ''} ahead)\n",
+                _say(
+                    f"waiting for the engine worker "
+                    f"({ahead} request{'s' if ahead != 1 else ''} ahead)"
                 )
             elif "exit" in msg:
                 return int(msg["exit"])
@@ -212,36 +245,56 @@ def attempt(d: Path, argv: list[str], idle: float, idle_given: bool) -> int:
                 raise WorkerError(str(msg["error"]))
 
 
+def _kept(saved: list[dict[str, Any]]) -> str:
+    """How many images this request saved, and where."""
+    if not saved:
+        return "no image of this run was saved"
+    n, where = len(saved), Path(str(saved[-1].get("file", ""))).parent
+    return f"{n} image{'s' if n != 1 else ''} of this run kept in {where}"
+
+
 def run(argv: list[str], idle: float, idle_given: bool) -> int:
-    """A request with the crash rule: the worker restarted and the request retried once."""
+    """A request with the crash rule: the worker restarted and the request retried once,
+    resuming after the images already saved; an out-of-memory kill is said, not retried."""
     d = private_dir(worker_dir())
     failures = tries = 0
+    saved: list[dict[str, Any]] = []
     while True:
         tries += 1
         try:
-            return attempt(d, argv, idle, idle_given)
+            return attempt(d, argv, idle, idle_given, saved)
         except WorkerGone as gone:
+            oom = killed_for_memory(gone.oom)
+            if oom is not None:
+                limit = f" (its memory limit: {oom.limit / 2**20:.0f} MiB)" if oom.limit else ""
+                raise WorkerError(
+                    f"the engine worker ran out of memory and was killed by the kernel{limit}; "
+                    f"{_kept(saved)}",
+                    hint="try a smaller --H/--W, a smaller --n_samples with --batched, or "
+                    "--low_vram; or give the container more memory",
+                ) from None
             if gone.accepted:
                 failures += 1
             if failures >= 2 or tries >= 5:
                 raise WorkerError(
-                    f"the engine worker stopped twice during this request; see {d / LOG} "
-                    "(or run with --no-worker)"
+                    f"the engine worker stopped twice during this request; {_kept(saved)}; "
+                    f"see {d / LOG} (or run with --no-worker)"
                 ) from None
             if gone.accepted:
-                _write(
-                    sys.stderr,
-                    f"{PROG}: note: the engine worker stopped unexpectedly; "
-                    "restarting it and retrying the request\n",
+                n = len(saved)
+                resume = f", resuming after its {n} saved image{'s' if n != 1 else ''}"
+                _say(
+                    "note: the engine worker stopped unexpectedly; restarting it and retrying "
+                    f"the request{resume if n else ''}"
                 )
 
 
-def control(op: str, **fields: str) -> int:
+def control(op: str, **fields: Any) -> int:
     """--stop-worker / --cancel: one control message to a running worker."""
     d = private_dir(worker_dir())
     got = connect(d)
     if not got:
-        _write(sys.stderr, f"{PROG}: no engine worker is running\n")
+        _say("no engine worker is running")
         return 0
     sock, lines, _ = got
     with sock:
@@ -249,7 +302,7 @@ def control(op: str, **fields: str) -> int:
         reply = lines.next() or {}
     if "error" in reply:
         raise WorkerError(str(reply["error"]))
-    _write(sys.stderr, f"{PROG}: {reply.get('ok', 'done')}\n")
+    _say(str(reply.get("ok", "done")))
     return 0
 
 
@@ -282,15 +335,17 @@ def one_shot(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the client; returns the exit code (failures: one line, ``mlc.errors``' table)."""
-    return guarded(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
+    """Run the client; returns the exit code (failures: one line, ``mlc.errors``' table).
+    SIGTERM and SIGHUP end it as Ctrl-C does: the request is cancelled (exit 143, 129)."""
+    with stopped_like_ctrl_c():
+        return guarded(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
 
 
 def _main(argv: list[str]) -> int:
     own, rest = split_flags(argv)
     try:
         if own.get("--stop-worker"):
-            return control("stop")
+            return control("stop", cancel=True)
         if "--cancel" in own:
             return control("cancel", tag=own["--cancel"])
         idle_given = "--idle" in own or worker_idle() is not None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from mlc.engine import guarded
 from mlc.engine.grid import execute_grid
 from mlc.engine.options import parse_args, validate
-from mlc.engine.run import Summary
+from mlc.engine.run import Control, Summary
 from mlc.engine.run import execute as execute_run
 from mlc.engine.session import Session
 from mlc.engine.spec import RunSpec
@@ -25,9 +25,13 @@ from mlc.engine.spec import RunSpec
 Execute = Callable[[RunSpec], Summary]
 
 
-def execute(spec: RunSpec, session: Session | None = None) -> Summary:
-    """SPEC's grid when it has axes, else its plain run (on SESSION when it serves SPEC)."""
-    return execute_grid(spec, session) if spec.axes else execute_run(spec, session)
+def execute(
+    spec: RunSpec, session: Session | None = None, control: Control | None = None
+) -> Summary:
+    """SPEC's grid when it has axes, else its plain run (on SESSION when it serves SPEC;
+    CONTROL: see ``run.Control``)."""
+    run = execute_grid if spec.axes else execute_run
+    return run(spec, session, control)
 
 
 def main(argv: list[str] | None = None, run: Execute | None = None) -> int:

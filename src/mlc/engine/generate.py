@@ -238,6 +238,25 @@ class Renderer:
             fallback = True
         return to_pil(image), fallback
 
+    def render_iter(
+        self,
+        specs: Sequence[ImageSpec],
+        settings: Settings,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> Iterator[Generated]:
+        """The images of one batch, each yielded as soon as it is decoded (per image, or the
+        whole batch at once when ``settings.batched``). ON_STEP(i, n) runs after every
+        denoising step: raising there stops the batch between two steps."""
+        groups = [list(specs)] if settings.batched else [[s] for s in specs]
+        for group in groups:
+            start = time.perf_counter()
+            generators = [torch.Generator("cpu").manual_seed(s.seed) for s in group]
+            latents = self.denoise(group, settings, generators, on_step)
+            images, fallback = self.decode(latents, tiny=settings.tiny_vae)
+            share = (time.perf_counter() - start) / len(group)
+            for s, im in zip(group, images, strict=True):
+                yield Generated(s, im, share, fallback)
+
     def render(
         self,
         specs: Sequence[ImageSpec],
@@ -245,28 +264,19 @@ class Renderer:
         on_step: Callable[[int, int], None] | None = None,
     ) -> list[Generated]:
         """Make the images of one batch (per image, or as one batch when ``settings.batched``)."""
-        groups = [list(specs)] if settings.batched else [[s] for s in specs]
-        results: list[Generated] = []
-        for group in groups:
-            start = time.perf_counter()
-            generators = [torch.Generator("cpu").manual_seed(s.seed) for s in group]
-            latents = self.denoise(group, settings, generators, on_step)
-            images, fallback = self.decode(latents, tiny=settings.tiny_vae)
-            share = (time.perf_counter() - start) / len(group)
-            results += [
-                Generated(s, im, share, fallback) for s, im in zip(group, images, strict=True)
-            ]
-        return results
+        return list(self.render_iter(specs, settings, on_step))
 
     def run(
         self,
         batches: Sequence[Sequence[ImageSpec]],
         settings: Settings,
         on_image: Callable[[Generated], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> Iterator[Generated]:
-        """Render every batch in order, yielding images as they are done."""
+        """Render every batch in order, yielding each image as soon as it is decoded (the
+        caller saves it before the next one is made)."""
         for specs in batches:
-            for result in self.render(specs, settings):
+            for result in self.render_iter(specs, settings, on_step):
                 if on_image is not None:
                     on_image(result)
                 yield result

@@ -31,23 +31,28 @@ from typing import TYPE_CHECKING, Any
 
 from mlc import __version__
 from mlc.engine import outputs, say
-from mlc.engine.run import Summary, execute
+from mlc.engine.run import Control, Entry, Summary, execute, kept
 from mlc.engine.session import Session, check_shape, session_for
 from mlc.engine.spec import Axis, RunSpec, format_value, jsonable
+from mlc.errors import NoSpaceError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-PAGE_PATTERN = re.compile(r"^explore-(\d+)")
+PAGE_PATTERN = re.compile(r"^explore-(\d{4,})\.html$")
 ORDER = {"x": 0, "y": 1, "z": 2}
 
 Cell = dict[str, Any]
 """One cell of the summary: where it is, its values, file, settings, seconds, parameters."""
 
 
-def execute_grid(spec: RunSpec, session: Session | None = None) -> Summary:
+def execute_grid(
+    spec: RunSpec, session: Session | None = None, control: Control | None = None
+) -> Summary:
     """Run every cell on one Session, then write the labelled grid and the explorer page;
-    returns the ``--json`` summary (with each cell's time)."""
+    returns the ``--json`` summary (with each cell's time). CONTROL: as ``run.execute``'s,
+    a cell being an image (its ``index`` is the cell's number in cell order)."""
+    control = control or Control()
     t0 = time.perf_counter()
     # 1. load: one model for every cell
     session, load_seconds = session_for(spec, session)
@@ -57,14 +62,19 @@ def execute_grid(spec: RunSpec, session: Session | None = None) -> Summary:
     cells_specs = [spec.cell(c) for c in combos]
     for cell in cells_specs:
         check_shape(cell, session.components)
+    resumed = {int(e["index"]): dict(e) for e in control.resume if e.get("file")}
     # 3. announce
-    announce(spec, session, load_seconds, len(cells_specs))
+    announce(spec, session, load_seconds, len(cells_specs), len(resumed))
+    want_grid = not spec.skip_grid and grid_fits(spec, cells_specs)
     # 4. render: each cell is a one-image run, saved as its own PNG
     t_gen = time.perf_counter()
     cells: list[Cell] = []
-    images: dict[tuple[int, ...], Image] = {}
-    for n, (combo, cell) in enumerate(zip(combos, cells_specs, strict=True), 1):
-        entry, images[combo] = render_cell(spec, session, combo, cell)
+    control.saved.extend(resumed.values())
+    for n, (combo, cell) in enumerate(zip(combos, cells_specs, strict=True)):
+        if n in resumed:
+            cells.append(cell_entry(spec, combo, cell, resumed[n], resumed[n]["seconds"]))
+            continue
+        entry = render_cell(spec, session, combo, cell, n, control)
         cells.append(entry)
         if not spec.json:
             what = " ".join(
@@ -72,11 +82,14 @@ def execute_grid(spec: RunSpec, session: Session | None = None) -> Summary:
                 for a, i in zip(axes, combo, strict=True)
             )
             where = f" -> {entry['file']}" if entry["file"] else ""
-            say(f"[{n}/{len(cells_specs)}] {what}: {entry['seconds']:.2f} s{where}")
+            say(f"[{n + 1}/{len(cells_specs)}] {what}: {entry['seconds']:.2f} s{where}")
     t_done = time.perf_counter()
-    # 5. the labelled grid and the explorer page
-    grid_path = None if spec.skip_grid else save_grid(spec, images, cells)
-    page_path = write_page(spec.outdir, axes, cells, grid_path)
+    # 5. the labelled grid (from the saved cells) and the explorer page
+    try:
+        grid_path = save_grid(spec, combos, cells) if want_grid else None
+        page_path = write_page(spec.outdir, axes, cells, grid_path)
+    except NoSpaceError as err:
+        raise kept(err, control, Path(spec.outdir) / "samples") from None
     t_end = time.perf_counter()
     if not spec.json:
         for line in time_table(axes, cells):
@@ -95,6 +108,7 @@ def execute_grid(spec: RunSpec, session: Session | None = None) -> Summary:
         "seeds": [c["seed"] for c in cells],
         "model": session.components.name,
         "device": session.device,
+        **({"resumed": len(resumed)} if resumed else {}),
         "timings": {
             "load_s": round(load_seconds, 4),
             "generate_s": round(t_done - t_gen, 4),
@@ -114,10 +128,17 @@ def cell_order(spec: RunSpec) -> list[tuple[int, ...]]:
     return sorted(spec.combos(), key=lambda c: tuple(c[i] for i in rank))
 
 
-def announce(spec: RunSpec, session: Session, load_seconds: float, n_cells: int) -> None:
+def announce(
+    spec: RunSpec, session: Session, load_seconds: float, n_cells: int, resumed: int = 0
+) -> None:
     """Step 3: the run's notes, and (without --json) the grid about to be made."""
     for note in spec.notes:
         say(f"note: {note}")
+    if resumed:
+        say(
+            f"note: resuming: {resumed} cell(s) of this grid were saved before the engine "
+            f"worker stopped; making the other {n_cells - resumed}"
+        )
     if not spec.json:
         shape = ", ".join(f"{a.flag}: {a.name} x{len(a.values)}" for a in spec.axes)
         seed = "per cell" if any(a.name == "seed" for a in spec.axes) else spec.seed
@@ -127,18 +148,47 @@ def announce(spec: RunSpec, session: Session, load_seconds: float, n_cells: int)
         )
 
 
+def grid_fits(spec: RunSpec, cells: Sequence[RunSpec]) -> bool:
+    """Whether the labelled grid of CELLS can be made: not (a note says so) when it would be
+    too large to open."""
+    from mlc.engine import labels
+
+    x, y, z = (next((a for a in spec.axes if a.flag == f), None) for f in ("x", "y", "z"))
+    sizes = [(c.width, c.height) for c in cells]
+    layout, _ = labels.plan_layout(
+        sizes, x.labels if x else [], y.labels if y else [], z.labels if z else []
+    )
+    width, height = layout.size
+    if width * height <= outputs.GRID_MAX_PIXELS:
+        return True
+    say(
+        f"note: no grid: {len(cells)} cells would make a {width}x{height} grid, more than "
+        "image viewers open; the cells are saved, and the explorer page shows them"
+    )
+    return False
+
+
 def render_cell(
-    spec: RunSpec, session: Session, combo: tuple[int, ...], cell: RunSpec
-) -> tuple[Cell, Image]:
-    """Step 4: one cell as a one-image run; its summary entry and its image (read back from
-    the saved PNG, for the grid)."""
-    from PIL import Image as PILImage
+    spec: RunSpec, session: Session, combo: tuple[int, ...], cell: RunSpec, n: int, control: Control
+) -> Cell:
+    """Step 4: cell N (at COMBO) as a one-image run; its summary entry. CONTROL hears of it as
+    image N and may stop it between steps."""
+
+    def on_image(entry: Entry) -> None:
+        if control.on_image is not None:
+            control.on_image({**entry, "index": n})
 
     t_cell = time.perf_counter()
-    entry = execute(cell, session)["images"][0]
+    mine = Control(on_image=on_image, stop=control.stop, saved=control.saved)
+    entry = execute(cell, session, mine)["images"][0]
+    return cell_entry(spec, combo, cell, entry, round(time.perf_counter() - t_cell, 4))
+
+
+def cell_entry(
+    spec: RunSpec, combo: tuple[int, ...], cell: RunSpec, entry: Entry, total_s: float
+) -> Cell:
+    """A cell's summary entry, from its image's ENTRY (made now, or by an earlier try)."""
     file = entry["file"]
-    with PILImage.open(file) as im:
-        image = im.convert("RGB")
     return {
         "at": {a.flag: i for a, i in zip(spec.axes, combo, strict=True)},
         "values": {a.name: jsonable(a.values[i]) for a, i in zip(spec.axes, combo, strict=True)},
@@ -151,15 +201,22 @@ def render_cell(
         "width": cell.width,
         "height": cell.height,
         "seconds": entry["seconds"],
-        "total_s": round(time.perf_counter() - t_cell, 4),
+        "total_s": total_s,
         "parameters": outputs.read_metadata(file)[0],
-    }, image
+    }
 
 
-def save_grid(spec: RunSpec, images: dict[tuple[int, ...], Image], cells: list[Cell]) -> Path:
-    """Step 5: the labelled grid PNG; its metadata holds the axes and the cells."""
+def save_grid(spec: RunSpec, combos: list[tuple[int, ...]], cells: list[Cell]) -> Path:
+    """Step 5: the labelled grid PNG, from the cells' saved files; its metadata holds the axes
+    and the cells."""
+    from PIL import Image as PILImage
+
     from mlc.engine import labels
 
+    images: dict[tuple[int, ...], Image] = {}
+    for combo, c in zip(combos, cells, strict=True):
+        with PILImage.open(c["file"]) as im:
+            images[combo] = im.convert("RGB")
     axes = spec.axes
     x, y, z = (next((a for a in axes if a.flag == f), None) for f in ("x", "y", "z"))
     blocks = []

@@ -29,15 +29,19 @@ from mlc.engine.spec import (
     DEFAULT_STEPS,
     FAST_SAMPLER,
     FAST_STEPS,
+    MAX_IMAGES,
+    MAX_PIXELS,
     MAX_SEED,
+    MAX_STEPS,
     Axis,
+    Limits,
     RunSpec,
     multiple_of_8,
 )
 
 # -- environment --------------------------------------------------------------------------------
 
-REQUEST_ENV = ("MLC_CKPT", "MLC_TINY_VAE")
+REQUEST_ENV = ("MLC_CKPT", "MLC_TINY_VAE", "MLC_MAX_PIXELS", "MLC_MAX_STEPS", "MLC_MAX_IMAGES")
 """The variables a warm-worker request carries from its client (the rest is the worker's)."""
 
 CACHE_MIN_BYTES = 256 * 2**20  # smaller checkpoints load fast anyway: not worth the disk
@@ -78,6 +82,28 @@ def bench_dir() -> Path:
     """``$MLC_BENCH_DIR``, else ``~/.cache/mlc/bench`` (the full-size random checkpoint)."""
     env = os.environ.get("MLC_BENCH_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mlc" / "bench"
+
+
+LIMIT_ENV = {"pixels": "MLC_MAX_PIXELS", "steps": "MLC_MAX_STEPS", "images": "MLC_MAX_IMAGES"}
+NO_LIMIT = ("0", "off", "none", "no")
+
+
+def limit_default(what: str) -> int | None:
+    """``$MLC_MAX_PIXELS`` / ``$MLC_MAX_STEPS`` / ``$MLC_MAX_IMAGES`` (``0`` or ``off``: no
+    limit), else the built-in limit (``spec.Limits``); UsageError when not a whole number."""
+    name = LIMIT_ENV[what]
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return getattr(Limits(), what)
+    if raw.lower() in NO_LIMIT:
+        return None
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise UsageError(f"{name} must be a whole number (or 0 or off: no limit), not {raw!r}")
+    return value
 
 
 def worker_dir() -> Path:
@@ -152,8 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     a("--n_iter", type=int, default=2, help="sample this often")
     a("--H", "--height", dest="H", type=int, default=512, help="image height, in pixel space")
     a("--W", "--width", dest="W", type=int, default=512, help="image width, in pixel space")
-    a("--C", "--latent_channels", dest="C", type=int, default=4, help="latent channels")
-    a("--f", "--downsampling_factor", dest="f", type=int, default=8, help="downsampling factor")
+    a(
+        "--C",
+        "--latent_channels",
+        dest="C",
+        type=int,
+        default=None,
+        help="latent channels (default: the model's, 4 for SD v1; another value is refused)",
+    )
+    a(
+        "--f",
+        "--downsampling_factor",
+        dest="f",
+        type=int,
+        default=None,
+        help="downsampling factor (default: the model's VAE's, 8 for SD v1; another value is "
+        "refused)",
+    )
     a("--n_samples", type=int, default=3, help="images per prompt batch, a.k.a. batch size")
     a("--n_rows", type=int, default=0, help="images per grid row (default: n_samples)")
     a("--scale", type=float, default=7.5, help="classifier-free guidance scale")
@@ -224,6 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="(changes pixels) decode with TAESD: a folder or .safetensors (default: "
         "$MLC_TINY_VAE, which `mlc setup NAME taesd` sets)",
     )
+    lim = p.add_argument_group(
+        "limits",
+        "the most one run may do (a typo must not be hours of work); 0 = no limit",
+    ).add_argument
+    lim(
+        "--max_pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"largest W x H (default: $MLC_MAX_PIXELS, else {MAX_PIXELS}, i.e. 2048x2048)",
+    )
+    lim(
+        "--max_steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"most --ddim_steps (default: $MLC_MAX_STEPS, else {MAX_STEPS})",
+    )
+    lim(
+        "--max_images",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"most images (or grid cells) per run (default: $MLC_MAX_IMAGES, else {MAX_IMAGES})",
+    )
+    lim("--no_limits", action="store_true", help="no limit on pixels, steps or images")
     # the seed's benchmark (mlc.engine.bench; docs/benchmarks.md)
     a("--bench", action="store_true", help="run the seed's benchmark (flags override its defaults)")
     a("--baseline", choices=["diffusers"], default=None, help="--bench: also time plain diffusers")
@@ -333,7 +400,7 @@ def validate(args: argparse.Namespace) -> RunSpec:
         ("--C", args.C),
         ("--f", args.f),
     ):
-        if value < 1:
+        if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, not {value}")
     if args.n_rows < 0:
         raise UsageError(f"--n_rows must be 0 (= n_samples) or more, not {args.n_rows}")
@@ -401,7 +468,21 @@ def validate(args: argparse.Namespace) -> RunSpec:
     axis_flags = {k: getattr(args, k, None) for k in ("x", "y", "z")}
     if any(v is not None for v in axis_flags.values()):
         spec = with_axes(spec, axis_flags, from_file=bool(args.from_file))
+    limits(args).check(spec)
     return spec
+
+
+def limits(args: argparse.Namespace) -> Limits:
+    """The run's limits: --no_limits, else each --max_* flag, else ``limit_default``."""
+    if getattr(args, "no_limits", False):
+        return Limits(None, None, None)
+    values: dict[str, int | None] = {}
+    for what in ("pixels", "steps", "images"):
+        given = getattr(args, f"max_{what}", None)
+        if given is not None and given < 0:
+            raise UsageError(f"--max_{what} must be 0 (no limit) or more, not {given}")
+        values[what] = limit_default(what) if given is None else (given or None)
+    return Limits(**values)
 
 
 # -- grid axes ----------------------------------------------------------------------------------

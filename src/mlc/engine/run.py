@@ -5,11 +5,20 @@ optional grid, and the ``--json`` summary.
 3. plan, 4. announce, 5. render and save, 6. grid, 7. summary. Progress and notes go to
 stderr (``mlc.engine.say``); nothing is printed on stdout here. A grid run (``--x/--y/--z``)
 is ``mlc.engine.grid``'s, which renders each cell through ``execute``.
+
+Each image is saved (and announced: one line, and ``Control.on_image``) as soon as it is
+decoded, so an interrupted run keeps every finished image; the grid is built from the saved
+files at the end (only the grid is in memory), and skipped, with a note, when it would be too
+large to open. A ``Control`` lets the caller (the warm worker) stop the run between two
+denoising steps (``Cancelled``) and resume a run an earlier try had begun.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +27,7 @@ from mlc.engine import outputs, say
 from mlc.engine.samplers import get_sampler
 from mlc.engine.session import Session, check_shape, device_notes, session_for
 from mlc.engine.spec import RunSpec, SpeedModes
+from mlc.errors import NoSpaceError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -28,30 +38,73 @@ if TYPE_CHECKING:
 Summary = dict[str, Any]
 """The ``--json`` document of a run (JSON values)."""
 
+Entry = dict[str, Any]
+"""One image's summary entry: index, file, prompt, negative_prompt, seed, seconds, ..."""
+
 SPEED_FIELDS = {"deepcache": "DeepCache interval", "tome": "ToMe ratio", "tiny_vae": "VAE"}
 
+log = logging.getLogger("mlc.engine.run")
 
-def execute(spec: RunSpec, session: Session | None = None) -> Summary:
+
+class Cancelled(KeyboardInterrupt):
+    """A run stopped on request (``Control.stop``) between two denoising steps; reported as
+    an interrupt (exit 130), with every image finished before it kept."""
+
+
+@dataclass
+class Control:
+    """How a caller follows and steers a run (the warm worker; a plain run needs none)."""
+
+    on_image: Callable[[Entry], None] | None = None
+    """Told each image's entry as soon as its PNG is saved (before its progress line)."""
+    stop: Callable[[], str | None] | None = None
+    """Why the run must stop now (None: go on); asked after every denoising step."""
+    resume: Sequence[Entry] = ()
+    """Images an earlier try of this run saved (their entries): not made again."""
+    saved: list[Entry] = field(default_factory=list)
+    """Every image saved by this command so far (resumed ones first; a grid's cells share
+    it): how many images a failure says were kept."""
+
+    def check(self, where: str = "") -> None:
+        """Raise Cancelled when the run must stop (WHERE: the step, for the log)."""
+        reason = self.stop() if self.stop is not None else None
+        if reason:
+            n = len(self.saved)
+            what = f"{reason}: stopped {where or 'before the next image'}"
+            log.info("%s", what)
+            say(f"note: {what}; {n} image{'s' if n != 1 else ''} of this run kept")
+            raise Cancelled(reason)
+
+
+def execute(
+    spec: RunSpec, session: Session | None = None, control: Control | None = None
+) -> Summary:
     """Load (unless SESSION already holds the model), generate and save; returns the summary
-    (the ``--json`` document)."""
+    (the ``--json`` document). CONTROL: see ``Control``."""
+    control = control or Control()
     t0 = time.perf_counter()
     # 1. load: the model, unless SESSION already holds it
     session, load_seconds = session_for(spec, session)
     # 2. check: the flags against the loaded model
     check_shape(spec, session.components)
-    # 3. plan: every image's prompt and seed, and what the metadata says of the run
-    batches = plan_images(spec)
+    # 3. plan: every image's prompt and seed (less those an earlier try saved), and what the
+    #    metadata says of the run
+    batches, resumed = plan_images(spec), [dict(e) for e in control.resume if e.get("file")]
     info = run_info(spec, session)
     t_gen = time.perf_counter()
     # 4. announce: notes, and what is about to happen
-    announce(spec, session, load_seconds)
+    announce(spec, session, load_seconds, len(resumed))
     # 5. render and save each image
     renderer = make_renderer(spec, session)
-    done, images = render_and_save(spec, session.components, renderer, batches, info)
+    grid = grid_fits(spec)
+    done, images = render_and_save(
+        spec, session.components, renderer, batches, info, control, resumed, grid
+    )
     t_saved = time.perf_counter()
-    # 6. grid: the run's images in one PNG
-    grid_path = save_grid(spec, session.components, images, done, info)
+    # 6. grid: the run's images in one PNG, from the saved files (--skip_save: kept images)
+    grid_path = save_grid(spec, session.components, done, images, info, control) if grid else None
     t_end = time.perf_counter()
+    made = len(done) - len(resumed)
     # 7. summary
     return {
         "outdir": str(spec.outdir),
@@ -59,13 +112,14 @@ def execute(spec: RunSpec, session: Session | None = None) -> Summary:
         "grid": str(grid_path) if grid_path else None,
         "seeds": [e["seed"] for e in done],
         "images": done,
+        **({"resumed": len(resumed)} if resumed else {}),
         **info,
         "timings": {
             "load_s": round(load_seconds, 4),
             "generate_s": round(t_saved - t_gen, 4),
             "grid_s": round(t_end - t_saved, 4),
             "total_s": round(t_end - t0, 4),
-            "per_image_s": round((t_saved - t_gen) / max(1, len(done)), 4),
+            "per_image_s": round((t_saved - t_gen) / max(1, made), 4),
             "first_step_unix": renderer.first_step_at,  # the first denoising step began
         },
     }
@@ -118,10 +172,15 @@ def dtype_name(session: Session) -> str:
     return str(session.dtype).replace("torch.", "")
 
 
-def announce(spec: RunSpec, session: Session, load_seconds: float) -> None:
+def announce(spec: RunSpec, session: Session, load_seconds: float, resumed: int = 0) -> None:
     """Step 4: the run's notes, and (without --json) what is about to be made."""
     for note in [*spec.notes, *device_notes(spec, session.device)]:
         say(f"note: {note}")
+    if resumed:
+        say(
+            f"note: resuming: {resumed} image(s) of this run were saved before the engine "
+            f"worker stopped; making the other {spec.n_images - resumed}"
+        )
     if not spec.json:
         say(
             f"model {session.components.name} loaded in {load_seconds:.1f} s on "
@@ -167,23 +226,63 @@ def render_and_save(
     renderer: Renderer,
     batches: list[list[ImageSpec]],
     info: dict[str, Any],
-) -> tuple[list[dict[str, Any]], list[Image]]:
-    """Step 5: render every batch, save each image (unless --skip_save) and report it; the
-    summary entry of each image, and the images the grid needs."""
+    control: Control,
+    resumed: list[Entry],
+    grid: bool = False,
+) -> tuple[list[Entry], list[Image]]:
+    """Step 5: render every image (but the RESUMED ones), save each as soon as it is decoded
+    (unless --skip_save), tell CONTROL and report it; every image's summary entry, in order,
+    and, with --skip_save and a GRID to make, the images (nothing else keeps them).
+
+    A full disk stops the run with one line that names the file and counts what was kept."""
     samples = outputs.sample_numbering(spec.outdir)
-    done: list[dict[str, Any]] = []
+    done = list(resumed)
     images: list[Image] = []
-    for result in renderer.run(batches, settings_of(spec)):
-        entry = save_image(spec, components, result, samples, info)
-        done.append(entry)
-        if not spec.skip_grid:
-            images.append(result.image)
-        if not spec.json:
-            where = f" -> {entry['file']}" if entry["file"] else ""
-            say(f"[{len(done)}/{spec.n_images}] seed {entry['seed']} {result.seconds:.2f} s{where}")
-        if result.vae_fallback:
-            say(f"note: image {entry['index']}: fp16 VAE decode gave NaN/black; decoded in fp32")
-    return done, images
+    control.saved.extend(resumed)
+    skip = {e["index"] for e in resumed}
+    todo = [b for b in ([s for s in batch if s.index not in skip] for batch in batches) if b]
+    images_ahead = sum(len(b) for b in todo)
+    made = 0
+
+    def on_step(i: int, n: int) -> None:
+        control.check(f"at step {i}/{n} of image {len(done) + 1}/{spec.n_images}")
+
+    control.check()
+    try:
+        for result in renderer.run(todo, settings_of(spec), on_step=on_step):
+            entry = save_image(spec, components, result, samples, info)
+            done.append(entry)
+            made += 1
+            if grid and spec.skip_save:
+                images.append(result.image)
+            if entry["file"]:
+                control.saved.append(entry)
+                if control.on_image is not None:
+                    control.on_image(entry)
+            if not spec.json:
+                where = f" -> {entry['file']}" if entry["file"] else ""
+                say(
+                    f"[{len(done)}/{spec.n_images}] seed {entry['seed']} "
+                    f"{result.seconds:.2f} s{where}"
+                )
+            if result.vae_fallback:
+                say(
+                    f"note: image {entry['index']}: fp16 VAE decode gave NaN/black; decoded in fp32"
+                )
+            if made < images_ahead:
+                control.check()
+    except NoSpaceError as err:
+        raise kept(err, control, samples.directory) from None
+    return sorted(done, key=lambda e: e["index"]), images
+
+
+def kept(err: NoSpaceError, control: Control, where: Path) -> NoSpaceError:
+    """ERR with how many images of this command are kept, and where (one line)."""
+    n = len(control.saved)
+    return NoSpaceError(
+        f"{err.message}; {n} image{'s' if n != 1 else ''} of this run kept in {where}",
+        hint="free some space, then run again",
+    )
 
 
 def save_image(
@@ -217,23 +316,44 @@ def save_image(
     }
 
 
+def grid_fits(spec: RunSpec) -> bool:
+    """Step 5: whether the run makes a grid: not with --skip_grid, and not (a note says so)
+    when it would be too large to open."""
+    if spec.skip_grid:
+        return False
+    width, height = outputs.grid_size(spec.n_images, (spec.width, spec.height), spec.n_rows)
+    if width * height > outputs.GRID_MAX_PIXELS:
+        say(
+            f"note: no grid: {spec.n_images} images of {spec.width}x{spec.height} would make a "
+            f"{width}x{height} grid, more than image viewers open; the samples are saved"
+        )
+        return False
+    return True
+
+
 def save_grid(
     spec: RunSpec,
     components: Components,
+    done: list[Entry],
     images: list[Image],
-    done: list[dict[str, Any]],
     info: dict[str, Any],
+    control: Control,
 ) -> Path | None:
-    """Step 6: the grid PNG of the run's images (unless --skip_grid), parameters of the first."""
-    if spec.skip_grid or not images:
+    """Step 6: the grid PNG of the run's images, parameters of the first; read back from the
+    saved files (only the grid is in memory), or the IMAGES kept with --skip_save."""
+    sources: Sequence[Any] = images if spec.skip_save else [e["file"] for e in done]
+    if not sources:
         return None
-    grid = outputs.make_grid(images, spec.n_rows)
+    grid = outputs.make_grid(sources, spec.n_rows)
     first = done[0]
     text = parameters(
         spec, components, first["prompt"], first["negative_prompt"], first["seed"], grid=True
     )
     data = {"run": info, "n_rows": spec.n_rows, "images": done}
-    return outputs.save_png(grid, outputs.grid_numbering(spec.outdir), text, data)
+    try:
+        return outputs.save_png(grid, outputs.grid_numbering(spec.outdir), text, data)
+    except NoSpaceError as err:
+        raise kept(err, control, Path(spec.outdir) / "samples") from None
 
 
 # -- metadata -----------------------------------------------------------------------------------

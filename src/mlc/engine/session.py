@@ -115,13 +115,14 @@ def session_for(spec: RunSpec, session: Session | None = None) -> tuple[Session,
 
 
 def check_shape(spec: RunSpec, components: Components) -> None:
-    """--C, --f, --H and --W against the loaded model."""
-    if components.latent_channels != spec.latent_channels:
+    """--C, --f, --H and --W against the loaded model (--C and --f only when given: their
+    default is the model's own)."""
+    if spec.latent_channels is not None and components.latent_channels != spec.latent_channels:
         raise UsageError(
             f"--C {spec.latent_channels} does not match the model's "
             f"{components.latent_channels} latent channels"
         )
-    if components.vae_scale_factor != spec.factor:
+    if spec.factor is not None and components.vae_scale_factor != spec.factor:
         raise UsageError(
             f"--f {spec.factor} does not match the model's VAE, which "
             f"downsamples by {components.vae_scale_factor}"

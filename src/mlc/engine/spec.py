@@ -1,5 +1,6 @@
 """What one engine run is: a validated ``RunSpec``, its grid ``Axis`` list, and the limits and
-defaults that the parser, the grid axes and the benchmark share.
+defaults that the parser, the grid axes and the benchmark share (``Limits``: the most pixels,
+steps and images one run may take).
 
 Pure data and its value rules: no I/O, no environment, no torch. ``mlc.engine.options``
 builds a RunSpec from a command line; ``run``, ``grid``, ``bench`` and the worker take one.
@@ -28,6 +29,12 @@ DEFAULT_STEPS = 50
 FAST_SAMPLER, FAST_STEPS = "dpmpp_2m_karras", 20  # --fast
 MAX_SEED = 2**64 - 1
 
+# The limits of one run (each overridable: --max_pixels/--max_steps/--max_images, MLC_MAX_*,
+# --no_limits). Far above everyday SD v1 work, low enough that a typo is not hours of work.
+MAX_PIXELS = 2048 * 2048  # 16x SD v1's native 512x512
+MAX_STEPS = 500  # the training schedule has 1000 steps; samplers converge far below
+MAX_IMAGES = 10_000  # per run (grid cells included)
+
 AxisValue = str | int | float | tuple[int, int]
 """One value of a grid axis: a sampler or prompt, a number, or a (width, height) size."""
 
@@ -36,11 +43,14 @@ SpeedModes = dict[str, int | float | str]
 
 
 def multiple_of_8(where: str, value: int) -> int:
-    """VALUE when it is a multiple of 8 (at least 8); else a UsageError naming the neighbours.
+    """VALUE when it is a multiple of 8 (at least 8); else a UsageError naming the neighbours
+    (or, for 0 and below, saying that a size is positive).
 
     WHERE starts the message: ``--H`` (a flag) or ``--x size:`` (a grid axis)."""
     if value >= 8 and value % 8 == 0:
         return value
+    if value <= 0:
+        raise UsageError(f"{where} {value} must be a positive multiple of 8, e.g. 512")
     low = value // 8 * 8
     choices = f"{low} or {low + 8}" if low >= 8 else "8"
     raise UsageError(f"{where} {value} is not a multiple of 8; use {choices}")
@@ -189,8 +199,8 @@ class RunSpec:
     eta: float
     height: int
     width: int
-    latent_channels: int
-    factor: int
+    latent_channels: int | None  # --C; None: the model's
+    factor: int | None  # --f; None: the model's VAE's
     n_iter: int
     n_samples: int
     n_rows: int
@@ -261,3 +271,44 @@ class RunSpec:
             notes=[],
             axes=[],
         )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds on one run's work; None: no bound."""
+
+    pixels: int | None = MAX_PIXELS
+    steps: int | None = MAX_STEPS
+    images: int | None = MAX_IMAGES
+
+    def check(self, spec: RunSpec) -> None:
+        """SPEC (and each of its grid cells) within the limits; else a UsageError, one line
+        that says how to go over them."""
+        cells = [spec.cell(c) for c in spec.combos()] if spec.axes else [spec]
+        for run in cells:
+            pixels = run.width * run.height
+            cell = " (a grid cell)" if spec.axes else ""
+            if self.pixels is not None and pixels > self.pixels:
+                side = int(self.pixels**0.5)
+                raise UsageError(
+                    f"--W {run.width} --H {run.height}{cell} is {pixels / 1e6:.1f} megapixels, "
+                    f"over the limit of {self.pixels / 1e6:.1f} megapixels ({side}x{side}); "
+                    f"to run it anyway, pass --max_pixels {pixels} (or --no_limits)"
+                )
+            if self.steps is not None and run.steps > self.steps:
+                raise UsageError(
+                    f"--ddim_steps {run.steps}{cell} is over the limit of {self.steps} steps; "
+                    f"to run it anyway, pass --max_steps {run.steps} (or --no_limits)"
+                )
+        count = len(cells) if spec.axes else spec.n_images
+        if self.images is not None and count > self.images:
+            if spec.axes:
+                what = f"{count} grid cells"
+            elif (prompts := sum(len(b) for b in spec.batches)) != spec.n_samples:
+                what = f"{count} images ({prompts} prompts x --n_iter {spec.n_iter})"
+            else:
+                what = f"{count} images (--n_samples {spec.n_samples} x --n_iter {spec.n_iter})"
+            raise UsageError(
+                f"{what} in one run is over the limit of {self.images}; to run it anyway, "
+                f"pass --max_images {count} (or --no_limits)"
+            )

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import sys
 
-from mlc.engine import command
+from mlc.engine import command, stopped_like_ctrl_c
 from mlc.engine.options import build_parser, read_prompt_file
 
 __all__ = ["build_parser", "main", "read_prompt_file"]  # the parser is public (docs/engine.md)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code."""
-    return command.main(argv)
+    """Run the CLI; returns the exit code. SIGTERM and SIGHUP stop it as Ctrl-C does (every
+    image finished so far is kept, no half-written file is left; exit 143 or 129)."""
+    with stopped_like_ctrl_c():
+        return command.main(argv)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,18 @@ uid is checked with SO_PEERCRED: it never serves another user), runs requests on
 time in accept order in its main thread, each exactly as ``mlc-txt2img`` would (same
 output, one-line errors and exit codes; outputs relative to the client's folder), reuses
 its loaded model while checkpoint, config, device and precision stay the same, and exits
-after S seconds without requests. A client that disconnects (Ctrl-C) cancels its request;
-the worker stays usable. It logs to ``D/worker.log``. The protocol is ``mlc.engine.protocol``.
+after S seconds without requests. A client that disconnects (Ctrl-C, SIGTERM, a closed
+terminal) or a ``--cancel TAG`` cancels its request, which stops between two denoising steps
+(every image saved so far is kept); the worker stays usable. ``--stop-worker`` (the ``stop``
+message with ``cancel``), SIGTERM and SIGINT cancel the running request and every queued one
+and make the worker exit at once. Each saved image is streamed to its client (``{"image":
+entry}``) as soon as it is written, so a client whose worker died can resume after it. The
+request's output reaches the client in whole lines. It logs to ``D/worker.log``. The protocol
+is ``mlc.engine.protocol``.
 """
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import contextlib
 import gc
@@ -47,7 +52,7 @@ from mlc.engine.protocol import (
     read_request,
     send,
 )
-from mlc.engine.run import Summary
+from mlc.engine.run import Cancelled, Control, Summary
 from mlc.engine.session import Session, open_session
 from mlc.engine.spec import RunSpec
 from mlc.errors import MlcError, WorkerError
@@ -66,7 +71,8 @@ class Request:
     env: dict[str, str]
     umask: int
     tag: str | None
-    gone: bool = False  # the client disconnected (Ctrl-C) or cancelled
+    resume: list[dict[str, Any]] = field(default_factory=list)  # images an earlier try saved
+    reason: str | None = None  # why it was cancelled (the client left, --cancel, ...)
     done: bool = False
     closed: bool = False
     dead_output: bool = field(default=False, repr=False)
@@ -88,15 +94,26 @@ class Request:
 
 
 class Stream(io.TextIOBase):
-    """stdout or stderr of a request: every write goes to the client at once."""
+    """stdout or stderr of a request, sent to the client in whole lines as soon as each line
+    is complete (``print`` writes a line in two pieces: the client, and what else writes to
+    its terminal, never see half a line); ``close`` sends what is left."""
 
     def __init__(self, request: Request, key: str) -> None:
-        self.request, self.key = request, key
+        self.request, self.key, self.partial = request, key, ""
 
     def write(self, text: str) -> int:
-        if text:
-            self.request.send({self.key: text})
+        self.partial += text
+        end = self.partial.rfind("\n") + 1
+        if end:
+            lines, self.partial = self.partial[:end], self.partial[end:]
+            self.request.send({self.key: lines})
         return len(text)
+
+    def close(self) -> None:
+        if self.partial:
+            self.request.send({self.key: self.partial})
+            self.partial = ""
+        super().close()
 
     def writable(self) -> bool:
         return True
@@ -128,6 +145,7 @@ class Worker:
         self.current: Request | None = None  # the request serve_one handles, until answered
         self.pending: list[Request] = []
         self.stopping = False
+        self.halt: str | None = None  # why every request is cancelled (the worker exits now)
         self.closed = False
         self.session: Session | None = None
         self.stamp: tuple[int, int, int] | None = None
@@ -215,6 +233,11 @@ class Worker:
                 {str(k): str(v) for k, v in (message.get("env") or {}).items()},
                 int(message.get("umask", 0o022)),
                 message.get("tag"),
+                resume=[
+                    e
+                    for e in message.get("resume") or []
+                    if isinstance(e, dict) and isinstance(e.get("index"), int)
+                ],
             )
             if message.get("idle") is not None:
                 self.idle = idle_seconds(str(message["idle"]))
@@ -226,13 +249,25 @@ class Worker:
             threading.Thread(target=self._watch, args=(req,), daemon=True).start()
             self.queue.put(req)
             log.info("request queued (%d ahead): %s", ahead, " ".join(req.argv))
-        elif op == "stop":
+        elif op == "stop":  # --stop-worker (cancel); without cancel: retired after its queue
+            if message.get("cancel"):
+                reason = "the engine worker is stopping (--stop-worker)"
+                n = self._cancel(lambda r: True, reason)
+                self.halt = reason
+                what = (
+                    f"stops now ({n} request{'s' if n != 1 else ''} cancelled)"
+                    if n
+                    else "stops after its queue, which is empty"
+                )
+            else:
+                what = "stops after its queue"
             self.stopping = True
             self._close_listener()
-            send(conn, {"ok": f"the engine worker (pid {os.getpid()}) stops after its queue"})
+            send(conn, {"ok": f"the engine worker (pid {os.getpid()}) {what}"})
             conn.close()
         elif op == "cancel":
-            found = self._cancel(lambda r: r.tag is not None and r.tag == message.get("tag"))
+            tag = message.get("tag")
+            found = self._cancel(lambda r: r.tag is not None and r.tag == tag, "cancelled")
             send(conn, {"ok": "cancelled" if found else "no such request"})
             conn.close()
         elif op == "ping":
@@ -243,7 +278,7 @@ class Worker:
             conn.close()
 
     def _watch(self, req: Request) -> None:
-        """Wait for the client to go away (Ctrl-C) and cancel its request."""
+        """Wait for the client to go away (Ctrl-C, SIGTERM, ...) and cancel its request."""
         while True:
             try:
                 data = req.conn.recv(4096)
@@ -251,32 +286,47 @@ class Worker:
                 data = b""
             if not data:
                 break
-        self._cancel(lambda r: r is req)
+        self._cancel(lambda r: r is req, "the client left")
 
-    def _cancel(self, match: Callable[[Request], bool]) -> bool:
+    def _cancel(self, match: Callable[[Request], bool], reason: str) -> int:
+        """Cancel the requests that MATCH, queued or running (the engine stops the running
+        one after its current denoising step); how many."""
         with self.lock:
-            found = False
+            found = 0
             for r in self.pending:
-                if match(r) and not r.gone:
-                    r.gone = found = True
+                if match(r) and r.reason is None:
+                    r.reason, found = reason, found + 1
             r = self.active
-            if r is not None and not r.done and match(r) and not r.gone:
-                r.gone = found = True
-                log.info("client gone: interrupting the running request")
-                _thread.interrupt_main()  # a KeyboardInterrupt in the engine: exit code 130
+            if r is not None and not r.done and match(r) and r.reason is None:
+                r.reason, found = reason, found + 1
+                log.info("%s: cancelling the running request", reason)
             return found
+
+    def stop_reason(self, req: Request) -> str | None:
+        """Why REQ must stop now (None: go on): the engine asks after every step."""
+        return self.halt or req.reason
 
     # -- requests ------------------------------------------------------------------------------
 
     def execute(self, spec: RunSpec) -> Summary:
-        """SPEC's run (or grid) on the kept Session (loaded again for another model)."""
+        """SPEC's run (or grid) on the kept Session (loaded again for another model), for the
+        current request: its saved images streamed to its client, stopped between steps when
+        cancelled, resumed after the images an earlier try saved."""
+        req = self.current
+        assert req is not None
+        control = Control(
+            on_image=lambda entry: req.send({"image": entry}),
+            stop=lambda: self.stop_reason(req),
+            resume=req.resume,
+        )
+        control.check()  # cancelled while it waited
         stamp = _stamp(spec.ckpt)
         if self.session is None or stamp != self.stamp or not self.session.serves(spec):
             self._drop_session()
             self.session = open_session(spec)
             self.stamp = stamp
             log.info("loaded %s", spec.ckpt)
-        summary = execute(spec, self.session)
+        summary = execute(spec, self.session, control)
         summary["worker"] = {"pid": os.getpid(), "requests": self.served + 1}
         return summary
 
@@ -296,8 +346,12 @@ class Worker:
         with self.lock:
             if req in self.pending:
                 self.pending.remove(req)
-            if req.gone:  # cancelled while queued
-                req.send({"exit": report_error(KeyboardInterrupt(), Stream(req, "err"))})
+            reason = self.stop_reason(req)
+            if reason:  # cancelled while queued
+                err = Stream(req, "err")
+                err.write(f"note: {reason}: the request was cancelled before it started\n")
+                req.send({"exit": report_error(Cancelled(reason), err)})
+                err.close()
                 req.close()
                 return
             self.active = self.current = req
@@ -315,6 +369,8 @@ class Worker:
                 out, err = Stream(req, "out"), Stream(req, "err")
                 with redirect_stdout(out), redirect_stderr(err):  # type: ignore[type-var]
                     code = run_command(req.argv, run=self.execute)
+                out.close()
+                err.close()
         finally:
             with self.lock:
                 req.done = True
@@ -326,20 +382,6 @@ class Worker:
         req.send({"exit": code})
         req.close()
         self.current = None
-
-    def _settle(self) -> None:
-        """A cancel's KeyboardInterrupt landed outside the engine: answer its request (130)."""
-        req, self.current = self.current, None
-        with self.lock:
-            self.active = None
-            if req is not None:
-                req.done = True
-        if req is not None and not req.closed:
-            req.send({"exit": 130})
-            req.close()
-        with contextlib.suppress(OSError):
-            os.chdir(self.dir)
-        self.last = time.monotonic()
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -356,21 +398,16 @@ class Worker:
             while True:
                 try:
                     self._step()
-                except KeyboardInterrupt:  # a cancel that arrived as its request ended
-                    self._settle()
-                    continue
                 except StopIteration:
                     break
         finally:
             self._close_listener()
             self.acceptor.join(timeout=15)
-            while True:  # requests that arrived while closing still get served
+            while True:  # requests that arrived while closing: served, or cancelled (halt)
                 try:
                     self.serve_one(self.queue.get_nowait())
                 except queue.Empty:
                     break
-                except KeyboardInterrupt:
-                    self._settle()
             with contextlib.suppress(OSError):
                 if (self.dir / PIDFILE).read_text().strip() == str(os.getpid()):
                     (self.dir / PIDFILE).unlink()
@@ -419,15 +456,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", err)
         return 1
 
-    def terminate(_signum: int, _frame: Any) -> None:
-        worker.stopping = True  # finish the running request, then exit
+    def terminate(signum: int, _frame: Any) -> None:
+        # Only flags (no lock: the main thread may hold it): the running request stops after
+        # its current step, the queued ones are answered as cancelled, then the worker exits.
+        worker.halt = f"the engine worker is stopping ({signal.Signals(signum).name})"
+        worker.stopping = True
 
+    # SIGINT too: the worker has its own session, so a terminal's Ctrl-C never reaches it; a
+    # SIGINT is someone's `kill -INT` (or Ctrl-C of a worker run by hand in the foreground).
     signal.signal(signal.SIGTERM, terminate)
-    # _thread.interrupt_main() cancels a request by simulating SIGINT, which does nothing
-    # unless Python handles SIGINT. A worker started from a background job, nohup or a
-    # daemon's child inherits SIGINT *ignored*, and Python keeps that: install the handler.
-    # (The worker has its own session, so a terminal's Ctrl-C never reaches it.)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, terminate)
     return worker.run()
 
 
