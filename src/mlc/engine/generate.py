@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from mlc.engine.cudagraphs import steps_for, unsupported
 from mlc.engine.samplers import make_scheduler
 
 
@@ -104,12 +105,16 @@ class Renderer:
         *,
         tiny_vae: Any = None,
         offload: Any = None,
+        steps: Any = None,
     ):
         self.c = components
         self.device = torch.device(device)
         self.dtype = dtype or torch.float32
         self.tiny_vae = tiny_vae  # AutoencoderTiny for Settings.tiny_vae (mlc.engine.tinyvae)
         self.offload = offload  # mlc.engine.lowvram.Offload: models visit the GPU one at a time
+        # the UNet + CFG part of each step: a CUDA graph per shape on CUDA, eager elsewhere
+        # (mlc.engine.cudagraphs.GraphedStep; the loaded UNet's own unless STEPS is given)
+        self.steps = steps
         self._embeds: dict[str, torch.Tensor] = {}
         self._vae32: Any = None
         self.first_step_at: float | None = None  # time.time() when the first UNet call began
@@ -173,21 +178,36 @@ class Renderer:
 
         timesteps = scheduler.timesteps
         with self._on_device(self.c.unet), self._speed_modes(settings) as unet:
+            # the CFG pair through the UNet and the guidance combine (cudagraphs.guided_eps),
+            # replayed from a CUDA graph where one can be used
+            model = self._graphed().bind(
+                unet,
+                cond,
+                scale=settings.scale,
+                cfg=cfg,
+                dtype=self.dtype,
+                device=self.device,
+                why_eager=unsupported(
+                    deepcache=settings.deepcache,
+                    tome=settings.tome,
+                    low_vram=self.offload is not None,
+                ),
+            )
             for i, t in enumerate(timesteps):
                 if self.first_step_at is None:
                     self.first_step_at = time.time()
-                model_input = torch.cat([latents] * 2) if cfg else latents
-                model_input = scheduler.scale_model_input(model_input, t)
-                eps = unet(
-                    model_input.to(self.dtype), t, encoder_hidden_states=cond, return_dict=False
-                )[0].to(latents.dtype)
-                if cfg:
-                    eps_uncond, eps_cond = eps.chunk(2)
-                    eps = eps_uncond + settings.scale * (eps_cond - eps_uncond)
+                eps = model(scheduler.scale_model_input(latents, t), t)
                 latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]
                 if on_step is not None:
                     on_step(i + 1, len(timesteps))
         return latents
+
+    def _graphed(self) -> Any:
+        """The GraphedStep of this renderer's UNet (its notes said once in this run)."""
+        if self.steps is None:
+            self.steps = steps_for(self.c.unet)
+            self.steps.begin_run()
+        return self.steps
 
     @contextlib.contextmanager
     def _speed_modes(self, settings: Settings) -> Iterator[Any]:
