@@ -280,7 +280,7 @@ class GraphedStep:
         self.graphs: OrderedDict[StepKey, _Graph] = OrderedDict()
         self.failed: dict[StepKey, str] = {}  # keys whose capture failed: eager from then on
         self.stats = GraphStats()
-        self.clocks: list[Clock] = []  # the benchmark's step clock (replays fire no UNet hook)
+        self.clocks: list[Clock] = []  # the benchmark's step clock (replays run no UNet hook)
         self._pool: Any = None
         self._noted: set[str] = set()
 
@@ -305,8 +305,10 @@ class GraphedStep:
         if reason is None and torch.device(device).type != "cuda" and self.backend is None:
             reason = "no CUDA device"
         if reason is not None:
-            return self._eager(unet, cond, scale=scale, cfg=cfg, dtype=dtype, reason=reason)
-        return _Bound(self, unet, cond, scale=scale, cfg=cfg, dtype=dtype, device=device)
+            step = self._eager(unet, cond, scale=scale, cfg=cfg, dtype=dtype, reason=reason)
+        else:
+            step = _Bound(self, unet, cond, scale=scale, cfg=cfg, dtype=dtype, device=device)
+        return self._clocked(step)
 
     def begin_run(self) -> None:
         """A new run: its fallback notes are said again (once each)."""
@@ -322,14 +324,25 @@ class GraphedStep:
 
         def step(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             self._tick(reason)
-            for pre, _ in self.clocks:
+            return guided_eps(unet, latents, t, cond, **kw)
+
+        return step
+
+    def _clocked(self, step: EpsFn) -> EpsFn:
+        """STEP with the clocks around it (a first step's time includes its capture)."""
+        if not self.clocks:
+            return step
+        clocks = list(self.clocks)
+
+        def timed(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            for pre, _ in clocks:
                 pre()
-            eps = guided_eps(unet, latents, t, cond, **kw)
-            for _, post in self.clocks:
+            eps = step(latents, t)
+            for _, post in clocks:
                 post()
             return eps
 
-        return step
+        return timed
 
     def _tick(self, reason: str) -> None:
         self.stats.eager_steps += 1
@@ -441,16 +454,11 @@ class _Bound:
             graph.cond.copy_(self.cond)  # this loop's prompts (a known graph had others)
             self.graph = graph
         graph = self.graph
-        for pre, _ in owner.clocks:
-            pre()
         graph.latents.copy_(latents)
         graph.t.copy_(t)
         owner._backend().replay(graph.graph)
         owner.stats.replays += 1
-        out = graph.out.clone()  # the next replay overwrites graph.out
-        for _, post in owner.clocks:
-            post()
-        return out
+        return graph.out.clone()  # the next replay overwrites graph.out
 
     def _run_eagerly(self, reason: str, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.eager = self.owner._eager(self.unet, self.cond, reason=reason, **self.kw)
