@@ -49,6 +49,10 @@ class Settings:
     deepcache: int = 0  # full UNet every N steps, cached deep features between (0: off)
     tome: float = 0.0  # token merging ratio in the highest-resolution blocks (0: off)
     tiny_vae: bool = False  # decode with TAESD (Renderer.tiny_vae) instead of the full VAE
+    # where the latents and the sampler's math live: "float32" (the engine's default, see
+    # docs/benchmarks.md "The GPU contract with diffusers") or "model": the model's dtype, as
+    # diffusers' fp16 pipeline keeps them (same pixels as StableDiffusionPipeline in fp16)
+    latents: str = "float32"
 
 
 @dataclass
@@ -154,14 +158,15 @@ class Renderer:
         generators: list[torch.Generator],
         on_step: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
-        """The sampling loop for one batch; returns the final latents (fp32)."""
+        """The sampling loop for one batch; returns the final latents (fp32, or the model's
+        dtype with ``settings.latents == "model"``)."""
         scheduler = make_scheduler(settings.sampler, self.c.schedule)
         scheduler.set_timesteps(settings.steps, device=self.device)
         shape = self.latent_shape(settings)
         noise = torch.cat(
             [initial_noise(s.seed, shape, g) for s, g in zip(specs, generators, strict=True)]
         )
-        latents = noise.to(self.device) * scheduler.init_noise_sigma
+        latents = noise.to(self.device, self.latents_dtype(settings)) * scheduler.init_noise_sigma
 
         cond = torch.cat([self.encode(s.prompt) for s in specs])
         cfg = settings.scale != 1.0
@@ -201,6 +206,11 @@ class Renderer:
                 if on_step is not None:
                     on_step(i + 1, len(timesteps))
         return latents
+
+    def latents_dtype(self, settings: Settings) -> torch.dtype:
+        """The latents' dtype: fp32, or the model's (``settings.latents == "model"``; the
+        noise is drawn in fp32 and cast, which equals drawing it in fp16 on the CPU)."""
+        return self.dtype if settings.latents == "model" else torch.float32
 
     def _graphed(self) -> Any:
         """The GraphedStep of this renderer's UNet (its notes said once in this run)."""
