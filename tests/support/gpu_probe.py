@@ -4,17 +4,17 @@
 --ddim_steps 50]`` loads the model once (fp16 on CUDA, fp32 on a CPU) and measures, writing
 the JSON after every section (a stage stopped by its time limit keeps what it had):
 
-- ``contract`` (issue 12, item 4): StableDiffusionPipeline over the same models (in the default
-  memory format, as a user runs it) against the engine with latents in the model's dtype
-  (``Settings.latents = "model"``) and with its fp32 default, as the engine runs
-  (``channels_last`` on CUDA, graphed) and in diffusers' memory format: final latents
-  identical or not, largest pixel difference, PSNR, fp32 VAE retries.
+- ``contract`` (issue 12, item 4): StableDiffusionPipeline over the same models against the
+  engine with latents in the model's dtype (``Settings.latents = "model"``) and with its fp32
+  default, eager and graphed: final latents identical or not, largest pixel difference, PSNR,
+  fp32 VAE retries.
 - ``first_image`` (item 3): the engine's first full image after a 2-step warm-up (what the
   modes benchmark did) and the next one, denoising and decoding timed apart.
 - ``vae`` (item 3): the final latents decoded by the fp16 VAE (time, NaN/black), the fp32
   retry (first call with its VAE copy, then again), and TAESD (random weights).
 - ``graphs`` (item 1): eager against CUDA-graph steps: seconds per image, the model part of a
-  step (synchronised), capture cost, and whether the latents are bit-identical. CUDA only.
+  step (synchronised), capture cost, and whether the latents are bit-identical; then both
+  again in ``channels_last`` (the engine's old layout: decode and step times). CUDA only.
 
 ``python3 tests/support/gpu_probe.py summary OUT`` reads the stages' JSON files in OUT and
 writes ``gpu-check.json`` (every figure, and the issue's targets with the measured value) and
@@ -141,24 +141,14 @@ def load_section(p: Probe) -> dict[str, Any]:
 
 
 def contract_section(p: Probe) -> dict[str, Any]:
-    """diffusers' fp16 pipeline as a user runs it, against the engine's two latents modes:
-    as the engine runs (``channels_last`` on CUDA, graphed) and on the same memory format."""
+    """diffusers' fp16 pipeline as a user runs it, against the engine's two latents modes,
+    eager and graphed (the engine runs diffusers' memory format)."""
     import numpy as np
     from diffusers import StableDiffusionPipeline
 
     from mlc.engine.samplers import make_scheduler
 
     c = p.components
-    mine: dict[str, dict[str, Any]] = {}
-
-    def engine(tag: str, **kw: Any) -> None:
-        mine[tag] = p.image(p.renderer(graphs=kw.pop("graphs", False)), p.settings(**kw))
-
-    if p.cuda:  # the engine as it runs: channels_last (accel.tune, done after loading)
-        engine("fp32_latents_channels_last_graphed", graphs=True)
-        engine("model_latents_channels_last", latents="model")
-        for model in (c.unet, c.vae):  # diffusers as a user runs it: the default format
-            model.to(memory_format=p.torch.contiguous_format)
     pipe = StableDiffusionPipeline(
         vae=c.vae,
         text_encoder=c.text_encoder,
@@ -189,15 +179,15 @@ def contract_section(p: Probe) -> dict[str, Any]:
         ).images[0]
     )
     theirs = np.asarray(image, np.int16)
-    engine("model_latents", latents="model")
-    engine("fp32_latents")
-    if p.cuda:
-        engine("model_latents_graphed", latents="model", graphs=True)
     out: dict[str, Any] = {
         "diffusers_s": round(diffusers_s, 3),
         "diffusers_black": bool(theirs.max() == 0),
     }
-    for tag, r in mine.items():
+    runs = [("model_latents", "model", False), ("fp32_latents", "float32", False)]
+    if p.cuda:
+        runs += [("model_latents_graphed", "model", True), ("fp32_graphed", "float32", True)]
+    for tag, latents, graphs in runs:
+        r = p.image(p.renderer(graphs=graphs), p.settings(latents=latents))
         out[tag] = {
             "latents_identical": bool(p.torch.equal(r["latents"], last["latents"])),
             **compare(r["pixels"], theirs),
@@ -289,6 +279,7 @@ def graphs_section(p: Probe) -> dict[str, Any]:
         out[name] = {
             "image_s": round(statistics.median(r["denoise_s"] + r["decode_s"] for r in rs), 4),
             "denoise_s": round(statistics.median(r["denoise_s"] for r in rs), 4),
+            "decode_s": round(statistics.median(r["decode_s"] for r in rs), 4),
         }
     out["eager"]["model_step_ms"] = round(1000 * statistics.median(step_times(eager)), 3)
     out["graphs"]["model_step_ms"] = round(1000 * statistics.median(step_times(graphed)), 3)
@@ -297,6 +288,24 @@ def graphs_section(p: Probe) -> dict[str, Any]:
     out["latents_identical"] = bool(p.torch.equal(a["latents"], runs["graphs"][-1]["latents"]))
     out["pixels"] = compare(a["pixels"], runs["graphs"][-1]["pixels"])
     out["speedup"] = round(out["eager"]["image_s"] / out["graphs"]["image_s"], 3)
+    # the old layout, channels_last: the same, for the choice of the default (accel.tune)
+    c = p.components
+    for model in (c.unet, c.vae):
+        model.to(memory_format=p.torch.channels_last)
+    try:
+        eager, graphed = p.renderer(graphs=False), p.renderer(graphs=True)
+        for name, r in (("eager", eager), ("graphs", graphed)):
+            p.image(r, p.settings())  # warm-up (and capture)
+            x = p.image(r, p.settings())
+            out[f"{name}_channels_last"] = {
+                "image_s": round(x["denoise_s"] + x["decode_s"], 4),
+                "denoise_s": round(x["denoise_s"], 4),
+                "decode_s": round(x["decode_s"], 4),
+                "model_step_ms": round(1000 * statistics.median(step_times(r)), 3),
+            }
+    finally:
+        for model in (c.unet, c.vae):
+            model.to(memory_format=p.torch.contiguous_format)
     return out
 
 
@@ -315,7 +324,7 @@ def probe(argv: list[str]) -> int:
         return 1
     from mlc.engine.accel import tune
 
-    tune(p.components, p.device)  # as the engine runs: channels_last on CUDA
+    tune(p.components, p.device)  # as the engine runs (no channels_last by default)
     for name, fn in (
         ("first_image", first_image_section),  # first: nothing else has warmed the process
         ("vae", vae_section),

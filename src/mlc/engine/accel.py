@@ -1,8 +1,12 @@
 """Device tuning that keeps the pixels (within float rounding): memory format and compile, and
 the report of what the speed machinery did.
 
-On CUDA the UNet and VAE run in ``channels_last`` (the layout cuDNN's fast convolutions
-want; on this project's CPUs it measured slower, so CPUs keep the default). ``--compile``
+The UNet and VAE keep PyTorch's default memory format everywhere. ``channels_last`` (the
+layout cuDNN's tensor-core convolutions want) measured slower for the SD v1 UNet on an H200
+(one fp16 CFG-pair call: 34.3 ms against 25.5 ms, 2026-11-30) and on this project's CPUs;
+the default format is also what diffusers' pipeline runs, so the engine's kernels are its
+kernels (``tune(..., channels_last=True)`` keeps the old layout for measurements;
+tests/support/gpu_probe.py times both). ``--compile``
 wraps the UNet's forward in ``torch.compile`` (``dynamic=False``: one static graph per shape)
 inside ``compilecache.CompiledUNet``: the compiled kernels go to a persistent cache beside the
 converted weights (``$MLC_CACHE_DIR/inductor``) and, as one portable file per GPU, torch
@@ -28,9 +32,12 @@ from mlc.engine.cudagraphs import steps_for
 from mlc.engine.options import cache_root
 
 
-def tune(components: Any, device: str, *, compile: bool = False) -> None:
-    """Prepare loaded COMPONENTS for DEVICE (in place)."""
-    if torch.device(device).type == "cuda":
+def tune(
+    components: Any, device: str, *, compile: bool = False, channels_last: bool = False
+) -> None:
+    """Prepare loaded COMPONENTS for DEVICE (in place): ``channels_last`` (CUDA only, off by
+    default: see above) and ``--compile``."""
+    if channels_last and torch.device(device).type == "cuda":
         components.unet.to(memory_format=torch.channels_last)
         components.vae.to(memory_format=torch.channels_last)
     if compile:
