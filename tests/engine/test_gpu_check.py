@@ -53,6 +53,7 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tiny, tmp_path: Path):
         "compile-cold": "skipped: no CUDA",
         "compile-warm": "skipped: no CUDA",
         "modes": "ok",
+        "low-vram": "skipped: no CUDA",
     }
     probe = json.loads((out / "probe.json").read_text())["sections"]
     assert probe["graphs"]["skipped"] == "no CUDA"

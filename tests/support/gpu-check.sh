@@ -15,10 +15,12 @@
 #                 run wrote ($MLC_CACHE_DIR/compiled; inductor and Triton folders emptied, as
 #                 in another container): cache hit, launch -> first compiled step done
 #   modes         the speed modes against the exact image (--bench --bench_modes)
+#   low-vram      --low_vram's peak device memory and time (CUDA only)
 #
 # Results go to $OUT: each stage's JSON and log, stages.tsv, and gpu-check.json + gpu-check.md
 # (tests/support/gpu_probe.py summary), the table also on stdout. Without CUDA the GPU-only
-# stages (compile-cold, compile-warm) say "skipped: no CUDA" and the probe skips its graphs.
+# stages (compile-cold, compile-warm, low-vram) say "skipped: no CUDA"; the probe skips its
+# graphs.
 #
 #   make gpu-wheels                      # here, once: diffusers' wheel into .whl/ (ignored)
 #   bash tests/support/gpu-check.sh      # there, with .whl carried
@@ -112,6 +114,13 @@ fi
 stage modes 60 "${txt2img[@]}" --bench --bench_modes --ckpt "$ckpt" \
   --outdir "$WORK/modes" --bench_json "$WORK/modes/bench-modes.json" "${extra[@]}"
 cp "$WORK/modes/bench-modes.json" "$OUT/" 2>/dev/null  # its images stay in $WORK
+if [ "$cuda" = 1 ]; then
+  stage low-vram 45 "${txt2img[@]}" --bench --low_vram --ckpt "$ckpt" --n_iter 2 \
+    --bench_warmup 1 --outdir "$WORK/low-vram" --bench_json "$OUT/bench-low-vram.json" \
+    "${extra[@]}"
+else
+  skip low-vram "no CUDA"
+fi
 
 python3 tests/support/gpu_probe.py summary "$OUT"
 echo "all stages done in $((SECONDS - start)) s (budget $BUDGET s); results in $OUT" >&2

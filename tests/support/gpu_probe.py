@@ -224,7 +224,7 @@ def vae_section(p: Probe) -> dict[str, Any]:
     vae = p.components.vae
     scaled = latents / vae.config.scaling_factor
     with p.torch.no_grad():
-        image, fp16_s = p.timed(lambda: vae.decode(scaled.to(vae.dtype), return_dict=False)[0])
+        image, decode_s = p.timed(lambda: vae.decode(scaled.to(vae.dtype), return_dict=False)[0])
     bad = generate._bad_decode(image)
     fresh = p.renderer(graphs=False)  # no fp32 VAE copy yet
     (_, fallback), first_s = p.timed(lambda: fresh.decode(latents))
@@ -236,8 +236,8 @@ def vae_section(p: Probe) -> dict[str, Any]:
         _, tiny_s = p.timed(lambda: generate.to_pil(tiny_decode(taesd, latents)))
     return {
         "latents_absmax": float(latents.abs().max()),
-        "fp16_decode_s": round(fp16_s, 4),
-        "fp16_nan_or_black": bad,
+        "decode_s": round(decode_s, 4),
+        "nan_or_black": bad,
         "engine_decode_first_s": round(first_s, 4),
         "engine_decode_again_s": round(again_s, 4),
         "vae_fallback": fallback,
@@ -359,8 +359,8 @@ def summarize(out: Path) -> dict[str, Any]:
             stages.append({"stage": name, "status": status, "seconds": seconds})
     probe_json = _read(out / "probe.json") or {}
     sections = probe_json.get("sections", {})
-    seed, cold, warm = (
-        _read(out / f"bench-{n}.json") for n in ("seed", "compile-cold", "compile-warm")
+    seed, cold, warm, low = (
+        _read(out / f"bench-{n}.json") for n in ("seed", "compile-cold", "compile-warm", "low-vram")
     )
     modes = _read(out / "bench-modes.json")
     mlc, base = _row(seed, "mlc"), _row(seed, "diffusers")
@@ -382,6 +382,9 @@ def summarize(out: Path) -> dict[str, Any]:
         "compile_warm_cache": _row(warm, "mlc").get("compile_cache"),
         "compile_warm_first_step_done_s": _row(warm, "mlc").get("first_step_done_s"),
         "compile_warm_s_per_image": _row(warm, "mlc").get("processing_s"),
+        "seed_peak_device_bytes": mlc.get("peak_device_bytes"),
+        "low_vram_peak_device_bytes": _row(low, "mlc").get("peak_device_bytes"),
+        "low_vram_s_per_image": _row(low, "mlc").get("processing_s"),
         "probe": sections,
         "modes": [
             {k: r.get(k) for k in ("mode", "seconds_per_image", "speedup", "vae_fallback")}
@@ -412,6 +415,10 @@ def summarize(out: Path) -> dict[str, Any]:
     return {"stages": stages, "figures": figures, "targets": targets, "cuda": cuda}
 
 
+def _gib(x: Any) -> float | None:
+    return None if x is None else x / 2**30
+
+
 def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.3f}"
@@ -427,6 +434,9 @@ def table(summary: dict[str, Any]) -> str:
     graphs = f["probe"].get("graphs") or {}
     lines += ["", "| figure | value |", "|---|---|"]
     eager, graphed = graphs.get("eager") or {}, graphs.get("graphs") or {}
+    first = f["probe"].get("first_image") or {}
+    vae = f["probe"].get("vae") or {}
+    contract = (f["probe"].get("contract") or {}).get("model_latents") or {}
 
     def pair(a: Any, b: Any) -> str:
         return f"{_fmt(a)} / {_fmt(b)}"
@@ -446,12 +456,33 @@ def table(summary: dict[str, Any]) -> str:
         ),
         ("probe: graphs", graphs.get("skipped") or graphs.get("error", "")[:80] or "ran"),
         (
+            "probe, channels_last: eager / graphs s/image",
+            pair(
+                (graphs.get("eager_channels_last") or {}).get("image_s"),
+                (graphs.get("graphs_channels_last") or {}).get("image_s"),
+            ),
+        ),
+        ("probe: first full image's one-time s (2-step warm-up)", first.get("one_time_s")),
+        (
+            "probe: VAE decode s (model dtype) / NaN or black / TAESD s",
+            f"{_fmt(vae.get('decode_s'))} / {vae.get('nan_or_black')} / "
+            f"{_fmt(vae.get('taesd_decode_s'))}",
+        ),
+        (
+            "probe: model-dtype latents = diffusers fp16 (latents identical, max diff)",
+            pair(contract.get("latents_identical"), contract.get("max_pixel_diff")),
+        ),
+        (
             "compile: first compile s / s per image",
             pair(f["compile_first_compile_s"], f["compile_s_per_image"]),
         ),
         (
             "compile, fresh process: cache / first step done s",
             pair(f["compile_warm_cache"], f["compile_warm_first_step_done_s"]),
+        ),
+        (
+            "seed / --low_vram peak device GiB",
+            pair(_gib(f["seed_peak_device_bytes"]), _gib(f["low_vram_peak_device_bytes"])),
         ),
     ]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in rows]
