@@ -313,6 +313,10 @@ def test_off_is_eager_and_silent(components):
     steps = GraphedStep(rec, enabled=False, note=notes.append)
     denoise(Renderer(components, steps=steps), settings())
     assert rec.calls == [] and notes == [] and steps.stats.reasons == {"off": 4}
+    # a run can say so too (Settings.cuda_graphs: the --no_cuda_graphs flag)
+    steps = GraphedStep(rec, note=notes.append)
+    denoise(Renderer(components, steps=steps), settings(cuda_graphs=False))
+    assert rec.calls == [] and notes == [] and steps.stats.reasons == {"off": 4}
 
 
 def test_a_failed_capture_runs_eagerly_with_one_note_and_is_not_retried(components):

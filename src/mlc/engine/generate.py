@@ -53,6 +53,7 @@ class Settings:
     # docs/benchmarks.md "The GPU contract with diffusers") or "model": the model's dtype, as
     # diffusers' fp16 pipeline keeps them (same pixels as StableDiffusionPipeline in fp16)
     latents: str = "float32"
+    cuda_graphs: bool = True  # replay each step's UNet call from a CUDA graph on CUDA
 
 
 @dataclass
@@ -192,7 +193,9 @@ class Renderer:
                 cfg=cfg,
                 dtype=self.dtype,
                 device=self.device,
-                why_eager=unsupported(
+                why_eager="off"
+                if not settings.cuda_graphs
+                else unsupported(
                     deepcache=settings.deepcache,
                     tome=settings.tome,
                     low_vram=self.offload is not None,
