@@ -154,15 +154,15 @@ def test_a_renderer_uses_its_unets_own_graphed_step(components):
 
 
 def test_a_graphed_step_lives_as_long_as_its_unet():
+    import weakref
+
     unet = torch.nn.Linear(1, 1)
     steps_for(unet).stats.replays = 5
     assert steps_for(unet).stats.replays == 5
-    from mlc.engine import cudagraphs
-
-    before = len(cudagraphs._STEPS)
+    unet_ref, step_ref = weakref.ref(unet), weakref.ref(steps_for(unet))
     del unet
     gc.collect()
-    assert len(cudagraphs._STEPS) == before - 1
+    assert unet_ref() is None and step_ref() is None  # nothing keeps either alive
 
 
 # -- graphed: the same numbers, captured once per key ---------------------------------------------
