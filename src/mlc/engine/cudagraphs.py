@@ -369,7 +369,9 @@ class GraphedStep:
     ) -> _Graph:
         """Warm up and capture the step for KEY on static copies of its first inputs."""
         backend = self._backend()
-        if self._pool is None:
+        if self._pool is None:  # shared by this UNet's graphs: a graph's intermediates may
+            # reuse another's, which is safe because steps never overlap and each output is
+            # copied out right after its replay; the static inputs live outside the pool
             self._pool = backend.new_pool()
         x, ts, c = latents.clone(), t.to(latents.device, copy=True), cond.clone()
         eps = make(c)
