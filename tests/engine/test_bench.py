@@ -83,6 +83,7 @@ def test_summarize_follows_the_column_definitions() -> None:
     fields = bench_report.summarize({**raw, "accel": accel}, {"warmup": 1, "n_samples": 1})
     assert (fields["capture_s"], fields["graph_replays"], fields["eager_steps"]) == (0.8, 6, 0)
     assert (fields["compile_s"], fields["compile_cache"]) == (12.5, "hit")
+    assert fields["accel"] == accel
     report = {
         "rows": {"mlc": {**got, "repeats": 1}},
         "machine": {"load_avg": [0.5, 0.4, 0.3]},

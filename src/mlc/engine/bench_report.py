@@ -58,6 +58,7 @@ def accel_fields(accel: dict[str, Any] | None) -> dict[str, Any]:
     graphs = (accel or {}).get("graphs") or {}
     comp = (accel or {}).get("compile") or {}
     return {
+        "accel": accel,  # the whole report: each capture's key and cost, each shape's compile
         "capture_s": graphs.get("capture_s"),
         "graph_replays": graphs.get("replays"),
         "eager_steps": graphs.get("eager_steps"),
