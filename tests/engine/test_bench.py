@@ -75,6 +75,15 @@ def test_summarize_follows_the_column_definitions() -> None:
     assert got["step_s"] == pytest.approx(2.5 / 3) and got["it_per_s"] == pytest.approx(1.2)
     assert got["unet_call_s"] == pytest.approx(0.5) and got["unet_calls_per_image"] == 3
     assert got["last_image"] == "b.png" and got["threads"] is None and got["versions"] == {}
+    assert got["capture_s"] is None and got["compile_cache"] is None  # no accel report
+    accel = {
+        "graphs": {"capture_s": 0.8, "replays": 6, "eager_steps": 0, "eager_reasons": {}},
+        "compile": {"compile_s": 12.5, "compile_cache": "hit", "shapes": []},
+    }
+    fields = bench_report.summarize({**raw, "accel": accel}, {"warmup": 1, "n_samples": 1})
+    assert (fields["capture_s"], fields["graph_replays"], fields["eager_steps"]) == (0.8, 6, 0)
+    assert (fields["compile_s"], fields["compile_cache"]) == (12.5, "hit")
+    assert fields["accel"] == accel
     report = {
         "rows": {"mlc": {**got, "repeats": 1}},
         "machine": {"load_avg": [0.5, 0.4, 0.3]},
@@ -107,6 +116,12 @@ def test_bench_end_to_end_with_baseline(tiny, tmp_path: Path, monkeypatch, capsy
         assert 0 < row["cold_start_s"] < row["first_step_done_s"] <= row["wall_s"]
         assert row["peak_host_bytes"] > 0 and row["device"] == "cpu"
     assert set(report["ratios"]) >= {"cold_start_s", "step_s", "total_s", "peak_host_bytes"}
+    for run in report["runs"]:  # the engine's steps: eager on a CPU (no graphs, no compile)
+        if run["row"] == "mlc":
+            assert run["eager_reasons"] == {"no CUDA device": 6} and run["graph_replays"] == 0
+            assert run["capture_s"] == 0 and run["compile_s"] is None
+        else:
+            assert run["eager_reasons"] is None and run["capture_s"] is None
     assert report["output"]["identical"] is True
     assert report["changed_from_seed"] == ["--H 32", "--W 32", "--ddim_steps 2", "--n_iter 2"]
     assert report["settings"]["warmup"] == 1 and len(report["runs"]) == 2

@@ -47,6 +47,24 @@ def summarize(raw: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
         "dtype": raw["dtype"],
         "versions": raw.get("versions", {}),
         "last_image": raw["images"][-1]["file"],
+        **accel_fields(raw.get("accel")),
+    }
+
+
+def accel_fields(accel: dict[str, Any] | None) -> dict[str, Any]:
+    """The engine's CUDA graphs and --compile figures (None for the baseline): seconds spent
+    capturing graphs, steps replayed and run eagerly (and why), first compiled calls' seconds
+    and whether their kernels came from the cache (hit, miss, off)."""
+    graphs = (accel or {}).get("graphs") or {}
+    comp = (accel or {}).get("compile") or {}
+    return {
+        "accel": accel,  # the whole report: each capture's key and cost, each shape's compile
+        "capture_s": graphs.get("capture_s"),
+        "graph_replays": graphs.get("replays"),
+        "eager_steps": graphs.get("eager_steps"),
+        "eager_reasons": graphs.get("eager_reasons"),
+        "compile_s": comp.get("compile_s"),
+        "compile_cache": comp.get("compile_cache"),
     }
 
 
@@ -62,6 +80,8 @@ METRICS = (
     "wall_s",
     "peak_host_bytes",
     "peak_device_bytes",
+    "capture_s",
+    "compile_s",
 )
 
 
@@ -82,6 +102,8 @@ def build_report(
             values = [r[m] for r in mine if r[m] is not None]
             med[m] = statistics.median(values) if values else None
         med.update({k: mine[-1][k] for k in ("device", "dtype", "unet_calls_per_image")})
+        med["compile_cache"] = [r.get("compile_cache") for r in mine]  # per run, in order
+        med["graph_replays"] = mine[-1].get("graph_replays")
         med["repeats"] = len(mine)
         medians[row] = med
     report: dict[str, Any] = {
@@ -189,6 +211,15 @@ def format_table(report: dict[str, Any]) -> str:
         out = report["output"]
         same = "identical" if out["identical"] else f"max pixel difference {out['max_pixel_diff']}"
         lines.append(f"output of the last image: {same}")
+    mlc = report["rows"].get("mlc") or {}
+    if mlc.get("graph_replays") or mlc.get("compile_s") is not None:
+        parts = []
+        if mlc.get("graph_replays"):
+            parts.append(f"CUDA graphs: capture {_fmt_s(mlc.get('capture_s'))} per process")
+        if mlc.get("compile_s") is not None:
+            hits = ", ".join(str(c) for c in mlc.get("compile_cache") or [])
+            parts.append(f"--compile: first calls {_fmt_s(mlc['compile_s'])} (cache: {hits})")
+        lines.append("mlc engine: " + "; ".join(parts))
     any_row = next(iter(report["rows"].values()))
     lines.append(
         f"device {any_row['device']} ({any_row['dtype']}), {any_row['unet_calls_per_image']} "

@@ -4,10 +4,18 @@ One process loads the model once and renders the same image (the benchmark's pro
 seed) exactly and with every speed mode: ``--fast`` (DPM++ 2M Karras at 40% of the steps,
 20 of the seed's 50), ``--deepcache 3``, ``--tome 0.5``, ``--tiny_vae`` and all of them
 together. For each it reports seconds per image (median of ``--bench_repeat`` runs after an
-untimed 2-step warm-up of every mode), the speed-up over the exact run, and the deviation
+untimed warm-up of every mode), the speed-up over the exact run, and the deviation
 of its pixels from the exact image: mean and largest absolute difference (0-255) and PSNR.
 Modes alternate within every repeat, so a busy machine slows them alike. Timings are
 printed and written to JSON, never asserted.
+
+The warm-up renders every mode's image as it is timed on a GPU, and with 2 steps on a CPU.
+On a GPU first-call costs depend on the data, not only on the shapes: the fp16 VAE's fp32
+retry (``vae_fallback``, its first use copies the VAE and loads fp32 kernels) happens only
+for latents that overflow in fp16, and a sampler's later steps run kernels its first two do
+not. A 2-step warm-up left those costs in the first timed run, the exact one (see
+docs/benchmarks.md, "Why the modes benchmark's exact image was slower"). On a GPU the clock
+is read after the device finished (``torch.cuda.synchronize``).
 
 Without TAESD weights (``--tiny_vae PATH`` or ``$MLC_TINY_VAE``) a random-weight TAESD with
 the real architecture is built and used: its time is real, its deviation is not.
@@ -88,19 +96,25 @@ def run(args: argparse.Namespace, spec: RunSpec, json_path: Path) -> int:
     if tiny_note:
         say(tiny_note)
     settings = {name: replace(base, **change) for name, change in table.items()}
-    say("warm-up: every mode once, 2 steps ...")  # one-time costs (first decode, tuning)
+    gpu = session.device.startswith("cuda")
+    say(f"warm-up: every mode once{'' if gpu else ', 2 steps'} ...")  # one-time costs
     for name in table:
-        renderer.render(image, replace(settings[name], steps=min(2, settings[name].steps)))
+        warm = settings[name] if gpu else replace(settings[name], steps=min(2, spec.steps))
+        renderer.render(image, warm)
     times: dict[str, list[float]] = {name: [] for name in table}
     images: dict[str, Image] = {}
+    fallback: dict[str, bool] = {}
     for r in range(args.bench_repeat):
         order = list(table) if r % 2 == 0 else list(table)[::-1]
         for name in order:
             say(f"run {r + 1}/{args.bench_repeat}: {name} ...")
+            _sync(gpu)
             start = time.perf_counter()
             result = renderer.render(image, settings[name])[0]
+            _sync(gpu)
             times[name].append(time.perf_counter() - start)
             images[name] = result.image
+            fallback[name] = result.vae_fallback
     exact_s = statistics.median(times["exact"])
     rows = []
     for name in table:
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace, spec: RunSpec, json_path: Path) -> int:
                 "seconds_per_image": median,
                 "speedup": exact_s / median,
                 "deviation": deviation(images["exact"], images[name]),
+                "vae_fallback": fallback[name],  # the fp16 VAE decode was redone in fp32
                 "runs": times[name],
             }
         )
@@ -147,6 +162,9 @@ def run(args: argparse.Namespace, spec: RunSpec, json_path: Path) -> int:
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(rows))
+    redone = [r["mode"] for r in rows if r["vae_fallback"]]
+    if redone:
+        print(f"fp16 VAE decode gave NaN/black and was redone in fp32 in: {', '.join(redone)}")
     print(f"JSON: {json_path}  (images: {out_dir}/mode-*.png)")
     return 0
 
@@ -165,6 +183,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{d['mean_abs']:>10.2f}{d['max_abs']:>9.0f}{psnr:>10}"
         )
     return "\n".join(lines)
+
+
+def _sync(gpu: bool) -> None:
+    """Wait for the GPU (its work is asynchronous) before the clock is read."""
+    if gpu:
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def _tiny_vae(spec: RunSpec, where: Path) -> tuple[str | None, str]:
