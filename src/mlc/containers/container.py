@@ -192,9 +192,17 @@ def client() -> docker.DockerClient:
             hint="start Docker (sudo systemctl start docker), or check DOCKER_HOST / the "
             "Docker context (`docker context ls`)",
         ) from None
-    except (OSError, EOFError) as exc:  # ssh refused, unknown host key, TLS files missing
+    except Exception as exc:  # ssh refused or not let in (paramiko's), TLS files missing
+        if not isinstance(exc, (OSError, EOFError)) and "paramiko" not in type(exc).__module__:
+            raise
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DockerUnavailable(f"cannot reach the Docker engine{where}: {detail}") from None
+        ssh = ep.host.startswith("ssh://")
+        raise DockerUnavailable(
+            f"cannot reach the Docker engine{where}: {detail}",
+            hint="check that `ssh USER@HOST docker version` works without a password"
+            if ssh
+            else None,
+        ) from None
 
 
 def _owned(raw: DockerContainer, user: host.User) -> bool:

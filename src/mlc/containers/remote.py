@@ -9,10 +9,11 @@ host, not the caller's, so they are checked there and results are read back thro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,32 @@ def remote_host(environ: Mapping[str, str] = os.environ) -> str | None:
 
 
 def connect(ep: Endpoint, environ: Mapping[str, str] = os.environ) -> docker.DockerClient:
-    """A client for EP (not yet asked anything)."""
-    if ep.context is None:  # DOCKER_HOST and its TLS variables, or the local socket
-        return docker.DockerClient.from_env(environment=dict(environ))
-    return docker.DockerClient(base_url=ep.host or None, tls=ep.tls)
+    """A client for EP (it asks the engine its API version, nothing else)."""
+    own_ca = (
+        bool(environ.get("DOCKER_TLS_VERIFY"))
+        if ep.context is None
+        else (isinstance(ep.tls, TLSConfig) and isinstance(ep.tls.verify, str))
+    )
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's CA file on every
+    # request: with its own CA (DOCKER_CERT_PATH/ca.pem, the context's), the engine keeps it.
+    with _hidden(CA_VARIABLES if own_ca else ()):
+        if ep.context is None:  # DOCKER_HOST and its TLS variables, or the local socket
+            dc = docker.DockerClient.from_env(environment=dict(environ))
+        else:
+            dc = docker.DockerClient(base_url=ep.host or None, tls=ep.tls)
+    if own_ca:
+        dc.api.trust_env = False
+    return dc
+
+
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+@contextlib.contextmanager
+def _hidden(names: tuple[str, ...]) -> Iterator[None]:
+    """NAMES out of os.environ for a moment (the client's first request)."""
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
