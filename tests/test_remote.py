@@ -137,7 +137,7 @@ def test_every_command_over_ssh(mlc, name, tmp_path, sshd, torch_catalog) -> Non
 
     r = mlc("list", "--json", env=env)
     assert r.code == 0, r.err
-    assert [c["name"] for c in json.loads(r.out)] == [name]
+    assert name in [c["name"] for c in json.loads(r.out)]  # (other tests' may be there too)
     r = mlc("open", name, "--", "sh", "-c", "echo hello from $(hostname); exit 3", env=env)
     assert r.code == 3 and f"hello from {name}" in r.out
 
@@ -163,12 +163,13 @@ def test_every_command_over_ssh(mlc, name, tmp_path, sshd, torch_catalog) -> Non
     r = mlc("remove", name, "-f", env=env)
     assert r.code == 0, r.err
     r = mlc("list", "--json", env=env)
-    assert json.loads(r.out) == []
+    assert name not in [c["name"] for c in json.loads(r.out)]
     assert ws.is_dir() and there.is_file()  # the workspace is never touched by remove
 
 
 @pytest.mark.docker
 def test_tls_and_contexts(mlc, name, tmp_path, sshd, base_image) -> None:
+    (tmp_path / "certs").mkdir()
     certs = make_certs(tmp_path / "certs")
     docker_cli = shutil.which("docker")
     cfg = mlc.home / ".docker"
@@ -197,14 +198,14 @@ def test_tls_and_contexts(mlc, name, tmp_path, sshd, base_image) -> None:
         bogus = {"DOCKER_HOST": "tcp://127.0.0.1:9", "DOCKER_CONFIG": str(cfg)}
         r = mlc("--context", "mlct-tls", "list", "--json", env=bogus)  # the flag wins
         assert r.code == 0, r.err
-        assert [c["name"] for c in json.loads(r.out)] == [name]
+        assert name in [c["name"] for c in json.loads(r.out)]
         sshd.client_home(mlc.home)
         before = sshd.logins()
         r = mlc("--context", "mlct-ssh", "open", name, "--", "true", env=bogus)
         assert r.code == 0, r.err
         assert sshd.logins() > before
         r = mlc("list", "--json", env={"DOCKER_CONTEXT": "mlct-tls", "DOCKER_CONFIG": str(cfg)})
-        assert r.code == 0 and [c["name"] for c in json.loads(r.out)] == [name], r.err
+        assert r.code == 0 and name in [c["name"] for c in json.loads(r.out)], r.err
         subprocess.run([docker_cli, "context", "use", "mlct-tls"], env=env, check=True,
                        capture_output=True)  # fmt: skip
         r = mlc("remove", name, "-f", env={"DOCKER_CONFIG": str(cfg)})  # the current context
