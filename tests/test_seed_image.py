@@ -127,13 +127,11 @@ def test_seed_chain_on_torch_2_0(mlc, name, tmp_path, seed_catalog) -> None:
     r = mlc("setup", name, "demo", env=env, timeout=900)
     assert r.code == 0, r.err
     assert "keeping torch 2.0.1," in r.err and "versions for it" in r.err
-    r = mlc(
-        "open", name, "--", "python3", "-c",
-        "import torch, diffusers, transformers, accelerate, numpy; print(json.dumps(["
-        "torch.__version__, diffusers.__version__, transformers.__version__, "
-        "accelerate.__version__, numpy.__version__]))".replace("print(", "import json; print("),
-        env=env,
-    )  # fmt: skip
+    probe = (
+        "import json, importlib.metadata as m; print(json.dumps([m.version(p) for p in "
+        "('torch', 'diffusers', 'transformers', 'accelerate', 'numpy')]))"
+    )
+    r = mlc("open", name, "--", "python3", "-c", probe, env=env)  # what pip left installed
     assert r.code == 0, r.err
     versions = json.loads(r.out.strip().splitlines()[-1])
     assert versions[0].startswith("2.0.1")  # pip kept the image's torch
