@@ -105,6 +105,8 @@ def seed_catalog(docker_client, shared_dir: Path) -> Path:
 
     from conftest import _missing
 
+    if os.environ.get("MLC_TEST_SEED") == "0":  # build.sh was told not to build it
+        pytest.skip("MLC_TEST_SEED=0: the seed's torch 2.0.1 image is not built")
     try:
         docker_client.images.get(SEED_IMAGE)
     except docker.errors.ImageNotFound:
