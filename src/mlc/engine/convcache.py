@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlc.engine.checkpoint import ModelSource, legacy_model_hash
+from mlc.engine.checkpoint import ModelSource, legacy_model_hash, load_state
 from mlc.engine.options import cache_min_bytes, cache_root
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def _models_from_state(
         vae = AutoencoderKL.from_config(configs["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"]))
     for model, name in ((unet, "unet"), (vae, "vae"), (text_encoder, "text_encoder")):
-        model.load_state_dict(parts[name], strict=True, assign=True)
+        load_state(model, parts[name], strict=True)
         if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
             raise ValueError(f"{name}: incomplete cache entry")
     return unet, vae, text_encoder
