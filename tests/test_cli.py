@@ -270,4 +270,4 @@ def test_tables_are_whole_when_piped(tmp_path):
         )  # fmt: skip
         assert p.returncode == 0, p.stderr
         row = next(line for line in p.stdout.splitlines() if "Pytorch" in line)
-        assert row.split() == ["Pytorch", "2.13", "-", "-", "-", "-", image], p.stdout
+        assert row.split() == ["Pytorch", "2.13", "-", "-", "-", "-", "-", image], p.stdout
