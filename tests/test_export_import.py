@@ -516,3 +516,23 @@ def test_import_is_for_the_importing_user(
     c = docker_client.containers.get(f"{other}._.{test_user.pw_uid}")
     assert c.labels["aime.mlc.USER"] == test_user.pw_name
     assert mlc.as_user(test_user.pw_name, "remove", other, "-f").code == 0
+
+
+@pytest.mark.docker
+def test_interrupted_export_leaves_nothing(mlc, name, tmp_path, docker_client):
+    """SIGTERM while the image is committed and saved: no file, no .part, no image left."""
+    assert _create(mlc, name, tmp_path / "ws")
+    out = tmp_path / "sd.mlc.tar"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlc", "export", name, str(out), "--with-base"],
+        env=mlc.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert p.stderr is not None
+    line = p.stderr.readline()
+    assert "saving every layer of its image" in line, line
+    p.terminate()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and err.strip().endswith("mlc: interrupted (SIGTERM)"), err
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "home", tmp_path / "ws"]
+    comments = [i.attrs.get("Comment") for i in docker_client.images.list(all=True)]
+    assert f"mlc export of {name}" not in comments

@@ -101,14 +101,16 @@ def export_container(
         if not path or path == NONE:
             raise MlcError(f"container '{c.name}' has no {folder} folder to export")
         roots.append((folder, Path(path)))
-    writer = Writer(dest)
+    writer = None
     try:
+        writer = Writer(dest)
         state = provision.load_state(c)
         base = snapshot.find_base(dc, c)
         contents = ["image", *with_folders]
         head = header(c, base, state, contents, with_base)
         writer.add_bytes(HEADER, json.dumps(head, indent=2, sort_keys=True).encode())
-        progress.note(f"[{c.name}] saving its changes above {base.reference}")
+        above = "every layer of its image" if with_base else f"its changes above {base.reference}"
+        progress.note(f"[{c.name}] saving {above}")
         with snapshot.committed(dc, c) as image:
             for m in snapshot.image_members(
                 dc, image, base, with_base=with_base, spool_dir=dest.parent, progress=progress
@@ -119,7 +121,8 @@ def export_container(
             folders.pack(writer, root, folder, progress)
         size, digest = writer.commit()
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     return Exported(dest, size, digest, base.reference, contents)
 

@@ -132,6 +132,8 @@ def import_container(
                 plan.check(info, str(path))
     image_id = _image_id(manifest, path)
     image_ref = f"{snapshot.IMPORT_REPO}:{docker_name}"
+    # What is here already stays after a failure: the image (the same file imported before)
+    known = {"image": snapshot.exists(dc, image_id), "tag": snapshot.exists(dc, image_ref)}
     with contextlib.suppress(ImageNotFound):
         if dc.images.get(image_ref).id != image_id:
             raise MlcError(
@@ -143,7 +145,7 @@ def import_container(
         check_driver(spec.entry)
     if not head.get("with_base"):
         snapshot.ensure_base(dc, base, path.name, progress)
-    return _load_and_create(dc, path, spec, image_id, plan, progress)
+    return _load_and_create(dc, path, spec, image_id, plan, progress, keep=known)
 
 
 def _spec(
@@ -189,16 +191,17 @@ def _load_and_create(
     image_id: str,
     plan: folders.Plan,
     progress: Progress,
+    keep: dict[str, bool],
 ) -> Imported:
-    """The second pass: load the image, make the container, unpack the folders."""
-    c = None
-    image_ref = None
+    """The second pass: load the image, make the container, unpack the folders; on failure,
+    remove what it made (the image and its tag too, unless KEEP says they were here)."""
+    image_ref = spec.entry.image
     try:
         with Reader(path, progress, "importing") as r:
             members = r.members()
             rest: list[Member] = []
             snapshot.load(dc, _image_stream(members, rest))
-            image_ref = snapshot.tag_imported(dc, image_id, tag(spec.name, spec.user.uid))
+            snapshot.tag_imported(dc, image_id, tag(spec.name, spec.user.uid))
             c = create(dc, spec, progress)
             unpacked = []
             for info, member in itertools.chain(rest, members):
@@ -207,11 +210,14 @@ def _load_and_create(
                 if prefix not in unpacked and prefix in plan.roots:
                     unpacked.append(prefix)
     except BaseException:
-        if c is not None:
-            with contextlib.suppress(Exception):
-                c.raw.remove(force=True)
-        if image_ref is not None:
+        # The name was free when the file was checked: a container by it now is this one's
+        # (also when create was cut short before it could clean up).
+        with contextlib.suppress(Exception):
+            dc.containers.get(tag(spec.name, spec.user.uid)).remove(force=True)
+        if not keep["tag"]:
             snapshot.untag(dc, image_ref)
+        if not keep["image"]:
+            snapshot.drop(dc, image_id)
         raise
     return Imported(c, r.header, image_ref, unpacked, _notes(c, r.header, unpacked))
 

@@ -20,6 +20,8 @@ import contextlib
 import hashlib
 import io
 import json
+import os
+import signal
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -100,16 +102,47 @@ def find_base(dc: docker.DockerClient, c: Container) -> Base:
 @contextlib.contextmanager
 def committed(dc: docker.DockerClient, c: Container) -> Iterator[Image]:
     """C's filesystem as a new, untagged image (a running C is paused meanwhile), removed
-    again afterwards."""
+    again afterwards. An interruption (Ctrl-C, SIGTERM, SIGHUP) waits for the commit, which
+    Docker would finish anyway, so the image it makes is never left behind unknown."""
+    image = None
     try:
-        image = c.raw.commit(message=f"mlc export of {c.name}", pause=True)
-    except APIError as exc:
-        raise MlcError(f"cannot export '{c.name}': {first_line(exc.explanation)}") from None
-    try:
+        with held_signals():
+            try:
+                image = c.raw.commit(message=f"mlc export of {c.name}", pause=True)
+            except APIError as exc:
+                raise MlcError(f"cannot export '{c.name}': {first_line(exc.explanation)}") from None
         yield image
     finally:
-        with contextlib.suppress(APIError, ImageNotFound):
-            dc.images.remove(image.id)
+        if image is not None:
+            with contextlib.suppress(APIError, ImageNotFound):
+                dc.images.remove(image.id)
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP held back meanwhile: the first one that came is handled as
+    usual once it is over (a mask would not do: the signal may reach another thread, and
+    Python runs its handler in the main thread at once)."""
+    came: list[int] = []
+    saved: dict[int, Any] = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            handler = signal.getsignal(sig)
+            if handler not in (signal.SIG_IGN, None):
+                saved[sig] = signal.signal(sig, lambda signum, _frame: came.append(signum))
+    except ValueError:  # not the main thread: nothing can be held
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if came:
+            handler = saved[came[0]]
+            if callable(handler):
+                handler(came[0], None)
+            else:  # SIG_DFL
+                os.kill(os.getpid(), came[0])
 
 
 @dataclass
@@ -287,3 +320,18 @@ def untag(dc: docker.DockerClient, ref: str) -> None:
     """Undo :func:`tag_imported` (and drop the image when nothing else uses it)."""
     with contextlib.suppress(APIError, ImageNotFound):
         dc.images.remove(ref)
+
+
+def exists(dc: docker.DockerClient, image_id: str) -> bool:
+    """Whether the engine has the image IMAGE_ID."""
+    try:
+        dc.images.get(image_id)
+        return True
+    except ImageNotFound:
+        return False
+
+
+def drop(dc: docker.DockerClient, image_id: str) -> None:
+    """Remove IMAGE_ID unless something (a tag, a container) still uses it."""
+    with contextlib.suppress(APIError, ImageNotFound):
+        dc.images.remove(image_id, noprune=False)
