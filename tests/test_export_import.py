@@ -504,6 +504,10 @@ def test_import_is_for_the_importing_user(
     out = user_dir / "sd.mlc.tar"
     assert mlc("export", name, str(out)).code == 0
     os.chown(out, test_user.pw_uid, test_user.pw_gid)
+    # the exporter's workspace (under root's private tmp folder) is no place for this user
+    r = mlc.as_user(test_user.pw_name, "import", str(out), other)
+    _one_line(r, "workspace folder")
+    assert not docker_client.images.list(f"{snapshot.IMPORT_REPO}:{other}._.{test_user.pw_uid}")
     ws = user_dir / "ws"
     r = mlc.as_user(test_user.pw_name, "import", str(out), other, "-w", str(ws))
     assert r.code == 0, r.err

@@ -142,7 +142,9 @@ class Writer:
         info.size, info.mode = len(data), 0o644
         self.add(info, io.BytesIO(data))
 
-    def add(self, info: tarfile.TarInfo, data: IO[bytes] | None = None, progress=None) -> None:
+    def add(
+        self, info: tarfile.TarInfo, data: IO[bytes] | None = None, progress: Progress | None = None
+    ) -> None:
         """One member; a file's DATA (INFO.size bytes) is hashed on the way."""
         if info.name in self.sums:
             raise MlcError(f"internal: member {info.name} written twice")

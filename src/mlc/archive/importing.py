@@ -14,6 +14,7 @@ import contextlib
 import copy
 import itertools
 import json
+import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,7 +67,21 @@ def roots(head: dict[str, Any], given: dict[str, Path | None]) -> dict[str, Path
         if folder == "workspace" and path is None:
             path = Path("~/workspace")
         out[folder] = resolve_dir(path, folder) if path else None
+        if out[folder] is not None:
+            _creatable(out[folder], folder)
     return out
+
+
+def _creatable(path: Path, folder: str) -> None:
+    """Refuse, before anything is loaded, a folder that is missing and cannot be made (an
+    exporting host's path that makes no sense here)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        flag = {"workspace": "-w", "data": "-d", "models": "-m"}[folder]
+        raise MlcError(
+            f"cannot create the {folder} folder {path}: {existing} is not writable",
+            hint=f"pick one with {flag} DIR",
+        )
 
 
 def _gpus(head: dict[str, Any], gpus: str | None) -> Gpus:
