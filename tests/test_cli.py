@@ -121,7 +121,8 @@ def test_entry_points_are_the_verbs():
         assert callable(getattr(import_module(module), func)), exe
     verbs = {exe.removeprefix("mlc-") for exe in scripts if exe.startswith("mlc-")}
     assert verbs - {"txt2img"} == {
-        "create", "open", "list", "start", "stop", "remove", "stats", "update-sys",
+        "create", "open", "list", "start", "stop", "remove", "stats", "update-sys", "export",
+        "import",
     }  # fmt: skip
     for verb in verbs - {"txt2img"}:
         assert getattr(cli, f"main_{verb.replace('-', '_')}").__doc__ == (
