@@ -94,9 +94,10 @@ def _gpus(head: dict[str, Any], gpus: str | None) -> Gpus:
 def _image_id(manifest: Any, path: Path) -> str:
     try:
         config = manifest[0]["Config"]
-        assert isinstance(config, str) and config.endswith(".json") and len(config) == 69
-    except (AssertionError, IndexError, KeyError, TypeError):
-        raise MlcError(f"{path} is damaged (its image has no readable manifest)") from None
+    except (IndexError, KeyError, TypeError):
+        config = None
+    if not (isinstance(config, str) and config.endswith(".json") and len(config) == 69):
+        raise MlcError(f"{path} is damaged (its image has no readable manifest)")
     return f"sha256:{config[:-5]}"
 
 
@@ -134,6 +135,8 @@ def import_container(
         except ValueError as exc:
             raise r.damaged(f"its header: {exc}") from None
         folder_roots = roots(head, {"workspace": workspace, "data": data, "models": models})
+        image_ref = f"{snapshot.IMPORT_REPO}:{docker_name}"
+        spec = _spec(head, name, user, folder_roots, image_ref, gpus, ulimits, forward_network)
         carried = [f for f in head.get("contents") or [] if f in folders.FOLDERS]
         plan = folders.Plan({f: p for f in carried if (p := folder_roots.get(f))})
         manifest = None
@@ -146,7 +149,6 @@ def import_container(
             elif not info.name.startswith(IMAGE):
                 plan.check(info, str(path))
     image_id = _image_id(manifest, path)
-    image_ref = f"{snapshot.IMPORT_REPO}:{docker_name}"
     # What is here already stays after a failure: the image (the same file imported before)
     known = {"image": snapshot.exists(dc, image_id), "tag": snapshot.exists(dc, image_ref)}
     with contextlib.suppress(ImageNotFound):
@@ -155,7 +157,6 @@ def import_container(
                 f"the image tag {image_ref} already names another image",
                 hint=f"remove it first (docker rmi {image_ref}) if nothing uses it",
             )
-    spec = _spec(head, name, user, folder_roots, image_ref, gpus, ulimits, forward_network)
     if spec.gpus.wanted:
         check_driver(spec.entry)
     if not head.get("with_base"):
