@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from mlc import __version__
-from mlc.cli import containers_cmd, images_cmd, models_cmd
+from mlc.cli import archive_cmd, containers_cmd, images_cmd, models_cmd
 from mlc.cli.options import CONTAINERS, IMAGES, MODELS
 from mlc.cli.output import show
 from mlc.cli.signals import interruptible
@@ -68,6 +68,8 @@ COMMANDS = [
     ("stop", containers_cmd.stop, CONTAINERS, None),
     ("remove", containers_cmd.remove, CONTAINERS, None),
     ("stats", containers_cmd.stats, CONTAINERS, None),
+    ("export", archive_cmd.export, CONTAINERS, None),
+    ("import", archive_cmd.import_, CONTAINERS, None),
     ("setup", models_cmd.setup, MODELS, None),
     ("models", models_cmd.models_, MODELS, None),
     ("txt2img", models_cmd.txt2img, MODELS, PASS_THROUGH),
