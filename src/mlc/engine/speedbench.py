@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlc.engine import say
 from mlc.engine.bench_report import machine_info
-from mlc.engine.options import tiny_vae_default
+from mlc.engine.env import tiny_vae_default
 from mlc.engine.session import open_session
 from mlc.engine.spec import DEFAULT_STEPS, FAST_SAMPLER, FAST_STEPS, RunSpec
 
