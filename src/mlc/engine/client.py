@@ -102,7 +102,8 @@ def _log_tail(d: Path, n: int = 5) -> str:
 
 
 def start_worker(d: Path, idle: float) -> None:
-    """Start a detached worker in D (the caller holds the start lock)."""
+    """Start a detached worker in D (the caller holds the start lock), in its own session and
+    without the exec's tags (``env.EXEC_ENV``): it outlives the exec that started it."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(d / SOCKET)  # a dead worker's socket
     log_path = d / LOG
