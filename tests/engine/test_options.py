@@ -227,7 +227,7 @@ def test_a_cell_is_a_one_image_run():
     assert spec.combos() == [(0, 0), (0, 1), (1, 0), (1, 1)]
     cell = spec.cell((0, 1))
     assert (cell.width, cell.height, cell.batches, cell.seed) == (64, 128, [["b"]], 3)
-    assert (cell.n_iter, cell.n_samples, cell.skip_grid, cell.json, cell.axes) == (
+    assert (cell.n_iter, cell.n_samples, cell.skip_grid, cell.quiet, cell.axes) == (
         1,
         1,
         True,

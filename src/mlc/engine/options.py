@@ -22,9 +22,6 @@ from mlc.engine import PROG, UsageError
 # re-exported: the environment, for the callers that read it beside the flags
 from mlc.engine.env import (  # noqa: F401
     CACHE_MIN_BYTES,
-    EXEC_ENV,
-    LIMIT_ENV,
-    NO_LIMIT,
     REQUEST_ENV,
     apply_request_env,
     bench_dir,
@@ -36,7 +33,6 @@ from mlc.engine.env import (  # noqa: F401
     request_tag,
     tiny_vae_default,
     worker_dir,
-    worker_environ,
     worker_idle,
 )
 from mlc.engine.samplers import SAMPLERS, get_sampler
@@ -155,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the UNet (GPU; the first run compiles for minutes, later runs "
         "reuse the compiled code from the cache)",
+    )
+    g(
+        "--no_cuda_graphs",
+        action="store_true",
+        help="GPU: run each denoising step eagerly instead of replaying a captured CUDA graph",
+    )
+    g(
+        "--match",
+        choices=["diffusers"],
+        default=None,
+        help="keep latents and sampler math in the model dtype like diffusers' fp16 pipeline",
     )
     g(
         "--fast",
@@ -379,6 +386,8 @@ def validate(args: argparse.Namespace) -> RunSpec:
         json=args.json,
         low_vram=args.low_vram,
         compile=args.compile,
+        cuda_graphs=not args.no_cuda_graphs,
+        match=args.match,
         deepcache=args.deepcache if args.deepcache > 1 else 0,
         tome=args.tome,
         tiny_vae=tiny_vae_path(args.tiny_vae),
