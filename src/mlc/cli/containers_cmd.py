@@ -120,6 +120,8 @@ def open_(
 
     Example: [bold]mlc open sd[/] or [bold]mlc open sd -- python train.py[/]
     """
+    if not command:
+        containers.pty_mode()  # an invalid MLC_PTY is refused before anything starts
     dc = containers.client()
     c = containers.find(dc, name, host.current_user())
     if containers.start(c):

@@ -9,7 +9,7 @@ shell), :mod:`.usage` (stats), :mod:`.remote` (which engine: DOCKER_HOST, contex
 
 from mlc.containers.container import Container, client, find, mine
 from mlc.containers.creation import create
-from mlc.containers.execute import exec_stream, shell
+from mlc.containers.execute import exec_stream, pty_mode, shell
 from mlc.containers.labels import SEP, Labels, tag, validate_name
 from mlc.containers.lifecycle import busy, remove, start, stop, stop_if_idle
 from mlc.containers.remote import remote_host
@@ -34,6 +34,7 @@ __all__ = [
     "new_spec",
     "remote_host",
     "remove",
+    "pty_mode",
     "shell",
     "start",
     "stats",
