@@ -19,6 +19,8 @@ runs it; FastAPI and uvicorn (the ``serve`` extra) are imported only by the web 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
+from typing import Any
 
 from mlc.errors import MlcError, UsageError
 
@@ -48,3 +50,16 @@ class RequestError(UsageError):
 def not_supported(message: str) -> RequestError:
     """A 501: a feature of AUTOMATIC1111's API that mlc does not have."""
     return RequestError(message, 501, "NotSupported")
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """An engine command line for the worker, whether its images are kept, and its tag (by
+    which the worker cancels it)."""
+
+    argv: list[str]
+    save: bool = True
+    tag: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"argv": self.argv, "save": self.save, "tag": self.tag}

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlc import __version__
 from mlc.errors import EngineError, MlcError, describe
-from mlc.serve import RequestError, a1111, link, not_supported
+from mlc.serve import EngineRequest, RequestError, a1111, not_supported
 from mlc.serve.backends import Backend
 from mlc.serve.jobs import Job, Jobs
 from mlc.serve.names import SAMPLERS, SCHEDULERS
@@ -246,7 +246,7 @@ def create_app(backend: Backend, options: ServeOptions, jobs: Jobs) -> ASGIApp:
         argv = req.argv(model.get("filename"), options.limits)
         if options.outdir:
             argv.append(f"--outdir={options.outdir}")
-        job = Job(req, link.Request(argv, req.save, uuid.uuid4().hex), model)
+        job = Job(req, EngineRequest(argv, req.save, uuid.uuid4().hex), model)
         jobs.submit(job)
         while not job.done.is_set():
             if await request.is_disconnected():

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from mlc.errors import MlcError, WorkerError
-from mlc.serve.link import Request
+from mlc.serve import EngineRequest
 
 OnEvent = Callable[[dict[str, Any]], None]
 RELAY = "mlc.serve.relay"
@@ -34,7 +34,7 @@ class Backend(Protocol):
 
     def models(self) -> list[dict[str, Any]]: ...
 
-    def run(self, req: Request, on_event: OnEvent) -> int: ...
+    def run(self, req: EngineRequest, on_event: OnEvent) -> int: ...
 
     def cancel(self, tag: str) -> None: ...
 
@@ -51,7 +51,7 @@ class WorkerBackend:
 
         return link.models()
 
-    def run(self, req: Request, on_event: OnEvent) -> int:
+    def run(self, req: EngineRequest, on_event: OnEvent) -> int:
         from mlc.serve import link
 
         return link.run(req, on_event)
@@ -136,7 +136,7 @@ class ContainerBackend:
                 return list(event["models"])
         return []
 
-    def run(self, req: Request, on_event: OnEvent) -> int:
+    def run(self, req: EngineRequest, on_event: OnEvent) -> int:
         code = None
         for event in self._lines(["run", json.dumps(req.as_json())], req.tag):
             if isinstance(event.get("png"), str):

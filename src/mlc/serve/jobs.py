@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlc.errors import MlcError, describe
+from mlc.serve import EngineRequest
 from mlc.serve.a1111 import Txt2Img
 from mlc.serve.backends import Backend
-from mlc.serve.link import Request
 
 log = logging.getLogger("mlc.serve")
 INTERRUPTED = "interrupted (POST /sdapi/v1/interrupt)"
@@ -34,7 +34,7 @@ class Job:
     """One txt2img request on its way through the queue and the engine."""
 
     req: Txt2Img
-    link: Request
+    link: EngineRequest
     model: dict[str, Any]
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: str = "queued"  # queued, running, done

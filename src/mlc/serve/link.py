@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +30,12 @@ from mlc.engine.client import WorkerGone, connect, open_worker
 from mlc.engine.options import request_env, worker_dir, worker_idle
 from mlc.engine.protocol import idle_seconds, private_dir, send
 from mlc.errors import WorkerError
+from mlc.serve import EngineRequest
 
 STATE_FILE = Path("/etc/mlc/state.json")  # what `mlc setup` recorded (mlc.provision.STATE)
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
-
-
-@dataclass(frozen=True)
-class Request:
-    """An engine command line for the worker, whether its images are kept, and its tag."""
-
-    argv: list[str]
-    save: bool = True
-    tag: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"argv": self.argv, "save": self.save, "tag": self.tag}
 
 
 def _read(path: str | Path) -> bytes | None:
@@ -57,7 +45,7 @@ def _read(path: str | Path) -> bytes | None:
         return None
 
 
-def run(req: Request, on_event: OnEvent) -> int:
+def run(req: EngineRequest, on_event: OnEvent) -> int:
     """Run REQ in the worker, each message to ON_EVENT (see the module's doc); the engine's
     exit code. WorkerError when the worker cannot be reached or stops twice."""
     argv = list(req.argv)

@@ -17,7 +17,7 @@ from typing import Any
 
 from mlc.engine import stopped_like_ctrl_c
 from mlc.errors import MlcError, describe
-from mlc.serve import link
+from mlc.serve import EngineRequest, link
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args[:1] == ["run"] and len(args) == 2:
                 job = json.loads(args[1])
-                req = link.Request([str(a) for a in job["argv"]], bool(job["save"]), job.get("tag"))
+                argv = [str(a) for a in job["argv"]]
+                req = EngineRequest(argv, bool(job["save"]), job.get("tag"))
                 code = link.run(req, emit)
                 emit({"exit": code})
                 return 0

@@ -128,9 +128,14 @@ def serve_container(name: str, options: ServeOptions, say: Say = _stderr) -> int
 # -- in the container --------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2 (argparse prints usage)
+        raise UsageError(message)
+
+
 def build_parser(prog: str = IN_CONTAINER_PROG) -> argparse.ArgumentParser:
     """The in-container server's flags (``mlc serve NAME`` has the same ones)."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=prog,
         description="Serve this user's warm engine worker with AUTOMATIC1111's web API "
         "(/sdapi/v1/txt2img, ...). See docs/api.md.",
@@ -148,11 +153,6 @@ def build_parser(prog: str = IN_CONTAINER_PROG) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=limits.steps, help="per request (0: none)")
     p.add_argument("--max-images", type=int, default=limits.images, help="per request (0: none)")
     return p
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, exit 2 (argparse prints usage)
-        raise UsageError(message)
 
 
 def options_from(args: argparse.Namespace) -> ServeOptions:
@@ -187,7 +187,6 @@ def _terminating() -> Iterator[None]:
 def main(argv: list[str] | None = None, prog: str = IN_CONTAINER_PROG) -> int:
     """The in-container server; its exit code (errors: one line through mlc.errors)."""
     parser = build_parser(prog)
-    parser.__class__ = _Parser
     try:
         with _terminating():
             args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
