@@ -181,7 +181,15 @@ def test_progress_and_interrupt_with_webuiapi(served: Served):
         ({"width": 33}, 400, "width 33 is not a multiple of 8; use 32 or 40"),
         ({"steps": "x"}, 422, "steps must be an integer"),
         ({"steps": 0}, 400, "steps must be at least 1"),
-        ({"width": 4096, "height": 4096}, 400, "over this server's limit of 4.2 megapixels"),
+        (
+            {"width": 4096, "height": 4096},
+            400,
+            (
+                {"width": 4096, "height": 4096},
+                400,
+                "4096x4096 is 16,777,216 pixels, over this server's limit of 4,194,304 (2048x2048",
+            ),
+        ),
         ({"steps": 501}, 400, "steps 501 is over this server's limit of 500"),
         ({"batch_size": 50, "n_iter": 3}, 400, "150 images"),
         ({"seed": -2}, 400, "seed must be -1 or between 0 and"),

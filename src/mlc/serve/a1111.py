@@ -253,9 +253,8 @@ def _check_values(b: dict[str, Any], limits: Limits) -> int:
     if limits.pixels and pixels > limits.pixels:
         side = int(limits.pixels**0.5)
         raise RequestError(
-            f"{b['width']}x{b['height']} is {pixels / 1e6:.1f} megapixels, over this server's "
-            f"limit of {limits.pixels / 1e6:.1f} megapixels ({side}x{side}; mlc serve "
-            "--max-pixels)"
+            f"{b['width']}x{b['height']} is {pixels:,} pixels, over this server's limit of "
+            f"{limits.pixels:,} ({side}x{side}; mlc serve --max-pixels)"
         )
     if limits.steps and b["steps"] > limits.steps:
         raise RequestError(
