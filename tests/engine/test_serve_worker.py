@@ -184,11 +184,7 @@ def test_progress_and_interrupt_with_webuiapi(served: Served):
         (
             {"width": 4096, "height": 4096},
             400,
-            (
-                {"width": 4096, "height": 4096},
-                400,
-                "4096x4096 is 16,777,216 pixels, over this server's limit of 4,194,304 (2048x2048",
-            ),
+            "4096x4096 is 16,777,216 pixels, over this server's limit of 4,194,304 (2048x2048",
         ),
         ({"steps": 501}, 400, "steps 501 is over this server's limit of 500"),
         ({"batch_size": 50, "n_iter": 3}, 400, "150 images"),
