@@ -121,7 +121,8 @@ def test_entry_points_are_the_verbs():
         assert callable(getattr(import_module(module), func)), exe
     verbs = {exe.removeprefix("mlc-") for exe in scripts if exe.startswith("mlc-")}
     assert verbs - {"txt2img"} == {
-        "create", "open", "list", "start", "stop", "remove", "stats", "update-sys",
+        "create", "open", "list", "start", "stop", "remove", "stats", "update-sys", "export",
+        "import",
     }  # fmt: skip
     for verb in verbs - {"txt2img"}:
         assert getattr(cli, f"main_{verb.replace('-', '_')}").__doc__ == (
@@ -270,4 +271,4 @@ def test_tables_are_whole_when_piped(tmp_path):
         )  # fmt: skip
         assert p.returncode == 0, p.stderr
         row = next(line for line in p.stdout.splitlines() if "Pytorch" in line)
-        assert row.split() == ["Pytorch", "2.13", "-", "-", "-", "-", image], p.stdout
+        assert row.split() == ["Pytorch", "2.13", "-", "-", "-", "-", "-", image], p.stdout

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from mlc.errors import MlcError
 
 OPTIONAL_FIELDS = ("digest", "cuda", "cudnn", "python", "torch", "ubuntu", "min_driver")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,15 @@ class Entry:
         if self.digest:
             return f"{self.image.split('@')[0]}@{self.digest}"
         return self.image
+
+    @property
+    def pin(self) -> str | None:
+        """The digest the image is pinned to (``sha256:...``: a registry's manifest digest, or
+        for an image that was never pushed, its image ID), or None when it is not pinned."""
+        if self.digest:
+            return self.digest
+        _, at, digest = self.image.partition("@")
+        return digest if at else None
 
     def as_dict(self) -> dict[str, Any]:
         data = {
@@ -121,6 +132,18 @@ def _entry(raw: Any, origin: str) -> Entry:
     for key, value in {**raw, "arch": ",".join(map(str, archs)), **extra}.items():
         if isinstance(value, (str, int, float)):
             _check_text(origin, str(key), str(value))
+    pinned = [extra.get("digest"), str(raw["image"]).partition("@")[2] or None]
+    for digest in filter(None, pinned):
+        if not DIGEST_RE.match(digest):
+            raise MlcError(
+                f"catalog {origin}: the digest {digest!r} of {raw['framework']} "
+                f"{raw['version']} is not sha256: and 64 lowercase hex digits"
+            )
+    if all(pinned) and pinned[0] != pinned[1]:
+        raise MlcError(
+            f"catalog {origin}: {raw['framework']} {raw['version']} has two different digests "
+            "(in image and in digest)"
+        )
     return Entry(
         framework=str(raw["framework"]),
         version=str(raw["version"]),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import docker
 
-from mlc import containers, fetch, paths, provision
+from mlc import containers, fetch, paths, provision, results
 from mlc.containers import Container
-from mlc.errors import MlcError
+from mlc.errors import MlcError, UsageError
+from mlc.fetch.inside import recipe_json
 from mlc.progress import Progress
 from mlc.recipes import Recipe, load_recipes
 
@@ -46,10 +50,27 @@ def setup(
     force: bool,
     progress: Progress,
 ) -> SetupResult:
-    """Provision C for RECIPE, put its weights in the models folder, and record the checkpoint."""
-    models_dir = (models_dir or default_models_dir(c)).expanduser().absolute()
+    """Provision C for RECIPE, put its weights in the models folder, and record the checkpoint.
+    On a remote engine the models folder is on its host: mlc's fetch code runs in C."""
+    remote_host = containers.remote_host()
+    models_dir = models_dir or default_models_dir(c)
+    if remote_host:
+        models_dir = Path(os.path.normpath(models_dir))
+        if from_archive is not None:
+            raise UsageError(
+                f"--from-archive reads a file on this machine; the engine is on host {remote_host}",
+                hint="put the archive where the container sees it and pass --url file:///PATH",
+            )
+    else:
+        models_dir = models_dir.expanduser().absolute()
     inside_path(c, models_dir)  # fail before any work when the container could not see it
     done = provision.provision(dc, c, recipe, progress)
+    if remote_host:
+        py = done.python.path
+        installed = _install_inside(dc, c, recipe, py, models_dir, url, keep_archive, force)
+        ckpt_inside = str(inside_path(c, installed.ckpt))
+        provision.record_model(c, recipe, ckpt_inside, str(inside_path(c, models_dir)))
+        return SetupResult(done, installed, ckpt_inside)
 
     def generate(dest: Path) -> None:
         cmd = [
@@ -73,6 +94,41 @@ def setup(
     ckpt_inside = str(inside_path(c, installed.ckpt))
     provision.record_model(c, recipe, ckpt_inside, str(inside_path(c, models_dir)))
     return SetupResult(done, installed, ckpt_inside)
+
+
+def _install_inside(
+    dc: docker.DockerClient,
+    c: Container,
+    recipe: Recipe,
+    python: str,
+    models_dir: Path,
+    url: str | None,
+    keep_archive: bool,
+    force: bool,
+) -> fetch.InstallResult:
+    """:func:`mlc.fetch.install` run in C (``python -m mlc.fetch.inside``) as its user; the
+    result's paths are the engine host's."""
+    cmd = [python, "-m", "mlc.fetch.inside", str(inside_path(c, models_dir))]
+    cmd += ["--recipe", recipe_json(recipe), *(["--url", url] if url else [])]
+    cmd += ["--force"] * force + ["--keep-archive"] * keep_archive
+    out = io.BytesIO()
+    code = containers.exec_stream(dc, c, cmd, stdout=out)
+    lines = out.getvalue().decode(errors="replace").strip().splitlines()
+    try:
+        data = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        data = {"error": f"setting up {recipe.name} in {c.name} failed (exit {code})"}
+    if code != 0 or "error" in data:
+        raise MlcError(data.get("error") or f"setting up {recipe.name} failed (exit {code})")
+
+    def outside(value: str | None) -> Path | None:
+        return Path(results.host_path(c, PurePosixPath(value))) if value else None
+
+    data.update(
+        {k: outside(data.get(k)) for k in ("models_dir", "ckpt", "archive", "state_file")},
+        files=[outside(f) for f in data.get("files", [])],
+    )
+    return fetch.InstallResult(**data)
 
 
 def installed_in(dirs: list[Path]) -> dict[str, list[Path]]:

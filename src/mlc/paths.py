@@ -36,16 +36,19 @@ def in_mount_point(value: str) -> bool:
     return any(path == inside or inside in path.parents for _, inside in MOUNT_POINTS)
 
 
-def output_path(mounts: Sequence[Mount], value: str, where: str) -> str:
+def output_path(mounts: Sequence[Mount], value: str, where: str, *, remote: bool = False) -> str:
     """Where the container WHERE should write for an output flag's VALUE (``--outdir``).
 
     A host path under a mount is translated; a container path under a mount point
     (``/workspace/out``) passes; any other absolute path is refused, since what is written
     there would stay inside the container (and go with `mlc remove`). A relative path is
     taken from the current folder when that is inside a mount, else from the workspace (the
-    engine's working folder in the container), as before.
+    engine's working folder in the container), as before; on a REMOTE engine's container
+    always from the workspace (the current folder here is not on its host).
     """
     path = Path(value).expanduser()
+    if not path.is_absolute() and remote:
+        return value
     if not path.is_absolute():
         cwd = Path.cwd()
         if not any(cwd == outside or outside in cwd.parents for outside, _ in mounts):
@@ -64,14 +67,18 @@ def output_path(mounts: Sequence[Mount], value: str, where: str) -> str:
     )
 
 
-def translate_paths(mounts: Sequence[Mount], flags: list[str], where: str) -> list[str]:
+def translate_paths(
+    mounts: Sequence[Mount], flags: list[str], where: str, *, remote: bool = False
+) -> list[str]:
     """Host paths in FLAGS (`--from-file prompts.txt`, `--outdir DIR`, ...) as the container
     WHERE sees them.
 
     For files the engine reads (:data:`PATH_FLAGS`), a value that exists on the host
     (relative to the current folder) is rewritten to its place under the MOUNTS; one outside
     every mount is an error; anything else (a path that only exists in the container) passes
-    unchanged. Output folders (:data:`OUTPUT_FLAGS`) follow :func:`output_path`.
+    unchanged. Output folders (:data:`OUTPUT_FLAGS`) follow :func:`output_path`. For a
+    REMOTE engine's container, paths name files on its host: one under a mount is rewritten
+    without looking at this machine's files, anything else passes unchanged.
     """
     out: list[str] = []
     i = 0
@@ -89,7 +96,13 @@ def translate_paths(mounts: Sequence[Mount], flags: list[str], where: str) -> li
             i += 1
             continue
         if flag in OUTPUT_FLAGS:
-            value = output_path(mounts, value, where)
+            value = output_path(mounts, value, where, remote=remote)
+        elif remote:
+            outside = Path(value)
+            for host_dir, inside in mounts:
+                if outside == host_dir or host_dir in outside.parents:
+                    value = str(inside / outside.relative_to(host_dir).as_posix())
+                    break
         else:
             host_path = Path(value).expanduser()
             if host_path.exists() and not value.startswith(INSIDE_PREFIXES):

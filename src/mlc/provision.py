@@ -25,6 +25,21 @@ from mlc.recipes import Recipe
 
 STATE = PurePosixPath("/etc/mlc/state.json")
 ENGINE_ROOT = PurePosixPath("/opt/mlc/lib")
+TORCH_2_0_PINS = (
+    "diffusers==0.31.0",
+    "transformers==4.46.3",
+    "tokenizers==0.20.3",
+    "huggingface-hub==0.26.5",
+    "accelerate==1.1.1",
+    "safetensors==0.4.5",
+    "numpy<2",
+    "scipy==1.13.1",
+    "Pillow==10.4.0",
+)
+"""What the engine's packages are held to beside torch 2.0 (the seed's image, AIME's
+``Pytorch 2.0.1-aime``; Python 3.8 to 3.11): the last releases that import and run with it
+(newer transformers disable a torch older than 2.1 or 2.2; torch 2.0 wheels were built against
+numpy 1.x). Newer torch gets no pins besides itself."""
 
 
 # -- files in a container ----------------------------------------------------------------------
@@ -106,6 +121,9 @@ def find_python(c: Container) -> Python:
     probe = (
         "import json, site, sys, sysconfig\n"
         "try:\n    import torch; tv = torch.__version__\nexcept Exception:\n    tv = None\n"
+        # pip compares its own record: PyPI's torch 2.0.1 says 2.0.1+cu117 but is 2.0.1
+        "try:\n    from importlib.metadata import version; tv = tv and version('torch')\n"
+        "except Exception:\n    pass\n"
         "print(json.dumps({'path': sys.executable, 'torch': tv, 'version': '%d.%d' %"
         " sys.version_info[:2], 'site': sysconfig.get_paths()['purelib']}))\n"
     )
@@ -120,13 +138,22 @@ def find_python(c: Container) -> Python:
 
 
 def check_engine_support(py: Python, name: str) -> None:
-    """The engine needs Python >= 3.10 and torch >= 2.1 (in the image, never replaced)."""
-    if version_key(py.version) < (3, 10) or (py.torch and version_key(py.torch) < (2, 1)):
+    """The engine needs Python >= 3.10 and torch >= 2.0 (in the image, never replaced)."""
+    if version_key(py.version) < (3, 10) or (py.torch and version_key(py.torch) < (2, 0)):
         raise MlcError(
-            f"the engine needs Python >= 3.10 and torch >= 2.1; container {name} has "
+            f"the engine needs Python >= 3.10 and torch >= 2.0; container {name} has "
             f"Python {py.version}, torch {py.torch or 'none'}",
             hint="create the container from a newer image, e.g. Pytorch 2.5.1 (`mlc images`)",
         )
+
+
+def constraints(torch: str | None) -> list[str]:
+    """The pip constraints for a container whose torch is TORCH: torch itself (pip must never
+    replace it), and for torch 2.0 the package versions that still support it."""
+    if not torch:
+        return []
+    pins = list(TORCH_2_0_PINS) if version_key(torch)[:2] < (2, 1) else []
+    return [f"torch=={torch}", *pins]
 
 
 def _run(dc: docker.DockerClient, c: Container, cmd: list[str]) -> int:
@@ -159,11 +186,11 @@ def apt_install(
 def pip_install(
     dc: docker.DockerClient, c: Container, py: Python, reqs: list[str], progress: Progress
 ) -> None:
-    progress.note(
-        f"pip: installing {' '.join(reqs)}" + (f" (keeping torch {py.torch})" if py.torch else "")
-    )
-    constraints = f"torch=={py.torch}\n" if py.torch else ""
-    write_files(c, {"constraints.txt": constraints.encode()}, root="/etc/mlc")
+    pins = constraints(py.torch)
+    kept = f" (keeping torch {py.torch}" + (", with versions for it)" if pins[1:] else ")")
+    progress.note(f"pip: installing {' '.join(reqs)}" + (kept if py.torch else ""))
+    text = "".join(f"{pin}\n" for pin in pins)
+    write_files(c, {"constraints.txt": text.encode()}, root="/etc/mlc")
     cmd = [
         py.path,
         "-m",

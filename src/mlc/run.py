@@ -8,13 +8,13 @@ import contextlib
 import importlib
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import docker
 
-from mlc import containers, host, paths, provision
+from mlc import containers, host, paths, provision, results
 from mlc.containers import Container
 from mlc.containers.labels import Mount
 from mlc.errors import MlcError
@@ -54,6 +54,7 @@ def plan(
     *,
     environ: Mapping[str, str] | None = None,
     tag: str | None = None,
+    remote: bool = False,
 ) -> Invocation:
     """The engine command for `mlc txt2img NAME FLAGS` in a container with the setup STATE and
     MOUNTS: host paths translated, --ckpt defaulted, worker unless --no-worker (or an engine
@@ -64,7 +65,7 @@ def plan(
     flags = [f for f in flags if f not in HOST_FLAGS]
     if "engine" not in state:
         raise MlcError(f"the engine is not set up in '{name}'", hint=f"run: mlc setup {name}")
-    flags = paths.translate_paths(mounts, flags, name)
+    flags = paths.translate_paths(mounts, flags, name, remote=remote)
     if state.get("ckpt") and not any(f == "--ckpt" or f.startswith("--ckpt=") for f in flags):
         flags = ["--ckpt", state["ckpt"], *flags]
     if not state["engine"].get("worker"):  # an engine copied before the warm worker
@@ -99,25 +100,39 @@ def wants_help(flags: Sequence[str]) -> bool:
     return any(f in ("-h", "--help") for f in flags)
 
 
-def txt2img(name: str, flags: Sequence[str], dc: docker.DockerClient | None = None) -> int:
+def txt2img(
+    name: str,
+    flags: Sequence[str],
+    dc: docker.DockerClient | None = None,
+    note: Callable[[str], None] | None = None,
+) -> int:
     """Run the engine in the caller's container NAME with FLAGS; returns the engine's exit code.
     The container is started when needed; unless `mlc start` started it, it stops once nothing
     runs there any more (at once, or after the warm worker's idle exit).
 
+    ``--fetch-outputs DIR`` (read here) copies the files the run wrote into DIR on this
+    machine; on a remote engine without it, NOTE is told where they are on its host.
+
     Interrupted (Ctrl-C, SIGTERM, SIGHUP: a ``KeyboardInterrupt``), the request is cancelled in
     the worker and the engine command in the container gets the signal, before this re-raises.
     """
+    flags, fetch_to = results.take_fetch_flag(flags)
     dc = dc or containers.client()
+    remote_host = containers.remote_host()
     c = containers.find(dc, name, host.current_user())
     containers.start(c)
     try:
-        inv = plan(name, provision.load_state(c), c.mounts, flags)
+        inv = plan(name, provision.load_state(c), c.mounts, flags, remote=bool(remote_host))
+        mark = results.mark(c, inv.tag) if fetch_to or remote_host else None
         try:
-            return containers.exec_stream(dc, c, inv.argv, env=inv.env, tag=inv.tag)
+            code = containers.exec_stream(dc, c, inv.argv, env=inv.env, tag=inv.tag)
         except KeyboardInterrupt:
             if not inv.one_shot:
                 cancel(c, inv)
             raise
+        if mark:
+            results.report(c, inv.flags, mark, fetch_to, remote_host, note or (lambda _: None))
+        return code
     finally:
         containers.stop_if_idle(dc, c)
 

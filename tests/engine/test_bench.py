@@ -206,7 +206,8 @@ def test_cache_off_small_files_and_other_dtype(tiny, tmp_path, monkeypatch) -> N
 
 def test_bench_passes_every_engine_flag_through(tiny, tmp_path: Path, monkeypatch, capsys):
     """Flags the benchmark does not own reach the measured runs, whatever they are: --f (an
-    explicit mismatch fails there, as in a plain run) and --ddim_eta (in the PNG's metadata)."""
+    explicit mismatch fails there, as in a plain run), --ddim_eta and --match (in the PNG's
+    metadata) and --no_cuda_graphs (the run's accel report: every step eager, "off")."""
     from mlc.engine.outputs import read_metadata
 
     monkeypatch.setenv("MLC_CACHE_DIR", "off")
@@ -215,12 +216,16 @@ def test_bench_passes_every_engine_flag_through(tiny, tmp_path: Path, monkeypatc
     base += ["--ddim_steps", "2", "--n_iter", "2", "--sampler", "ddim"]
     out = tmp_path / "b.json"
     argv = [*base, "--f", "8", "--ddim_eta", "0.5", "--outdir", str(tmp_path / "ok")]
+    argv += ["--no_cuda_graphs", "--match", "diffusers"]
     assert main([*argv, "--bench_json", str(out)]) == 0, capsys.readouterr().err
     report = json.loads(out.read_text())
-    assert {"--f 8", "--ddim_eta 0.5"} <= set(report["changed_from_seed"])
+    assert {"--f 8", "--ddim_eta 0.5", "--no_cuda_graphs", "--match diffusers"} <= set(
+        report["changed_from_seed"]
+    )
     (run,) = report["runs"]
     _, data = read_metadata(run["last_image"])
-    assert data["eta"] == 0.5 and data["sampler"] == "ddim"
+    assert data["eta"] == 0.5 and data["sampler"] == "ddim" and data["match"] == "diffusers"
+    assert run["eager_reasons"] == {"off": run["eager_steps"]} and run["eager_steps"] >= 4
     capsys.readouterr()
     assert main([*base, "--f", "4", "--outdir", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -182,13 +182,17 @@ def test_seed_axis_and_prompt_axis(capsys, tiny: TinyModel, tmp_path, count_load
     assert not (a == b).all()  # another seed, another image
 
 
-def test_progress_and_time_table_on_stderr(capsys, tiny: TinyModel, tmp_path):
+@pytest.mark.parametrize("as_json", [False, True], ids=["plain", "json"])
+def test_progress_and_time_table_on_stderr(capsys, tiny: TinyModel, tmp_path, as_json: bool):
+    """With or without --json (which only changes stdout)."""
     argv = [
         "--ckpt", str(tiny.safetensors), "--H", "64", "--W", "64", "--ddim_steps", "2",
         "--outdir", str(tmp_path / "o"), "--x", "sampler=ddim,plms", "--y", "scale=1,7.5",
     ]  # fmt: skip
-    assert txt2img.main(argv) == 0
-    err = capsys.readouterr().err
+    assert txt2img.main(argv + ["--json"] * as_json) == 0
+    out, err = capsys.readouterr()
+    if as_json:
+        assert json.loads(out)["seeds"] == [42] * 4
     assert "4 cell(s) (x: sampler x2, y: scale x2), one image each, seed 42" in err
     assert "[4/4] sampler=plms scale=7.5: " in err
     table = err[err.index("seconds per cell:") :].splitlines()

@@ -1,5 +1,5 @@
 """mlc.engine.options: the classic flags and their defaults, validation into a RunSpec, the
-grid-axis syntax, the speed flags' checks and the MLC_* environment. In process: parsing
+grid-axis syntax and the speed flags' checks (the MLC_* environment: test_env). In process: parsing
 needs no model and no subprocess (the end-to-end exit codes are test_txt2img_cli's)."""
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def test_a_cell_is_a_one_image_run():
     assert spec.combos() == [(0, 0), (0, 1), (1, 0), (1, 1)]
     cell = spec.cell((0, 1))
     assert (cell.width, cell.height, cell.batches, cell.seed) == (64, 128, [["b"]], 3)
-    assert (cell.n_iter, cell.n_samples, cell.skip_grid, cell.json, cell.axes) == (
+    assert (cell.n_iter, cell.n_samples, cell.skip_grid, cell.quiet, cell.axes) == (
         1,
         1,
         True,
@@ -276,59 +276,6 @@ def test_cli_usage_error_exit_2(capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert err.endswith("valid axes: " + VALID)
-
-
-# --- the environment ----------------------------------------------------------------------
-
-
-def test_tiny_vae_default(monkeypatch, tmp_path: Path):
-    monkeypatch.delenv("MLC_TINY_VAE", raising=False)
-    assert options.tiny_vae_default() is None
-    monkeypatch.setenv("MLC_TINY_VAE", "  ")
-    assert options.tiny_vae_default() is None
-    monkeypatch.setenv("MLC_TINY_VAE", str(tmp_path / "taesd"))
-    assert options.tiny_vae_default() == tmp_path / "taesd"
-
-
-def test_cache_and_bench_folders(monkeypatch, tmp_path: Path):
-    monkeypatch.delenv("MLC_CACHE_DIR", raising=False)
-    assert options.cache_root() == Path.home() / ".cache" / "mlc" / "converted"
-    for off in ("off", "0", "No", "none"):
-        monkeypatch.setenv("MLC_CACHE_DIR", off)
-        assert options.cache_root() is None
-    monkeypatch.setenv("MLC_CACHE_DIR", str(tmp_path))
-    assert options.cache_root() == tmp_path
-    monkeypatch.setenv("MLC_CACHE_MIN_BYTES", "12")
-    assert options.cache_min_bytes() == 12
-    monkeypatch.setenv("MLC_CACHE_MIN_BYTES", "lots")
-    assert options.cache_min_bytes() == options.CACHE_MIN_BYTES
-    monkeypatch.setenv("MLC_BENCH_DIR", str(tmp_path / "b"))
-    assert options.bench_dir() == tmp_path / "b"
-    monkeypatch.delenv("MLC_BENCH_DIR")
-    assert options.bench_dir() == Path.home() / ".cache" / "mlc" / "bench"
-
-
-def test_worker_environment(monkeypatch, tmp_path: Path):
-    import os
-
-    monkeypatch.delenv("MLC_WORKER_DIR", raising=False)
-    assert options.worker_dir() == Path(f"/tmp/mlc-{os.getuid()}")
-    monkeypatch.setenv("MLC_WORKER_DIR", str(tmp_path))
-    assert options.worker_dir() == tmp_path
-    monkeypatch.setenv("MLC_WORKER_IDLE", "")
-    assert options.worker_idle() is None
-    monkeypatch.setenv("MLC_WORKER_IDLE", "30")
-    assert options.worker_idle() == "30"
-    monkeypatch.setenv("MLC_REQUEST_TAG", "t-1")
-    assert options.request_tag() == "t-1"
-    # a request carries MLC_CKPT and MLC_TINY_VAE; the worker applies exactly those
-    monkeypatch.setenv("MLC_CKPT", "/a.ckpt")
-    monkeypatch.delenv("MLC_TINY_VAE", raising=False)
-    assert options.request_env() == {"MLC_CKPT": "/a.ckpt"}
-    monkeypatch.setenv("MLC_TINY_VAE", "/old")
-    options.apply_request_env({"MLC_CKPT": "/b.ckpt", "MLC_WORKER_DIR": "/elsewhere"})
-    assert os.environ["MLC_CKPT"] == "/b.ckpt" and "MLC_TINY_VAE" not in os.environ
-    assert os.environ["MLC_WORKER_DIR"] == str(tmp_path)  # not a request's to change
 
 
 # --- limits -------------------------------------------------------------------------------

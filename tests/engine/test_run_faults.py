@@ -115,10 +115,14 @@ def test_a_full_disk_names_the_file_and_counts_what_was_kept(
     assert 0 < len(kept) < 40
     _all_valid(small_disk / "samples")  # the image that did not fit left nothing behind
     samples = small_disk / "samples"
-    assert err == (
+    # --json keeps the progress lines on stderr; the error is one line, the last one
+    *progress, last = err.splitlines()
+    assert last == (
         f"mlc-txt2img: error: no space left on device writing {samples}/{len(kept):05}.png; "
-        f"{len(kept)} images of this run kept in {samples} (free some space, then run again)\n"
+        f"{len(kept)} images of this run kept in {samples} (free some space, then run again)"
     )
+    assert sum(line.startswith("[") for line in progress) == len(kept)
+    assert "Traceback" not in err
     seeds = [outputs.read_metadata(f)[1]["seed"] for f in kept]
     assert seeds == list(range(42, 42 + len(kept)))
 

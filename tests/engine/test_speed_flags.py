@@ -141,11 +141,18 @@ def test_bench_modes_reports_every_mode_against_exact(capsys, tiny, tmp_path, ta
             str(out),
             "--bench_json",
             str(out / "modes.json"),
+            "--no_cuda_graphs",
+            "--match",
+            "diffusers",
         ]
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads((out / "modes.json").read_text())
+    # the run's own settings reach every mode: eager steps by choice, latents in the model's dtype
+    assert (report["settings"]["cuda_graphs"], report["settings"]["latents"]) == (False, "model")
+    graphs = report["accel"]["graphs"]
+    assert graphs["eager_reasons"] == {"off": graphs["eager_steps"]} and graphs["eager_steps"] > 0
     rows = {r["mode"]: r for r in report["modes"]}
     assert set(rows) == {"exact", "fast", "deepcache 3", "tome 0.5", "tiny_vae", "all"}
     assert rows["exact"]["deviation"]["max_abs"] == 0 and rows["exact"]["speedup"] == 1.0
@@ -156,3 +163,30 @@ def test_bench_modes_reports_every_mode_against_exact(capsys, tiny, tmp_path, ta
     assert not any(r["vae_fallback"] for r in rows.values())  # fp32 on a CPU: no fp16 retry
     assert report["settings"]["tiny_vae"] == str(taesd)
     assert "speed-up" in captured.out and (out / "mode-exact.png").is_file()
+
+
+def test_no_cuda_graphs_keeps_the_pixels_and_the_report_says_why(capsys, tiny, tmp_path):
+    """On CPU every step is eager either way; the summary's accel report says why."""
+    default = _run(capsys, _args(tiny, tmp_path / "default"))
+    eager = _run(capsys, _args(tiny, tmp_path / "eager", "--no_cuda_graphs"))
+    assert np.array_equal(_pixels(default["files"][0]), _pixels(eager["files"][0]))
+    for summary, reason in ((default, "no CUDA device"), (eager, "off")):
+        graphs = summary["accel"]["graphs"]
+        assert graphs["eager_reasons"] == {reason: STEPS} and graphs["eager_steps"] == STEPS
+        assert graphs["replays"] == 0 and graphs["captures"] == []
+        assert "compile" not in summary["accel"]  # no --compile
+    assert "CUDA graphs" not in eager["stderr"]  # the user's own choice: no note
+
+
+def test_match_diffusers_on_cpu_fp32_is_accepted_and_recorded(capsys, tiny, tmp_path):
+    exact = _run(capsys, _args(tiny, tmp_path / "exact"))
+    matched = _run(capsys, _args(tiny, tmp_path / "match", "--match", "diffusers"))
+    assert "match" not in exact and matched["match"] == "diffusers"
+    assert matched["dtype"] == "float32"  # on CPU the model's dtype is fp32: same latents
+    assert np.array_equal(_pixels(exact["files"][0]), _pixels(matched["files"][0]))
+    _, data = read_metadata(Path(matched["files"][0]))
+    assert data["match"] == "diffusers"
+    assert "match" not in read_metadata(Path(exact["files"][0]))[1]
+    assert parse(["--match", "diffusers"]).latents == "model"
+    assert parse([]).latents == "float32" and parse([]).cuda_graphs is True
+    assert parse(["--no_cuda_graphs"]).cuda_graphs is False

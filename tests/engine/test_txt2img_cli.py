@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,33 @@ def test_human_output_and_module_entry_point(tiny: TinyModel, tmp_path: Path):
     assert "Your samples are ready and waiting for you here:" in proc.stdout
     assert (tmp_path / "o" / "samples" / "00000.png").is_file()
     assert (tmp_path / "o" / "grid-0000.png").is_file()
+
+
+def _masked(text: str) -> list[str]:
+    """TEXT's lines with every decimal number (times) as N."""
+    return [re.sub(r"\d+\.\d+", "N", line) for line in text.splitlines()]
+
+
+def test_json_keeps_the_progress_on_stderr(tiny: TinyModel, tmp_path: Path):
+    """--json: stdout is the JSON document alone; stderr says what it says without --json."""
+    argv = [*small_run(tiny.safetensors, 2), "--n_samples", "2", "--n_iter", "2", "--fast"]
+    argv += ["--outdir", "o"]
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "json").mkdir()
+    plain = run_cli(*argv, cwd=tmp_path / "plain")
+    assert plain.returncode == 0, plain.stderr
+    with_json = run_cli(*argv, "--json", cwd=tmp_path / "json")
+    assert with_json.returncode == 0, with_json.stderr
+    summary = json.loads(with_json.stdout)
+    assert summary["seeds"] == [42, 43, 44, 45]
+    lines = _masked(with_json.stderr)
+    assert lines == _masked(plain.stderr)
+    assert [ln.split("]")[0] for ln in lines if ln.startswith("[")] == [
+        f"[{k}/4" for k in range(1, 5)
+    ]
+    assert any(ln.startswith("note: --fast: ") for ln in lines)
+    assert any(ln.startswith("model tiny loaded in N s on cpu") for ln in lines)
+    assert "[4/4] seed 45 N s -> o/samples/00003.png" in lines
 
 
 def test_bad_input_is_one_line_end_to_end():

@@ -237,6 +237,17 @@ def test_stop_worker(workers: Workers):
     assert "exits after" in (workers.dir / LOG).read_text()
 
 
+def test_the_worker_does_not_keep_the_exec_tags(workers: Workers):
+    """The host kills the processes whose environment holds MLC_EXEC=<its exec's tag> when
+    that exec is interrupted: the worker, which outlives it, must never be one of them."""
+    summary = workers.json(MLC_EXEC="exec-tag-1", MLC_REQUEST_TAG="req-tag-1")
+    pid = summary["worker"]["pid"]
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    names = {item.partition(b"=")[0].decode() for item in raw if item}
+    assert "MLC_EXEC" not in names and "MLC_REQUEST_TAG" not in names
+    assert "MLC_WORKER_DIR" in names and "PATH" in names  # the rest is kept
+
+
 def test_idle_exit(workers: Workers):
     first = workers.json("--idle", "2")
     pid = first["worker"]["pid"]

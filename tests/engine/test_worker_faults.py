@@ -168,7 +168,7 @@ def test_a_grid_whose_worker_was_killed_resumes_after_its_saved_cells(workers: W
         "--x", "seed=1,2,3,4,5,6,7,8", "--ddim_steps", "10", "--outdir", "grid", "--json"
     )
     cells = workers.cwd / "grid" / "samples"
-    while len(_pngs(cells)) < 3:  # --json: no progress lines; the saved cells show it
+    while len(_pngs(cells)) < 3:  # the saved cells show how far it is
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     pid = workers.pid()

@@ -7,10 +7,11 @@ from typing import Annotated
 import typer
 
 from mlc import __version__
-from mlc.cli import containers_cmd, images_cmd, models_cmd, serve_cmd
+from mlc.cli import archive_cmd, containers_cmd, images_cmd, models_cmd, serve_cmd
 from mlc.cli.options import CONTAINERS, IMAGES, MODELS
 from mlc.cli.output import show
 from mlc.cli.signals import interruptible
+from mlc.containers import remote
 
 HELP = "Per-user GPU containers from pinned images, one-shot model setup, and Stable Diffusion."
 
@@ -39,11 +40,21 @@ def _root(
             "--version", "-v", callback=_version, is_eager=True, help="Show the version and exit."
         ),
     ] = False,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            metavar="NAME",
+            help="Docker context to use (as `docker --context`; wins over DOCKER_HOST and "
+            "DOCKER_CONTEXT). See `docker context ls`.",
+        ),
+    ] = None,
 ) -> None:
     """Per-user GPU containers from pinned images, one-shot model setup, and Stable Diffusion.
 
     Example: [bold]mlc create sd Pytorch 2.9.1 -w ~/sd[/] then [bold]mlc open sd[/].
     """
+    remote.use_context(context)
 
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -57,6 +68,8 @@ COMMANDS = [
     ("stop", containers_cmd.stop, CONTAINERS, None),
     ("remove", containers_cmd.remove, CONTAINERS, None),
     ("stats", containers_cmd.stats, CONTAINERS, None),
+    ("export", archive_cmd.export, CONTAINERS, None),
+    ("import", archive_cmd.import_, CONTAINERS, None),
     ("setup", models_cmd.setup, MODELS, None),
     ("models", models_cmd.models_, MODELS, None),
     ("txt2img", models_cmd.txt2img, MODELS, PASS_THROUGH),

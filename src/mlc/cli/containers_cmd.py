@@ -95,14 +95,15 @@ def create(
     spec = containers.new_spec(
         name, framework, version, workspace=workspace, data=data, models=models, gpus=gpus,
         arch=arch, ulimits=ulimit, forward_network=not no_forward, build=build,
-        catalog_path=catalog_path,
+        catalog_path=catalog_path, remote_host=containers.remote_host(),
     )  # fmt: skip
     with RichProgress(console=err, transient=True) as progress:
         c = containers.create(containers.client(), spec, progress)
     e = spec.entry
+    on = f" on host {spec.remote_host}" if spec.remote_host else ""
     show(
         f"[{name}] ready: {e.framework} {e.version} ({e.reference}), "
-        f"GPUs {c.gpus}, workspace {c.workspace}. Open it with: mlc open {name}"
+        f"GPUs {c.gpus}, workspace {c.workspace}{on}. Open it with: mlc open {name}"
     )
 
 

@@ -47,7 +47,7 @@ def images(
     catalog_path: CatalogOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """What can be created on this host's architecture.
+    """What can be created on this host's architecture; PINNED: the digest an entry is pinned to.
 
     Example: [bold]mlc images Pytorch[/]
     """
@@ -61,13 +61,18 @@ def images(
         show_json([e.as_dict() for e in entries])
         return
     grid = table(
-        "FRAMEWORK", "VERSION", "CUDA", "PYTHON", "TORCH", "DRIVER", "IMAGE",
+        "FRAMEWORK", "VERSION", "CUDA", "PYTHON", "TORCH", "DRIVER", "PINNED", "IMAGE",
         title=f"images for {arch_name}",
     )  # fmt: skip
     for e in entries:
         driver = f">= {e.min_driver}" if e.min_driver else "-"
         grid.add_row(
             e.framework, e.version, e.cuda or "-", e.python or "-", e.torch or "-", driver,
-            e.reference,
+            short_digest(e.pin), e.image.split("@")[0],
         )  # fmt: skip
     show_table(grid)
+
+
+def short_digest(digest: str | None) -> str:
+    """A pin as the PINNED column shows it: ``sha256:`` and 12 hex digits, or ``-``."""
+    return digest[:19] if digest else "-"

@@ -135,7 +135,8 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
     --ckpt defaults to the model `mlc setup` installed; images land in the workspace. The
     model stays loaded in a worker inside the container between calls (it exits after
     --idle SECONDS, default 600 or $MLC_WORKER_IDLE); --no-worker runs one-shot;
-    --stop-worker stops the worker.
+    --stop-worker stops the worker. --fetch-outputs DIR copies the run's new files to DIR on
+    this machine (for a remote engine, whose workspace is on its host).
 
     Example: [bold]mlc txt2img sd --prompt "a photo of a pink cube" --plms --n_samples 1[/]
     """
@@ -144,4 +145,4 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
         flags = run.engine_help()
         print(f"\nThe engine's flags (passed on):\n\n{flags}" if flags else "", end="")
         raise typer.Exit()
-    raise typer.Exit(run.txt2img(name, ctx.args))
+    raise typer.Exit(run.txt2img(name, ctx.args, note=say))

@@ -3,7 +3,6 @@ object over Docker's ``attrs`` whose properties read the label table (:mod:`.lab
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import docker
@@ -11,6 +10,7 @@ from docker.errors import DockerException, NotFound
 from docker.models.containers import Container as DockerContainer
 
 from mlc import host
+from mlc.containers import remote
 from mlc.containers.labels import NONE, TABLE, Labels, Mount, bare_name, owned_by, tag
 from mlc.errors import DockerUnavailable, MlcError, NotFoundError
 
@@ -160,10 +160,13 @@ class Container:
 
 
 def client() -> docker.DockerClient:
-    """A Docker client, or one clear error saying why the engine cannot be reached."""
-    where = os.environ.get("DOCKER_HOST") or ""
+    """A Docker client for the engine the docker CLI would use (:mod:`.remote`: --context,
+    DOCKER_HOST, DOCKER_CONTEXT, the current context), or one clear error saying why it
+    cannot be reached."""
+    ep = remote.endpoint()
+    where = f" at {ep.describe()}" if ep.host or ep.context else ""
     try:
-        c = docker.from_env()
+        c = remote.connect(ep)
         c.ping()
         return c
     except DockerException as exc:
@@ -175,17 +178,30 @@ def client() -> docker.DockerClient:
             ) from None
         if "paramiko" in text:
             raise DockerUnavailable(
-                f"DOCKER_HOST={where} needs the paramiko package for ssh://",
-                hint="install paramiko: pip install paramiko",
+                f"{ep.describe()} needs the paramiko package for ssh://",
+                hint="install paramiko: pip install paramiko (or mlc-toolkit[remote])",
             ) from None
-        if where and "server API version" not in text and "Connection" not in text:
+        if ep.host and "server API version" not in text and "Connection" not in text:
             raise DockerUnavailable(  # the address itself is wrong: nothing was asked
-                f"invalid DOCKER_HOST={where}: {text.strip().splitlines()[0]}",
+                f"invalid {'Docker host ' if ep.context else 'DOCKER_HOST='}{ep.describe()}: "
+                f"{text.strip().splitlines()[0]}",
                 hint="use unix:///var/run/docker.sock, tcp://HOST:PORT or ssh://USER@HOST",
             ) from None
         raise DockerUnavailable(
-            f"cannot reach the Docker engine{f' at {where}' if where else ''}",
-            hint="start Docker (sudo systemctl start docker) or set DOCKER_HOST",
+            f"cannot reach the Docker engine{where}",
+            hint="start Docker (sudo systemctl start docker), or check DOCKER_HOST / the "
+            "Docker context (`docker context ls`)",
+        ) from None
+    except Exception as exc:  # ssh refused or not let in (paramiko's), TLS files missing
+        if not isinstance(exc, (OSError, EOFError)) and "paramiko" not in type(exc).__module__:
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        ssh = ep.host.startswith("ssh://")
+        raise DockerUnavailable(
+            f"cannot reach the Docker engine{where}: {detail}",
+            hint="check that `ssh USER@HOST docker version` works without a password"
+            if ssh
+            else None,
         ) from None
 
 

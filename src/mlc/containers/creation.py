@@ -5,8 +5,10 @@ create and start (with the retries the spec allows), and the root setup script
 from __future__ import annotations
 
 import contextlib
+import re
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import docker
 from docker.errors import APIError, NotFound
@@ -61,7 +63,7 @@ def environment_for(spec: CreateSpec) -> tuple[dict[str, str], list[Mount]]:
     mounts: list[Mount] = []
     if spec.models:
         env.setdefault("HF_HOME", "/models/huggingface")
-    if spec.forward_network:
+    if spec.forward_network and not spec.remote_host:  # a remote host has its own network
         env.update(host.proxy_env())
         bundle = host.ca_bundle()
         if bundle:
@@ -117,7 +119,7 @@ def create(
     if spec.gpus.wanted:
         check_driver(spec.entry)
     image = ensure_image(dc, spec.entry, spec.build, progress)
-    made = _make_dirs(spec.folders)
+    made = [] if spec.remote_host else _make_dirs(spec.folders)  # remote: checked there
     try:
         c = _create_and_start(dc, spec, image, progress)
     except BaseException:
@@ -131,6 +133,29 @@ def create(
     return c
 
 
+MISSING_SOURCE = re.compile(r"bind source path does not exist: (\S+)")
+
+
+def _create(dc: docker.DockerClient, spec: CreateSpec, image: str, **kwargs: Any) -> Any:
+    """Docker's create; a folder missing on the engine's host (Docker checks every bind
+    source there) is named: ``workspace /x does not exist on host gpu1``."""
+    try:
+        return dc.containers.create(image, **kwargs)
+    except APIError as exc:
+        found = MISSING_SOURCE.search(str(exc.explanation or exc))
+        if not found:
+            raise
+        path = Path(found.group(1))
+        named = {spec.workspace: "workspace", spec.data: "data", spec.models: "models"}
+        what = named.get(path, "folder")
+        where = f"host {spec.remote_host}" if spec.remote_host else "this machine"
+        raise MlcError(
+            f"{what} {path} does not exist on {where}",
+            hint=f"create it there (e.g. ssh {spec.remote_host or 'HOST'} mkdir -p {path}) "
+            "or pick another folder",
+        ) from None
+
+
 def _create_and_start(
     dc: docker.DockerClient, spec: CreateSpec, image: str, progress: Progress
 ) -> Container:
@@ -138,9 +163,11 @@ def _create_and_start(
     mounts = folder_mounts(spec)
     mounts[1:1] = extra  # as before: /workspace, the CA folder, then /data and /models
     while True:
-        raw = dc.containers.create(
+        raw = _create(
+            dc,
+            spec,
             image,
-            ["sleep", "infinity"],
+            command=["sleep", "infinity"],
             name=tag(spec.name, spec.user.uid),
             hostname=spec.name,
             init=True,

@@ -1,5 +1,5 @@
 """Commands in a container: streamed (output back, exit code returned) or an interactive
-shell through the docker CLI.
+shell, through the docker CLI or mlc's own terminal bridge (:mod:`.pty`).
 
 Docker passes no signal on to an exec, and keeps it running when its client goes away. So
 every exec carries a tag (``MLC_EXEC``) in its environment, and when the mlc command is
@@ -26,8 +26,9 @@ from typing import Any, BinaryIO
 
 import docker
 
+from mlc.containers import pty
 from mlc.containers.container import Container
-from mlc.errors import Interrupted, MlcError
+from mlc.errors import Interrupted, MlcError, UsageError
 
 PASSED_VARS = ("TERM", "LANG", "DISPLAY", "NCCL_P2P_LEVEL", "CUDA_VISIBLE_DEVICES")
 EXEC_TAG = "MLC_EXEC"
@@ -162,39 +163,71 @@ class _Output:
             self.stream.close()
 
 
+PTY_MODES = ("auto", "cli", "sdk")
+
+
+def pty_mode() -> str:
+    """How `mlc open` bridges a terminal: ``cli`` (the docker CLI) or ``sdk`` (mlc's own
+    bridge, :mod:`.pty`). ``MLC_PTY`` chooses; by default the CLI when it is on PATH."""
+    mode = (os.environ.get("MLC_PTY") or "auto").strip().lower()
+    if mode not in PTY_MODES:
+        raise UsageError(
+            f"invalid MLC_PTY={os.environ.get('MLC_PTY')}", hint="use cli, sdk or auto"
+        )
+    if mode == "auto":
+        return "cli" if shutil.which("docker") else "sdk"
+    return mode
+
+
 def shell(c: Container, command: list[str] | None = None) -> int:
-    """An interactive login shell (or COMMAND) through the docker CLI; returns its exit code.
-    Interrupted (SIGTERM, or SIGHUP from a closed terminal), the shell's session in C ends
-    too, and the terminal's settings are restored."""
+    """An interactive login shell (or COMMAND) as the owner in /workspace, through the docker
+    CLI or, without it (or with ``MLC_PTY=sdk``), mlc's own terminal bridge; returns its exit
+    code. Interrupted (SIGTERM, or SIGHUP from a closed terminal), the shell's session in C
+    ends too, and the terminal's settings are restored."""
+    argv = command or ["bash", "-l"]
+    tag = new_tag()
+    env = {**exec_env(c), EXEC_TAG: tag}
+    if pty_mode() == "sdk":
+        with _terminal_kept():
+            try:
+                return pty.bridge(
+                    c.raw.client.api, c.id, argv, user=c.exec_user, workdir="/workspace", env=env
+                )
+            except KeyboardInterrupt as interrupt:
+                _end_shell(c, tag, interrupt)
+                raise
     cli = shutil.which("docker")
     if not cli:
         raise MlcError(
-            "the docker command-line client is needed for interactive shells",
-            hint="install docker-ce-cli or docker.io",
+            "the docker command-line client is not installed (MLC_PTY=cli)",
+            hint="install docker-ce-cli or docker.io, or unset MLC_PTY to use mlc's own bridge",
         )
-    tag = new_tag()
-    argv = [cli, "exec", "-i", "--detach-keys", "ctrl-^,ctrl-@", "-u", c.exec_user]
-    argv += ["-w", "/workspace"]
+    cmd = [cli, "exec", "-i", "--detach-keys", pty.DETACH_KEYS, "-u", c.exec_user]
+    cmd += ["-w", "/workspace"]
     if sys.stdin.isatty():
-        argv.append("-t")
-    for k, v in {**exec_env(c), EXEC_TAG: tag}.items():
-        argv += ["-e", f"{k}={v}"]
-    argv += [c.docker_name, *(command or ["bash", "-l"])]
+        cmd.append("-t")
+    for k, v in env.items():
+        cmd += ["-e", f"{k}={v}"]
+    cmd += [c.docker_name, *argv]
     with _terminal_kept():
-        proc = subprocess.Popen(argv)
+        proc = subprocess.Popen(cmd)
         try:
             return proc.wait()
         except KeyboardInterrupt as interrupt:
-            # SIGTERM or SIGHUP: the shell's terminal is gone, as far as the shell can tell
-            hangup = isinstance(interrupt, Interrupted)
-            sig = signal.SIGHUP if hangup else signal.SIGINT
-            end_session(c, tag, sig, grace=3, shell=True)
+            _end_shell(c, tag, interrupt)
             try:
                 proc.wait(timeout=5)  # the exec has ended: the CLI follows
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
             raise
+
+
+def _end_shell(c: Container, tag: str, interrupt: KeyboardInterrupt) -> None:
+    """End the interactive exec TAG in C: SIGTERM or SIGHUP mean its terminal is gone, as far
+    as the shell can tell (a hangup); Ctrl-C (without a raw terminal) is passed on."""
+    sig = signal.SIGHUP if isinstance(interrupt, Interrupted) else signal.SIGINT
+    end_session(c, tag, sig, grace=3, shell=True)
 
 
 @contextlib.contextmanager

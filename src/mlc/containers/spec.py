@@ -5,6 +5,7 @@ start allows, each returning a new spec. Pure data: no Docker here."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,7 @@ class CreateSpec:
     forward_network: bool = True
     build: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    remote_host: str | None = None  # a remote engine's host: the folders are there, not here
 
     @property
     def folders(self) -> list[Path]:
@@ -159,6 +161,15 @@ def resolve_dir(path: Path, what: str) -> Path:
     return path
 
 
+def remote_dir(path: Path, what: str, host_name: str) -> Path:
+    """PATH as a folder on a remote engine's host: absolute, taken as written (this machine's
+    files say nothing about it; the engine checks it when the container is made)."""
+    path = path.expanduser()
+    if not path.is_absolute():
+        raise UsageError(f"give the {what} folder as an absolute path on {host_name}")
+    return Path(os.path.normpath(path))
+
+
 def new_spec(
     name: str,
     framework: str,
@@ -173,6 +184,7 @@ def new_spec(
     forward_network: bool = True,
     build: bool = False,
     catalog_path: str | None = None,
+    remote_host: str | None = None,
 ) -> CreateSpec:
     """The spec for `mlc create NAME FRAMEWORK VERSION ...`: every input checked (name, -g,
     --ulimit first, then the catalog and the folders), nothing made yet."""
@@ -181,20 +193,25 @@ def new_spec(
     parsed_ulimits = Ulimits.parse(ulimits)
     arch_name = host.detect_arch(arch)
     entry = catalog.load(catalog_path).resolve(framework, version, arch_name)
+
+    def folder(path: Path, what: str) -> Path:
+        return remote_dir(path, what, remote_host) if remote_host else resolve_dir(path, what)
+
     return CreateSpec(
         name=name,
         entry=entry,
         arch=arch_name,
         user=host.current_user(),
-        workspace=resolve_dir(workspace, "workspace"),
-        data=resolve_dir(data, "data") if data else None,
-        models=resolve_dir(models, "models") if models else None,
+        workspace=folder(workspace, "workspace"),
+        data=folder(data, "data") if data else None,
+        models=folder(models, "models") if models else None,
         gpus=parsed_gpus,
         gpus_explicit=gpus is not None,
         ulimits=parsed_ulimits,
         ulimits_explicit=ulimits != DEFAULT_ULIMITS,
         forward_network=forward_network,
         build=build,
+        remote_host=remote_host,
     )
 
 

@@ -29,7 +29,7 @@ import torch
 
 from mlc.engine.compilecache import ARTIFACTS, ArtifactStore, CompiledUNet
 from mlc.engine.cudagraphs import steps_for
-from mlc.engine.options import cache_root
+from mlc.engine.env import cache_root
 
 
 def tune(

@@ -13,6 +13,7 @@ Building the models from what is read is ``mlc.engine.loading``'s.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import pickle
 import re
@@ -137,7 +138,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         sd = read_safetensors(path, lambda why: CheckpointError(f"cannot read {path}: {why}"))
     else:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+            mmap = {"mmap": _is_zip(path)} if accepts(torch.load, "mmap") else {}  # torch >= 2.1
+            sd = torch.load(path, map_location="cpu", weights_only=True, **mmap)
         except pickle.UnpicklingError as err:
             found = re.search(r"GLOBAL ([\w.]+)", str(err))
             if not found:
@@ -170,6 +172,50 @@ def read_safetensors(path: Path, error: Callable[[str], Exception]) -> dict[str,
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise error(f"not a valid safetensors file ({first_line(err)})") from None
+
+
+def accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether FN takes a parameter NAME (a feature test: torch 2.0 has no ``torch.load(mmap=)``
+    and no ``load_state_dict(assign=)``, added in 2.1)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def load_state(model: torch.nn.Module, weights: dict[str, Any], *, strict: bool = True) -> None:
+    """``model.load_state_dict(weights, strict=strict, assign=True)``: the tensors of WEIGHTS
+    become the model's own (MODEL may be built on the meta device), their dtype kept. Where
+    ``assign`` is missing (torch 2.0), each tensor is put in place by hand the same way; a
+    size mismatch or an unknown key is a RuntimeError worded as torch words it."""
+    import torch
+
+    if accepts(model.load_state_dict, "assign"):
+        model.load_state_dict(weights, strict=strict, assign=True)
+        return
+    expected = dict(model.state_dict(keep_vars=True))
+    errors = [f'Unexpected key(s) in state_dict: "{k}". ' for k in weights if k not in expected]
+    if strict:
+        errors += [f'Missing key(s) in state_dict: "{k}". ' for k in expected if k not in weights]
+    for key, value in weights.items():
+        old = expected.get(key)
+        if old is not None and tuple(old.shape) != tuple(value.shape):
+            errors.append(
+                f"size mismatch for {key}: copying a param with shape {value.shape} from "
+                f"checkpoint, the shape in current model is {old.shape}."
+            )
+    if errors:
+        name = type(model).__name__
+        raise RuntimeError(f"Error(s) in loading state_dict for {name}:\n\t" + "\n\t".join(errors))
+    for key, value in weights.items():
+        path, _, leaf = key.rpartition(".")
+        module = model.get_submodule(path)
+        if leaf in module._parameters:
+            old = module._parameters[leaf]
+            grad = bool(old is not None and old.requires_grad)
+            module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=grad)
+        else:
+            module._buffers[leaf] = value
 
 
 def _is_zip(path: Path) -> bool:

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mlc.engine import PROG, UsageError, guarded, stopped_like_ctrl_c
+from mlc.engine.env import request_env, request_tag, worker_dir, worker_environ, worker_idle
 from mlc.engine.oomkill import OomCounter, killed_for_memory, oom_counter
-from mlc.engine.options import request_env, request_tag, worker_dir, worker_idle
 from mlc.engine.protocol import (
     LOCK,
     LOG,
@@ -102,7 +102,8 @@ def _log_tail(d: Path, n: int = 5) -> str:
 
 
 def start_worker(d: Path, idle: float) -> None:
-    """Start a detached worker in D (the caller holds the start lock)."""
+    """Start a detached worker in D (the caller holds the start lock), in its own session and
+    without the exec's tags (``env.EXEC_ENV``): it outlives the exec that started it."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(d / SOCKET)  # a dead worker's socket
     log_path = d / LOG
@@ -116,6 +117,7 @@ def start_worker(d: Path, idle: float) -> None:
             stdout=log,
             stderr=log,
             cwd=str(d),
+            env=worker_environ(),  # not the exec's tags: the host's cleanup must not match it
             start_new_session=True,  # not killed by the client's Ctrl-C, outlives it
             close_fds=True,
         )

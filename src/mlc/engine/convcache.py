@@ -2,7 +2,7 @@
 
 A single-file checkpoint is converted (original -> diffusers key names, target dtype) on
 every load. The first load of a large file also writes the converted weights, with each
-model's config, to one safetensors file in a cache folder (``options.cache_root()``:
+model's config, to one safetensors file in a cache folder (``env.cache_root()``:
 ``$MLC_CACHE_DIR``); later loads memory-map that file and assign its tensors straight into
 models built on the meta device (no random init, no key conversion, no torch.load, no
 single-file machinery). The entry is keyed by the checkpoint's resolved path, size, mtime,
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlc.engine.checkpoint import ModelSource, legacy_model_hash
-from mlc.engine.options import cache_min_bytes, cache_root
+from mlc.engine.checkpoint import ModelSource, legacy_model_hash, load_state
+from mlc.engine.env import cache_min_bytes, cache_root
 
 if TYPE_CHECKING:
     import torch
@@ -158,7 +158,7 @@ def _models_from_state(
         vae = AutoencoderKL.from_config(configs["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"]))
     for model, name in ((unet, "unet"), (vae, "vae"), (text_encoder, "text_encoder")):
-        model.load_state_dict(parts[name], strict=True, assign=True)
+        load_state(model, parts[name], strict=True)
         if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
             raise ValueError(f"{name}: incomplete cache entry")
     return unet, vae, text_encoder

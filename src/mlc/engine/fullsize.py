@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from mlc.engine import CONFIG_DIR
-from mlc.engine.options import bench_dir
+from mlc.engine.env import bench_dir
 
 NAME = "sd15-random"
 SEED = 1234

@@ -52,6 +52,8 @@ def execute_grid(
     """Run every cell on one Session, then write the labelled grid and the explorer page;
     returns the ``--json`` summary (with each cell's time). CONTROL: as ``run.execute``'s,
     a cell being an image (its ``index`` is the cell's number in cell order)."""
+    from mlc.engine.accel import report as accel_report
+
     control = control or Control()
     t0 = time.perf_counter()
     # 1. load: one model for every cell
@@ -76,7 +78,7 @@ def execute_grid(
             continue
         entry = render_cell(spec, session, combo, cell, n, control)
         cells.append(entry)
-        if not spec.json:
+        if not spec.quiet:
             what = " ".join(
                 f"{a.name}={format_value(a.name, a.values[i])}"
                 for a, i in zip(axes, combo, strict=True)
@@ -91,7 +93,7 @@ def execute_grid(
     except NoSpaceError as err:
         raise kept(err, control, Path(spec.outdir) / "samples") from None
     t_end = time.perf_counter()
-    if not spec.json:
+    if not spec.quiet:
         for line in time_table(axes, cells):
             say(line)
         for label, path in (("grid", grid_path), ("explorer", page_path)):
@@ -116,6 +118,7 @@ def execute_grid(
             "total_s": round(t_end - t0, 4),
             "per_cell_s": [c["seconds"] for c in cells],
         },
+        "accel": accel_report(session.components.unet),  # as run.execute's
     }
 
 
@@ -131,7 +134,7 @@ def cell_order(spec: RunSpec) -> list[tuple[int, ...]]:
 def announce(
     spec: RunSpec, session: Session, load_seconds: float, n_cells: int, resumed: int = 0
 ) -> None:
-    """Step 3: the run's notes, and (without --json) the grid about to be made."""
+    """Step 3: the run's notes, and the grid about to be made."""
     for note in spec.notes:
         say(f"note: {note}")
     if resumed:
@@ -139,7 +142,7 @@ def announce(
             f"note: resuming: {resumed} cell(s) of this grid were saved before the engine "
             f"worker stopped; making the other {n_cells - resumed}"
         )
-    if not spec.json:
+    if not spec.quiet:
         shape = ", ".join(f"{a.flag}: {a.name} x{len(a.values)}" for a in spec.axes)
         seed = "per cell" if any(a.name == "seed" for a in spec.axes) else spec.seed
         say(

@@ -20,6 +20,7 @@ from mlc.engine.checkpoint import (
     check_sd_v1,
     first_line,
     legacy_model_hash,
+    load_state,
     read_checkpoint,
     resolve,
     schedule_of,
@@ -126,7 +127,7 @@ def assign_weights(
     if missing or unexpected:
         raise error(f" (missing {missing[:2]}, unexpected {unexpected[:2]})")
     try:
-        model.load_state_dict(weights, strict=strict, assign=True)
+        load_state(model, weights, strict=strict)
     except RuntimeError as err:
         raise error(f": {first_line(err, skip_header=True)}") from None
 

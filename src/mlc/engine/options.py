@@ -1,10 +1,9 @@
 """The engine's command line: the classic ``scripts/txt2img.py`` flags (argparse), their
-validation into a ``RunSpec``, the ``--x/--y/--z AXIS=V1,V2`` syntax, and the environment.
+validation into a ``RunSpec`` and the ``--x/--y/--z AXIS=V1,V2`` syntax.
 
-Every check raises a ``UsageError`` with one clear line (exit 2). This is the only module of
-the engine that reads ``MLC_*`` environment variables (the ``environment`` section): the
-others get their values from its functions, read at call time, so a test or the warm worker
-(which applies each request's environment) changes them for the next call.
+Every check raises a ``UsageError`` with one clear line (exit 2). The defaults that come from
+``MLC_*`` environment variables are read through ``mlc.engine.env`` (the engine's only reader
+of ``MLC_*``), whose names this module re-exports.
 
 One axis's text (``AXIS=V1,V2``) is parsed by ``spec.Axis.parse``; how the axes combine
 (with each other and with the other flags) is checked here.
@@ -13,16 +12,31 @@ One axis's text (``AXIS=V1,V2``) is parsed by ``spec.Axis.parse``; how the axes 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from mlc.engine import PROG, UsageError
+
+# re-exported: the environment, for the callers that read it beside the flags
+from mlc.engine.env import (  # noqa: F401
+    CACHE_MIN_BYTES,
+    REQUEST_ENV,
+    apply_request_env,
+    bench_dir,
+    cache_min_bytes,
+    cache_root,
+    default_ckpt,
+    limit_default,
+    request_env,
+    request_tag,
+    tiny_vae_default,
+    worker_dir,
+    worker_idle,
+)
 from mlc.engine.samplers import SAMPLERS, get_sampler
 from mlc.engine.spec import (
-    DEFAULT_CKPT,
     DEFAULT_OUTDIR,
     DEFAULT_PROMPT,
     DEFAULT_SAMPLER,
@@ -38,102 +52,6 @@ from mlc.engine.spec import (
     RunSpec,
     multiple_of_8,
 )
-
-# -- environment --------------------------------------------------------------------------------
-
-REQUEST_ENV = ("MLC_CKPT", "MLC_TINY_VAE", "MLC_MAX_PIXELS", "MLC_MAX_STEPS", "MLC_MAX_IMAGES")
-"""The variables a warm-worker request carries from its client (the rest is the worker's)."""
-
-CACHE_MIN_BYTES = 256 * 2**20  # smaller checkpoints load fast anyway: not worth the disk
-
-
-def default_ckpt() -> str:
-    """``$MLC_CKPT`` (which `mlc setup` sets), else the classic checkpoint path."""
-    return os.environ.get("MLC_CKPT") or DEFAULT_CKPT
-
-
-def tiny_vae_default() -> Path | None:
-    """The tiny VAE named by ``$MLC_TINY_VAE`` (set where `mlc setup` installed it), else None.
-
-    The path is returned as given, without checking it exists: ``load_tiny_vae`` then says
-    clearly what is wrong with it.
-    """
-    value = os.environ.get("MLC_TINY_VAE", "").strip()
-    return Path(value).expanduser() if value else None
-
-
-def cache_root() -> Path | None:
-    """``$MLC_CACHE_DIR`` (``off`` disables), else ``~/.cache/mlc/converted``."""
-    env = os.environ.get("MLC_CACHE_DIR", "")
-    if env.lower() in ("0", "off", "no", "none"):
-        return None
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mlc" / "converted"
-
-
-def cache_min_bytes() -> int:
-    """``$MLC_CACHE_MIN_BYTES``: the smallest checkpoint worth a converted-cache entry."""
-    try:
-        return int(os.environ.get("MLC_CACHE_MIN_BYTES", CACHE_MIN_BYTES))
-    except ValueError:
-        return CACHE_MIN_BYTES
-
-
-def bench_dir() -> Path:
-    """``$MLC_BENCH_DIR``, else ``~/.cache/mlc/bench`` (the full-size random checkpoint)."""
-    env = os.environ.get("MLC_BENCH_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mlc" / "bench"
-
-
-LIMIT_ENV = {"pixels": "MLC_MAX_PIXELS", "steps": "MLC_MAX_STEPS", "images": "MLC_MAX_IMAGES"}
-NO_LIMIT = ("0", "off", "none", "no")
-
-
-def limit_default(what: str) -> int | None:
-    """``$MLC_MAX_PIXELS`` / ``$MLC_MAX_STEPS`` / ``$MLC_MAX_IMAGES`` (``0`` or ``off``: no
-    limit), else the built-in limit (``spec.Limits``); UsageError when not a whole number."""
-    name = LIMIT_ENV[what]
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return getattr(Limits(), what)
-    if raw.lower() in NO_LIMIT:
-        return None
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        value = -1
-    if value < 1:
-        raise UsageError(f"{name} must be a whole number (or 0 or off: no limit), not {raw!r}")
-    return value
-
-
-def worker_dir() -> Path:
-    """``$MLC_WORKER_DIR``, else ``/tmp/mlc-<uid>`` (the warm worker's private folder)."""
-    return Path(os.environ.get("MLC_WORKER_DIR") or f"/tmp/mlc-{os.getuid()}")
-
-
-def worker_idle() -> str | None:
-    """``$MLC_WORKER_IDLE`` as given (seconds), or None when unset or empty."""
-    return os.environ.get("MLC_WORKER_IDLE") or None
-
-
-def request_tag() -> str | None:
-    """``$MLC_REQUEST_TAG``: the tag a client's request can be cancelled by."""
-    return os.environ.get("MLC_REQUEST_TAG")
-
-
-def request_env() -> dict[str, str]:
-    """The REQUEST_ENV variables set in this process (what a client sends its worker)."""
-    return {k: os.environ[k] for k in REQUEST_ENV if k in os.environ}
-
-
-def apply_request_env(env: Mapping[str, str]) -> None:
-    """Make REQUEST_ENV exactly a request's ENV (the worker, before running it)."""
-    for key in REQUEST_ENV:
-        if key in env:
-            os.environ[key] = env[key]
-        else:
-            os.environ.pop(key, None)
-
 
 # -- the parser ---------------------------------------------------------------------------------
 
@@ -233,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the UNet (GPU; the first run compiles for minutes, later runs "
         "reuse the compiled code from the cache)",
+    )
+    g(
+        "--no_cuda_graphs",
+        action="store_true",
+        help="GPU: run each denoising step eagerly instead of replaying a captured CUDA graph",
+    )
+    g(
+        "--match",
+        choices=["diffusers"],
+        default=None,
+        help="keep latents and sampler math in the model dtype like diffusers' fp16 pipeline",
     )
     g(
         "--fast",
@@ -457,6 +386,8 @@ def validate(args: argparse.Namespace) -> RunSpec:
         json=args.json,
         low_vram=args.low_vram,
         compile=args.compile,
+        cuda_graphs=not args.no_cuda_graphs,
+        match=args.match,
         deepcache=args.deepcache if args.deepcache > 1 else 0,
         tome=args.tome,
         tiny_vae=tiny_vae_path(args.tiny_vae),

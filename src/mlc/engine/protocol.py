@@ -1,7 +1,7 @@
 """The warm worker's contract, shared by both ends: the private folder, its file names, the
 peer check and the newline-delimited JSON messages.
 
-The folder is ``options.worker_dir()`` (``$MLC_WORKER_DIR``, default ``/tmp/mlc-<uid>/``),
+The folder is ``env.worker_dir()`` (``$MLC_WORKER_DIR``, default ``/tmp/mlc-<uid>/``),
 mode 0700, owned by the user; it holds ``engine.sock`` (0600), ``start.lock``, ``worker.log``
 and ``worker.pid``. Both ends check the peer's uid (SO_PEERCRED). The worker greets with
 ``{"hello": {pid, uid, code, idle}}``; the client sends one request ``{"op": "run", "argv",

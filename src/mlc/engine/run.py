@@ -3,8 +3,8 @@ optional grid, and the ``--json`` summary.
 
 ``execute`` reads top to bottom as numbered steps, each a named helper: 1. load, 2. check,
 3. plan, 4. announce, 5. render and save, 6. grid, 7. summary. Progress and notes go to
-stderr (``mlc.engine.say``); nothing is printed on stdout here. A grid run (``--x/--y/--z``)
-is ``mlc.engine.grid``'s, which renders each cell through ``execute``.
+stderr (``mlc.engine.say``), with ``--json`` too; nothing is printed on stdout here. A grid
+run (``--x/--y/--z``) is ``mlc.engine.grid``'s, which renders each cell through ``execute``.
 
 Each image is saved (and announced: one line, and ``Control.on_image``) as soon as it is
 decoded, so an interrupted run keeps every finished image; the grid is built from the saved
@@ -82,7 +82,13 @@ def execute(
     spec: RunSpec, session: Session | None = None, control: Control | None = None
 ) -> Summary:
     """Load (unless SESSION already holds the model), generate and save; returns the summary
-    (the ``--json`` document). CONTROL: see ``Control``."""
+    (the ``--json`` document). CONTROL: see ``Control``.
+
+    The summary's ``accel`` is ``accel.report`` of the session's UNet: what the speed machinery
+    did (CUDA-graph captures and replays, eager steps and why, compiled shapes), counted since
+    the model was loaded (in a warm worker, its earlier requests too)."""
+    from mlc.engine.accel import report as accel_report
+
     control = control or Control()
     t0 = time.perf_counter()
     # 1. load: the model, unless SESSION already holds it
@@ -124,6 +130,7 @@ def execute(
             "per_image_s": round((t_saved - t_gen) / max(1, made), 4),
             "first_step_unix": renderer.first_step_at,  # the first denoising step began
         },
+        "accel": accel_report(session.components.unet),
     }
 
 
@@ -163,6 +170,8 @@ def run_info(spec: RunSpec, session: Session) -> dict[str, Any]:
         "noise": "cpu",
         "version": __version__,
     }
+    if spec.match:
+        info["match"] = spec.match
     modes = spec.speed_modes()
     if modes:
         info["speed_modes"] = modes
@@ -175,7 +184,7 @@ def dtype_name(session: Session) -> str:
 
 
 def announce(spec: RunSpec, session: Session, load_seconds: float, resumed: int = 0) -> None:
-    """Step 4: the run's notes, and (without --json) what is about to be made."""
+    """Step 4: the run's notes, and (unless a grid cell) what is about to be made."""
     for note in [*spec.notes, *device_notes(spec, session.device)]:
         say(f"note: {note}")
     if resumed:
@@ -183,7 +192,7 @@ def announce(spec: RunSpec, session: Session, load_seconds: float, resumed: int 
             f"note: resuming: {resumed} image(s) of this run were saved before the engine "
             f"worker stopped; making the other {spec.n_images - resumed}"
         )
-    if not spec.json:
+    if not spec.quiet:
         say(
             f"model {session.components.name} loaded in {load_seconds:.1f} s on "
             f"{session.device} ({dtype_name(session)}); {spec.n_images} image(s), "
@@ -206,6 +215,8 @@ def settings_of(spec: RunSpec) -> Settings:
         deepcache=spec.deepcache,
         tome=spec.tome,
         tiny_vae=spec.tiny_vae is not None,
+        latents=spec.latents,
+        cuda_graphs=spec.cuda_graphs,
     )
 
 
@@ -263,7 +274,7 @@ def render_and_save(
                 control.saved.append(entry)
                 if control.on_image is not None:
                     control.on_image(entry)
-            if not spec.json:
+            if not spec.quiet:
                 where = f" -> {entry['file']}" if entry["file"] else ""
                 say(
                     f"[{len(done)}/{spec.n_images}] seed {entry['seed']} "

@@ -215,19 +215,28 @@ class RunSpec:
     precision: str  # "autocast" or "full"
     device: str  # "auto", "cuda", "cpu" or "mps"
     batched: bool
-    json: bool
+    json: bool  # the summary on stdout as JSON (progress stays on stderr)
     low_vram: bool = False
     compile: bool = False
+    cuda_graphs: bool = True  # False: --no_cuda_graphs (every step eager)
+    match: str | None = None  # --match: "diffusers" keeps latents in the model's dtype
     deepcache: int = 0
     tome: float = 0.0
     tiny_vae: str | None = None  # path of the TAESD weights
     notes: list[str] = field(default_factory=list)
     axes: list[Axis] = field(default_factory=list)  # --x, --y, --z
+    quiet: bool = False  # no progress lines of its own (a grid cell: the grid's loop says them)
 
     @property
     def n_images(self) -> int:
         """Images in the whole run."""
         return self.n_iter * sum(len(b) for b in self.batches)
+
+    @property
+    def latents(self) -> str:
+        """Where the latents and the sampler's math live (``generate.Settings.latents``):
+        ``model`` (the model's dtype) with ``--match diffusers``, else ``float32``."""
+        return "model" if self.match == "diffusers" else "float32"
 
     def speed_modes(self) -> SpeedModes:
         """The pixel-changing speed modes of this run (empty: exact)."""
@@ -267,7 +276,7 @@ class RunSpec:
             n_rows=1,
             fixed_code=False,
             skip_grid=True,
-            json=True,  # the cell loop prints its own progress
+            quiet=True,  # the cell loop prints its own progress
             notes=[],
             axes=[],
         )

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlc.engine import say
 from mlc.engine.bench_report import machine_info
-from mlc.engine.options import tiny_vae_default
+from mlc.engine.env import tiny_vae_default
 from mlc.engine.session import open_session
 from mlc.engine.spec import DEFAULT_STEPS, FAST_SAMPLER, FAST_STEPS, RunSpec
 
@@ -74,6 +74,7 @@ def deviation(exact: Image, other: Image) -> dict[str, float]:
 
 def run(args: argparse.Namespace, spec: RunSpec, json_path: Path) -> int:
     """Load once, render every mode, print the table, write the JSON; returns the exit code."""
+    from mlc.engine.accel import report as accel_report
     from mlc.engine.generate import ImageSpec, Renderer, Settings
 
     session = open_session(replace(spec, tiny_vae=None))
@@ -85,7 +86,16 @@ def run(args: argparse.Namespace, spec: RunSpec, json_path: Path) -> int:
         tiny_vae=session.tiny_vae(tiny_path),
         offload=session.offload,
     )
-    base = Settings(spec.sampler, spec.steps, spec.scale, spec.eta, spec.height, spec.width)
+    base = Settings(
+        spec.sampler,
+        spec.steps,
+        spec.scale,
+        spec.eta,
+        spec.height,
+        spec.width,
+        latents=spec.latents,
+        cuda_graphs=spec.cuda_graphs,
+    )
     image = [ImageSpec(0, spec.batches[0][0], spec.negative_prompt, spec.seed)]
     table = modes(spec.steps, tiny_path is not None)
     say(
@@ -156,9 +166,12 @@ def run(args: argparse.Namespace, spec: RunSpec, json_path: Path) -> int:
             "repeat": args.bench_repeat,
             "tiny_vae": tiny_path,
             "tiny_vae_note": tiny_note,
+            "cuda_graphs": base.cuda_graphs,
+            "latents": base.latents,
         },
         "machine": machine_info(),
         "modes": rows,
+        "accel": accel_report(session.components.unet),  # every mode's steps, warm-ups too
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(rows))
