@@ -335,3 +335,24 @@ def test_the_state_file_is_the_one_setup_writes():
     from mlc.serve import link
 
     assert Path(str(provision.STATE)) == link.STATE_FILE
+
+
+def test_the_serve_extra_is_what_setup_installs_in_a_container():
+    """pyproject's ``serve`` extra, the test extra and ``mlc setup --serve`` name the same
+    packages; the in-container hint says how to get them."""
+    import tomllib
+
+    from mlc.serve import WEB_REQUIREMENTS
+    from mlc.serve.server import IN_CONTAINER_INSTALL
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert tuple(extras["serve"]) == WEB_REQUIREMENTS
+    assert set(WEB_REQUIREMENTS) <= set(extras["test"])
+    assert any(r.startswith("webuiapi") for r in extras["test"])
+    assert IN_CONTAINER_INSTALL == (
+        "`mlc setup NAME MODEL --serve` on the host, or here: pip install 'fastapi>=0.110' "
+        "'uvicorn>=0.29'"
+    )

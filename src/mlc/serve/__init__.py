@@ -26,6 +26,9 @@ from mlc.errors import MlcError, UsageError
 
 DEFAULT_PORT = 7860  # AUTOMATIC1111's
 WEB_PACKAGES = ("fastapi", "uvicorn")
+WEB_REQUIREMENTS = ("fastapi>=0.110", "uvicorn>=0.29")
+"""The ``serve`` extra (pyproject.toml), also what ``mlc setup NAME --serve`` installs in a
+container for ``mlc-txt2img --serve``."""
 
 
 def require_web(where: str = "pip install 'mlc-toolkit[serve]'") -> None:

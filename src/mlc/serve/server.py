@@ -20,13 +20,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mlc.errors import Interrupted, MlcError, UsageError, report
-from mlc.serve import DEFAULT_PORT, require_web
+from mlc.serve import DEFAULT_PORT, WEB_REQUIREMENTS, require_web
 from mlc.serve.a1111 import Limits
 from mlc.serve.backends import Backend, ContainerBackend, WorkerBackend
 from mlc.serve.options import ServeOptions, check, credentials
 
 Say = Callable[[str], None]
 IN_CONTAINER_PROG = "mlc-txt2img --serve"
+IN_CONTAINER_INSTALL = (
+    "`mlc setup NAME MODEL --serve` on the host, or here: pip install "
+    + " ".join(f"'{r}'" for r in WEB_REQUIREMENTS)
+)
 
 
 def _stderr(line: str) -> None:
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None, prog: str = IN_CONTAINER_PROG) -> int:
             args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
             options = options_from(args)
             check(options)
-            require_web("pip install 'fastapi>=0.110' 'uvicorn>=0.29' in this container")
+            require_web(IN_CONTAINER_INSTALL)
             return serve(WorkerBackend(), options)
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
