@@ -27,6 +27,7 @@ from typing import Any
 
 from mlc.engine.checkpoint import legacy_model_hash
 from mlc.engine.client import WorkerGone, connect, open_worker
+from mlc.engine.env import ckpt_env
 from mlc.engine.options import request_env, worker_dir, worker_idle
 from mlc.engine.protocol import idle_seconds, private_dir, send
 from mlc.errors import WorkerError
@@ -189,7 +190,7 @@ def models() -> list[dict[str, Any]]:
         for recipe, path in (state.get("models") or {}).items()
         if path and path != state.get("tiny_vae")
     ]
-    default = os.environ.get("MLC_CKPT") or state.get("ckpt")
+    default = ckpt_env() or state.get("ckpt")
     if default and default not in [p for _, p in found]:
         found.append((None, default))
     found.sort(key=lambda rp: rp[1] != default)
