@@ -4,6 +4,7 @@ stopped (with its worker) at the end."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import shutil
@@ -14,11 +15,23 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
 import requests
 
 BANNER = re.compile(r" at (http://\S+) \(AUTOMATIC1111 API")
+
+
+def needed(module: str) -> ModuleType:
+    """MODULE (the test extra has it); without it the tests skip, or fail when CI is set."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{module} is missing: pip install -e '.[test]'", allow_module_level=True)
 
 
 class Served:

@@ -23,11 +23,11 @@ import requests
 from PIL import Image
 
 from .conftest import SIZE, TinyModel
-from .servekit import Served
+from .servekit import Served, needed
 
-webuiapi = pytest.importorskip("webuiapi")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
+webuiapi = needed("webuiapi")
+needed("fastapi")
+needed("uvicorn")
 
 STEPS = 3
 SMALL = {"steps": STEPS, "width": SIZE, "height": SIZE}
