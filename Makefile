@@ -18,7 +18,7 @@ TORCH ?= torch==2.13.0
 .PHONY: install install-host python test test-fast lint format demo bench bench-seed bench-modes gpu-wheels clean
 
 install: $(VENV)  ## everything: host CLI, engine, test tools
-	$(PIP) install $(TORCH) -e '.[engine,test,remote]'
+	$(PIP) install $(TORCH) -e '.[engine,serve,test,remote]'
 	@$(if $(VENV),echo "mlc is installed in .venv: add $$PWD/.venv/bin to PATH (or source .venv/bin/activate)")
 
 install-host: $(VENV)  ## host CLI only (no torch)
@@ -40,7 +40,7 @@ PREPARE ?= 1
 test:  ## the whole suite, Docker tests included (they fail when CI is set and no engine runs)
 	@if [ "$(PREPARE)" = 1 ] && [ "$$(id -u)" = 0 ]; then bash tests/support/prepare.sh; \
 	elif [ "$(PREPARE)" = 1 ]; then echo "not root: skipping tests/support/prepare.sh"; fi
-	@$(PYTHON) -c "import pytest, torch, diffusers, mlc.cli" 2>/dev/null || $(MAKE) install
+	@$(PYTHON) -c "import pytest, torch, diffusers, fastapi, uvicorn, webuiapi, mlc.cli" 2>/dev/null || $(MAKE) install
 	$(PYTHON) -m pytest -q
 
 test-fast:  ## without the Docker tests

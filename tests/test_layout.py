@@ -32,15 +32,19 @@ def module_files(src: Path, package: str) -> dict[str, Path]:
     return files
 
 
-def imported_names(path: Path, module: str, modules: frozenset[str] = frozenset()) -> set[str]:
+def imported_names(
+    path: Path, module: str, modules: frozenset[str] = frozenset(), tree: ast.AST | None = None
+) -> set[str]:
     """Every dotted name an import statement in PATH names (relative ones made absolute); for
     ``from X import a, b`` that is X, X.a and X.b (a and b may be submodules), but not X itself
     when every name is one of MODULES (``from pkg import sub`` needs only pkg's submodule, as a
-    package's own ``__init__`` that re-exports its submodules shows)."""
+    package's own ``__init__`` that re-exports its submodules shows). TREE: PATH's parsed
+    statements, when only some of them count."""
     is_package = path.name == "__init__.py"
     package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = tree or ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -206,3 +210,85 @@ def test_a_banned_library_is_found(tmp_path: Path, module: str, text: str, lib: 
     banned = ENGINE_NEVER if name.startswith("mlc.engine") else HOST_NEVER
     assert third_party(src, [name], banned) == [f"{name} -> {lib}"]
     assert third_party(src, [name], ("numpy",)) == []
+
+
+# -- mlc.serve runs on both sides: nothing heavy at import time ---------------------------------
+
+SERVE_NEVER = ("torch", "diffusers", "transformers", "docker")
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def module_level_names(path: Path, module: str) -> set[str]:
+    """The dotted names PATH imports when it is imported: import statements at module level,
+    also inside a module-level ``if``/``try``/``with`` (not under ``if TYPE_CHECKING``), never
+    those in functions or classes."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    body: list[ast.stmt] = []
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop(0)
+        if isinstance(node, ast.If):
+            if not _is_type_checking(node):
+                todo[:0] = [*node.body, *node.orelse]
+        elif isinstance(node, ast.Try):
+            todo[:0] = [*node.body, *node.orelse, *node.finalbody]
+            for handler in node.handlers:
+                todo[:0] = handler.body
+        elif isinstance(node, ast.With):
+            todo[:0] = node.body
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            body.append(node)
+    return imported_names(path, module, tree=ast.Module(body=body, type_ignores=[]))
+
+
+def import_time_violations(src: Path, start: str, banned: tuple[str, ...]) -> list[str]:
+    """``START -> ... -> module -> library`` for every BANNED library that importing START
+    imports, following module-level imports through mlc's own modules."""
+    files = module_files(src, "mlc")
+    bad, seen, todo = set(), {start}, [start]
+    while todo:
+        module = todo.pop()
+        for name in module_level_names(files[module], module):
+            if name.split(".")[0] in banned:
+                bad.add(f"{start} -> {module} -> {name.split('.')[0]}")
+            while name and name not in files:
+                name = name.rpartition(".")[0]
+            if name and name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return sorted(bad)
+
+
+def test_serve_imports_no_engine_or_docker_library_at_import_time():
+    """mlc.serve runs on the host (`mlc serve`) and in the container (`mlc-txt2img --serve`):
+    importing any of its modules loads neither torch/diffusers/transformers nor docker."""
+    serve = [m for m in module_files(SRC, "mlc") if m == "mlc.serve" or m.startswith("mlc.serve.")]
+    assert {"mlc.serve.app", "mlc.serve.backends", "mlc.serve.link", "mlc.serve.server"} <= set(
+        serve
+    )
+    bad = [v for m in serve for v in import_time_violations(SRC, m, SERVE_NEVER)]
+    assert bad == []
+
+
+def test_import_time_check_follows_module_level_imports_only(tmp_path: Path):
+    src = _tree(
+        tmp_path,
+        {
+            "mlc/__init__.py": "",
+            "mlc/serve/__init__.py": "",
+            "mlc/serve/a.py": "from mlc.serve import b\ndef f():\n    import docker\n",
+            "mlc/serve/b.py": "import typing\nif typing.TYPE_CHECKING:\n    import torch\n",
+            "mlc/serve/c.py": "try:\n    from mlc.serve import d\nexcept ImportError:\n    pass\n",
+            "mlc/serve/d.py": "import json\nif True:\n    import diffusers\n",
+        },
+    )
+    assert import_time_violations(src, "mlc.serve.a", SERVE_NEVER) == []
+    assert import_time_violations(src, "mlc.serve.c", SERVE_NEVER) == [
+        "mlc.serve.c -> mlc.serve.d -> diffusers"
+    ]

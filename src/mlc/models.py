@@ -16,6 +16,7 @@ from mlc.errors import MlcError, UsageError
 from mlc.fetch.inside import recipe_json
 from mlc.progress import Progress
 from mlc.recipes import Recipe, load_recipes
+from mlc.serve import WEB_REQUIREMENTS
 
 
 def default_models_dir(c: Container) -> Path:
@@ -49,9 +50,11 @@ def setup(
     keep_archive: bool,
     force: bool,
     progress: Progress,
+    serve: bool = False,
 ) -> SetupResult:
     """Provision C for RECIPE, put its weights in the models folder, and record the checkpoint.
-    On a remote engine the models folder is on its host: mlc's fetch code runs in C."""
+    On a remote engine the models folder is on its host: mlc's fetch code runs in C. SERVE also
+    installs the web packages of ``mlc-txt2img --serve`` (FastAPI, uvicorn) in C."""
     remote_host = containers.remote_host()
     models_dir = models_dir or default_models_dir(c)
     if remote_host:
@@ -64,7 +67,8 @@ def setup(
     else:
         models_dir = models_dir.expanduser().absolute()
     inside_path(c, models_dir)  # fail before any work when the container could not see it
-    done = provision.provision(dc, c, recipe, progress)
+    extra = WEB_REQUIREMENTS if serve else ()
+    done = provision.provision(dc, c, recipe, progress, extra_pip=extra)
     if remote_host:
         py = done.python.path
         installed = _install_inside(dc, c, recipe, py, models_dir, url, keep_archive, force)

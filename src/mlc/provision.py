@@ -8,6 +8,7 @@ import json
 import shlex
 import tarfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -242,9 +243,14 @@ def install_engine(c: Container, py: Python, state: dict[str, Any]) -> bool:
 
 
 def provision(
-    dc: docker.DockerClient, c: Container, recipe: Recipe, progress: Progress
+    dc: docker.DockerClient,
+    c: Container,
+    recipe: Recipe,
+    progress: Progress,
+    extra_pip: Sequence[str] = (),
 ) -> Provisioned:
-    """Apt packages, pip requirements and the engine for RECIPE; a re-run skips what is done."""
+    """Apt packages, pip requirements (RECIPE's, then EXTRA_PIP: ``mlc setup --serve``'s web
+    packages) and the engine for RECIPE; a re-run skips what is done."""
     state = load_state(c)
     py = find_python(c)
     check_engine_support(py, c.name)
@@ -256,7 +262,8 @@ def provision(
         done.apt_installed = todo
         save_state(c, state)
     pip_done = set(state.get("pip", []))
-    if todo := [r for r in recipe.pip if r not in pip_done]:
+    wanted = list(dict.fromkeys([*recipe.pip, *extra_pip]))
+    if todo := [r for r in wanted if r not in pip_done]:
         pip_install(dc, c, py, todo, progress)
         state["pip"] = sorted(pip_done | set(todo))
         done.pip_installed = todo

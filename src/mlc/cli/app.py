@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from mlc import __version__
-from mlc.cli import archive_cmd, containers_cmd, images_cmd, models_cmd
+from mlc.cli import archive_cmd, containers_cmd, images_cmd, models_cmd, serve_cmd
 from mlc.cli.options import CONTAINERS, IMAGES, MODELS
 from mlc.cli.output import show
 from mlc.cli.signals import interruptible
@@ -73,6 +73,7 @@ COMMANDS = [
     ("setup", models_cmd.setup, MODELS, None),
     ("models", models_cmd.models_, MODELS, None),
     ("txt2img", models_cmd.txt2img, MODELS, PASS_THROUGH),
+    ("serve", serve_cmd.serve, MODELS, None),
     ("update-sys", images_cmd.update_sys, IMAGES, None),
     ("images", images_cmd.images, IMAGES, None),
 ]

@@ -46,6 +46,14 @@ def setup(
         bool,
         typer.Option("--force", help="Fetch again even when installed (from the same --url too)."),
     ] = False,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="Also install FastAPI and uvicorn for `mlc-txt2img --serve` in the container "
+            "(`mlc serve NAME` on the host needs neither there).",
+        ),
+    ] = False,
 ) -> None:
     """Make NAME ready to generate: packages, the bundled engine, and the RECIPE's weights.
 
@@ -72,6 +80,7 @@ def setup(
                 keep_archive=keep_archive,
                 force=force,
                 progress=progress,
+                serve=serve,
             )
     finally:
         if started:

@@ -36,7 +36,13 @@ def execute(
 
 def main(argv: list[str] | None = None, run: Execute | None = None) -> int:
     """Run one command line; returns the exit code. RUN replaces ``execute`` (the warm worker
-    passes one that keeps its Session)."""
+    passes one that keeps its Session). ``--serve`` serves the warm worker over HTTP with
+    AUTOMATIC1111's API instead (``mlc.serve``; never inside the worker)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if run is None and "--serve" in args:
+        from mlc.serve.server import main as serve
+
+        return serve([a for a in args if a != "--serve"])
     return guarded(lambda: _main(argv, run or execute))
 
 

@@ -23,7 +23,12 @@ CACHE_MIN_BYTES = 256 * 2**20  # smaller checkpoints load fast anyway: not worth
 
 def default_ckpt() -> str:
     """``$MLC_CKPT`` (which `mlc setup` sets), else the classic checkpoint path."""
-    return os.environ.get("MLC_CKPT") or DEFAULT_CKPT
+    return ckpt_env() or DEFAULT_CKPT
+
+
+def ckpt_env() -> str | None:
+    """``$MLC_CKPT`` as set, or None when it is unset or empty."""
+    return os.environ.get("MLC_CKPT") or None
 
 
 def tiny_vae_default() -> Path | None:

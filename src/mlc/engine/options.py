@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         description="Stable Diffusion v1 text-to-image with the classic txt2img.py flags.",
+        epilog=f"{PROG} --serve [--port P] ...: serve the warm worker with AUTOMATIC1111's web "
+        f"API instead (flags: {PROG} --serve --help).",
     )
     a = p.add_argument
     a("--prompt", type=str, nargs="?", default=DEFAULT_PROMPT, help="the prompt to render")

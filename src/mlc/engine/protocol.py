@@ -5,9 +5,11 @@ The folder is ``env.worker_dir()`` (``$MLC_WORKER_DIR``, default ``/tmp/mlc-<uid
 mode 0700, owned by the user; it holds ``engine.sock`` (0600), ``start.lock``, ``worker.log``
 and ``worker.pid``. Both ends check the peer's uid (SO_PEERCRED). The worker greets with
 ``{"hello": {pid, uid, code, idle}}``; the client sends one request ``{"op": "run", "argv",
-"cwd", "env", "umask", "idle", "tag", "resume"}`` (or ``stop`` (``"cancel": true``: cancel
-everything and exit now; without: exit after the queue), ``cancel`` (``"tag"``), ``ping``)
-and reads ``{"queued": n}``, ``{"out": text}`` and ``{"err": text}`` (whole lines),
+"cwd", "env", "umask", "idle", "tag", "resume", "progress"}`` (or ``stop`` (``"cancel":
+true``: cancel everything and exit now; without: exit after the queue), ``cancel``
+(``"tag"``), ``ping``) and reads ``{"queued": n}``, ``{"out": text}`` and ``{"err": text}``
+(whole lines),
+``{"step": [i, n]}`` after each denoising step when the request has ``"progress": true``,
 ``{"image": entry}`` for each image as soon as its PNG is saved (the ``--json`` summary's
 entry: ``index``, ``file``, ``seed``, ``prompt``, ...; a grid cell's ``index`` is its number),
 and finally ``{"exit": code}``; ``{"error": text}`` is a refusal. ``resume`` is the list of

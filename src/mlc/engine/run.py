@@ -59,6 +59,8 @@ class Control:
     """Told each image's entry as soon as its PNG is saved (before its progress line)."""
     stop: Callable[[], str | None] | None = None
     """Why the run must stop now (None: go on); asked after every denoising step."""
+    on_step: Callable[[int, int], None] | None = None
+    """Told (i, n) after denoising step i of n of the image (or batch) being made."""
     resume: Sequence[Entry] = ()
     """Images an earlier try of this run saved (their entries): not made again."""
     saved: list[Entry] = field(default_factory=list)
@@ -256,6 +258,8 @@ def render_and_save(
     made = 0
 
     def on_step(i: int, n: int) -> None:
+        if control.on_step is not None:
+            control.on_step(i, n)
         control.check(f"at step {i}/{n} of image {len(done) + 1}/{spec.n_images}")
 
     control.check()

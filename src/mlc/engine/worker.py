@@ -72,6 +72,7 @@ class Request:
     umask: int
     tag: str | None
     resume: list[dict[str, Any]] = field(default_factory=list)  # images an earlier try saved
+    progress: bool = False  # the client asked for a {"step": [i, n]} after each step
     reason: str | None = None  # why it was cancelled (the client left, --cancel, ...)
     done: bool = False
     closed: bool = False
@@ -238,6 +239,7 @@ class Worker:
                     for e in message.get("resume") or []
                     if isinstance(e, dict) and isinstance(e.get("index"), int)
                 ],
+                progress=bool(message.get("progress")),
             )
             if message.get("idle") is not None:
                 self.idle = idle_seconds(str(message["idle"]))
@@ -318,6 +320,7 @@ class Worker:
             on_image=lambda entry: req.send({"image": entry}),
             stop=lambda: self.stop_reason(req),
             resume=req.resume,
+            on_step=(lambda i, n: req.send({"step": [i, n]})) if req.progress else None,
         )
         control.check()  # cancelled while it waited
         stamp = _stamp(spec.ckpt)
