@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 # A suite started from a background job or nohup inherits SIGINT *ignored*, and so would every
@@ -167,9 +169,11 @@ def name(docker_client) -> Iterator[str]:
     """A fresh container name; every container whose name contains it is removed afterwards."""
     value = f"{PREFIX}{uuid.uuid4().hex[:8]}"
     yield value
-    for c in docker_client.containers.list(all=True, filters={"label": "aime.mlc"}):
-        if value in c.labels.get("aime.mlc.NAME", ""):
-            c.remove(force=True)
+    # sparse: no inspect per container, so one that another test removes meanwhile is no error
+    for c in docker_client.containers.list(all=True, sparse=True, filters={"label": "aime.mlc"}):
+        if value in (c.attrs.get("Labels") or {}).get("aime.mlc.NAME", ""):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)
 
 
 @pytest.fixture(scope="session")
