@@ -1,0 +1,413 @@
+"""Train the shapes model from a seed, on the CPU, and write it in the original layout.
+
+``python -m mlc.engine.shapes.train OUT [--seed N] [--threads N]`` trains in two phases:
+the autoencoder on drawn scenes (reconstruction + a small KL term), then the UNet and the
+text encoder together on the autoencoder's latents (SD v1's noise schedule, epsilon
+prediction, captions dropped to "" 10% of the time so classifier-free guidance works, an EMA
+of the weights is what gets saved). It writes ``OUT/mlc-shapes.safetensors`` (fp16,
+``model.diffusion_model.*`` / ``first_stage_model.*`` / ``cond_stage_model.transformer.*``),
+its sidecar config folder ``OUT/mlc-shapes.config/`` and ``OUT/mlc-shapes.json`` (recipe,
+times, losses and, unless ``--no-eval``, the judge's scores on the held-out prompts).
+
+Every random draw comes from the seed: the same command on the same machine and thread
+count trains the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlc.engine import offline
+
+offline()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mlc.engine.shapes import model as shapes_model  # noqa: E402
+from mlc.engine.shapes import scenes  # noqa: E402
+
+
+@dataclass
+class Recipe:
+    """Everything that decides the trained weights (written into the record)."""
+
+    seed: int = 0
+    threads: int = 2
+    vae_steps: int = 600
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-5  # weight of the KL term (per latent value) against the L1 loss
+    unet_steps: int = 2000
+    unet_batch: int = 64
+    unet_lr: float = 5e-4
+    pool: int = 16384  # training scenes encoded once for the UNet phase
+    warmup: int = 100
+    uncond_rate: float = 0.1  # share of captions replaced by "" (for guidance)
+    min_snr: float = 5.0  # min-SNR loss weighting (0: plain MSE)
+    ema: float = 0.999
+    overrides: dict[str, Any] = field(default_factory=dict)  # config changes (smoke tests)
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    """Token ids exactly as the engine makes them: padded to 77 with the end token."""
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def load_tokenizer() -> Any:
+    """The bundled CLIP tokenizer."""
+    from transformers import CLIPTokenizer
+
+    from mlc.engine import CONFIG_DIR
+
+    return CLIPTokenizer.from_pretrained(str(CONFIG_DIR / "tokenizer"), local_files_only=True)
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warmup, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Losses:
+    """Mean loss per window of steps, for the record."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.points: list[tuple[int, float]] = []
+        self._sum, self._n = 0.0, 0
+
+    def add(self, step: int, value: float) -> None:
+        self._sum += value
+        self._n += 1
+        if (step + 1) % self.every == 0:
+            self.flush(step + 1)
+
+    def flush(self, step: int) -> None:
+        if self._n:
+            self.points.append((step, round(self._sum / self._n, 5)))
+        self._sum, self._n = 0.0, 0
+
+    @property
+    def last(self) -> float | None:
+        return self.points[-1][1] if self.points else None
+
+
+# -- phase 1: the autoencoder -----------------------------------------------------------------
+
+LOGVAR_INIT = -6.0  # initial log-variance of the posterior (std 0.05)
+
+
+def train_vae(vae: Any, recipe: Recipe, rng: np.random.Generator, log: Callable) -> Losses:
+    """Fit the autoencoder to drawn scenes: L1 reconstruction + recipe.vae_kl x KL."""
+    vae.train()
+    with torch.no_grad():  # start with little posterior noise: otherwise it drowns the code
+        vae.quant_conv.bias[vae.config.latent_channels :] = LOGVAR_INIT
+    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    losses = Losses(max(recipe.vae_steps // 20, 1))
+    gen = torch.Generator().manual_seed(recipe.seed + 10)
+    combos = scenes.train_combos()
+    for step in range(recipe.vae_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe.vae_steps, recipe.vae_lr, recipe.warmup)
+        x = pixels(scenes.draw_batch(scenes.random_scenes(rng, recipe.vae_batch, combos)))
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=gen)
+        rec = vae.decode(z).sample
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = (rec - x).abs().mean() + recipe.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        losses.add(step, float(loss.detach()))
+        if (step + 1) % losses.every == 0:
+            log(f"vae {step + 1}/{recipe.vae_steps} loss {losses.last:.4f}")
+    losses.flush(recipe.vae_steps)
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def latent_scale(vae: Any, rng: np.random.Generator, n: int = 256) -> float:
+    """1 / std of the autoencoder's latents on ``n`` scenes (SD v1's is 0.18215)."""
+    x = pixels(scenes.draw_batch(scenes.random_scenes(rng, n)))
+    z = torch.cat([vae.encode(x[i : i + 64]).latent_dist.mean for i in range(0, n, 64)])
+    return float(f"{1.0 / float(z.std()):.5f}")
+
+
+# -- phase 2: UNet + text encoder on latents -------------------------------------------------
+
+
+class Ema:
+    """An exponential moving average of some modules' parameters."""
+
+    def __init__(self, modules: list[Any], decay: float) -> None:
+        self.decay = decay
+        self.copies = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
+        self.modules = modules
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for live, avg in zip(self.modules, self.copies, strict=True):
+            for p, q in zip(live.parameters(), avg.parameters(), strict=True):
+                q.lerp_(p, 1 - decay)
+
+
+@torch.no_grad()
+def latent_pool(
+    vae: Any, n: int, rng: np.random.Generator, chunk: int = 64
+) -> tuple[list[scenes.Scene], torch.Tensor, torch.Tensor]:
+    """``n`` training scenes and their posteriors (mean, std), scaled like the UNet sees them."""
+    pool = scenes.random_scenes(rng, n)
+    scale = float(vae.config.scaling_factor)
+    means, stds = [], []
+    for i in range(0, n, chunk):
+        post = vae.encode(pixels(scenes.draw_batch(pool[i : i + chunk]))).latent_dist
+        means.append(post.mean * scale)
+        stds.append(post.std * scale)
+    return pool, torch.cat(means), torch.cat(stds)
+
+
+def train_unet(
+    unet: Any,
+    text_encoder: Any,
+    vae: Any,
+    tokenizer: Any,
+    recipe: Recipe,
+    rng: np.random.Generator,
+    log: Callable,
+) -> tuple[Losses, Ema]:
+    """Denoising training of the UNet and the text encoder together; returns the EMA.
+
+    The latents come from a pool of ``recipe.pool`` scenes encoded once (encoding every
+    batch afresh would cost a third of the time); each use samples the posterior anew.
+    """
+    from diffusers import DDPMScheduler
+
+    from mlc.engine.samplers import BASE_SCHEDULE
+
+    schedule = DDPMScheduler(**{k: v for k, v in BASE_SCHEDULE.items() if k != "steps_offset"})
+    alphas = schedule.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    pool, means, stds = latent_pool(vae, recipe.pool, rng)
+    all_ids = tokenize(tokenizer, [s.caption for s in pool])
+    empty = tokenize(tokenizer, [""])[0]
+    log(f"unet: {len(pool)} scenes encoded")
+    unet.train()
+    text_encoder.train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=0.0)
+    ema = Ema([unet, text_encoder], recipe.ema)
+    gen = torch.Generator().manual_seed(recipe.seed + 20)
+    losses = Losses(max(recipe.unet_steps // 40, 1))
+    n = recipe.unet_batch
+    for step in range(recipe.unet_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe.unet_steps, recipe.unet_lr, recipe.warmup)
+        pick = torch.randint(0, len(pool), (n,), generator=gen)
+        latents = means[pick] + stds[pick] * torch.randn(means[pick].shape, generator=gen)
+        ids = all_ids[pick].clone()
+        ids[torch.rand(n, generator=gen) < recipe.uncond_rate] = empty
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, len(alphas), (n,), generator=gen)
+        noisy = schedule.add_noise(latents, noise, t)
+        cond = text_encoder(ids)[0]
+        eps = unet(noisy, t, encoder_hidden_states=cond).sample
+        per = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+        if recipe.min_snr > 0:
+            per = per * (snr[t].clamp(max=recipe.min_snr) / snr[t])
+        loss = per.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        losses.add(step, float(loss.detach()))
+        if (step + 1) % losses.every == 0:
+            log(f"unet {step + 1}/{recipe.unet_steps} loss {losses.last:.4f}")
+    losses.flush(recipe.unet_steps)
+    return losses, ema
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def export(unet: Any, vae: Any, text_encoder: Any, dest: Path, name: str) -> Path:
+    """Write the models as ``dest/<name>.safetensors`` (fp16, original layout) + sidecar."""
+    from mlc.engine.demo import sidecar_dir, write_config_folder
+    from mlc.engine.export import save_checkpoint, to_original_state_dict
+
+    path = dest / f"{name}.safetensors"
+    write_config_folder(sidecar_dir(path), unet, vae, text_encoder)
+    state = to_original_state_dict(unet, vae, text_encoder)
+    state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
+    return save_checkpoint(state, path)
+
+
+def machine() -> dict[str, Any]:
+    """Where the training ran (for the record)."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpus": os.cpu_count(),
+        "load_average": [round(v, 2) for v in load] if load else None,
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def train(
+    dest: str | Path,
+    recipe: Recipe,
+    *,
+    name: str = shapes_model.NAME,
+    evaluate: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train, export and (optionally) judge the model; returns the record it writes."""
+    import diffusers
+    import transformers
+
+    from mlc.engine.loading import quiet_libraries
+
+    quiet_libraries()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(recipe.threads)
+    started = time.time()
+    record: dict[str, Any] = {
+        "model": name,
+        "recipe": asdict(recipe),
+        "machine_at_start": machine(),
+        "versions": {"diffusers": diffusers.__version__, "transformers": transformers.__version__},
+    }
+    rng = np.random.default_rng(recipe.seed)
+    unet, vae, text_encoder = shapes_model.build(recipe.seed, **recipe.overrides)
+    tokenizer = load_tokenizer()
+
+    t0 = time.time()
+    vae_losses = train_vae(vae, recipe, rng, log)
+    vae.requires_grad_(False)
+    vae.register_to_config(scaling_factor=latent_scale(vae, rng))
+    t1 = time.time()
+    unet_losses, ema = train_unet(unet, text_encoder, vae, tokenizer, recipe, rng, log)
+    t2 = time.time()
+    ema_unet, ema_text = ema.copies
+    path = export(ema_unet, vae, ema_text, dest, name)
+    record.update(
+        {
+            "native_size": shapes_model.native_size(unet, vae),
+            "scaling_factor": vae.config.scaling_factor,
+            "parameters": {
+                "unet": sum(p.numel() for p in unet.parameters()),
+                "vae": sum(p.numel() for p in vae.parameters()),
+                "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
+            },
+            "seconds": {"vae": round(t1 - t0, 1), "unet": round(t2 - t1, 1)},
+            "losses": {"vae": vae_losses.points, "unet": unet_losses.points},
+            "file": path.name,
+            "file_bytes": path.stat().st_size,
+        }
+    )
+    log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) after {t2 - started:.0f} s")
+    if evaluate:
+        from mlc.engine.shapes.evaluate import evaluate_checkpoint
+
+        t3 = time.time()
+        scores = evaluate_checkpoint(path)
+        record["held_out_scores"] = {k: round(v, 4) for k, v in scores.items()}
+        record["seconds"]["evaluate"] = round(time.time() - t3, 1)
+        log("held-out prompts judged correct: " + ", ".join(f"{k} {v:.0%}" for k, v in scores.items()))
+    record["seconds"]["total"] = round(time.time() - started, 1)
+    record["machine_at_end"] = machine()
+    (dest / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlc.engine.shapes.train OUT``: train the shapes model into OUT."""
+    defaults = Recipe()
+    parser = argparse.ArgumentParser(
+        prog="python -m mlc.engine.shapes.train",
+        description="Train the tiny shapes text-to-image model (SD v1 architecture) on the CPU.",
+    )
+    parser.add_argument("dest", help="directory to write the model into")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads")
+    parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
+    parser.add_argument("--unet-steps", type=int, default=defaults.unet_steps)
+    parser.add_argument("--vae-batch", type=int, default=defaults.vae_batch)
+    parser.add_argument("--unet-batch", type=int, default=defaults.unet_batch)
+    parser.add_argument("--name", default=shapes_model.NAME, help="file stem (default: %(default)s)")
+    parser.add_argument("--no-eval", action="store_true", help="skip judging the result")
+    parser.add_argument(
+        "--tiny", action="store_true", help="much smaller models (a smoke test of the trainer)"
+    )
+    args = parser.parse_args(argv)
+    for flag in ("threads", "vae_steps", "unet_steps", "vae_batch", "unet_batch"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    recipe = Recipe(
+        seed=args.seed,
+        threads=args.threads,
+        vae_steps=args.vae_steps,
+        unet_steps=args.unet_steps,
+        vae_batch=args.vae_batch,
+        unet_batch=args.unet_batch,
+        warmup=min(defaults.warmup, max(args.unet_steps // 10, 1)),
+        overrides=TINY if args.tiny else {},
+    )
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        train(args.dest, recipe, name=args.name, evaluate=not args.no_eval, log=log)
+    except OSError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+TINY: dict[str, Any] = {
+    "unet": {"block_out_channels": [32, 32, 32], "attention_head_dim": 4, "cross_attention_dim": 16},
+    "vae": {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 8},
+    "text": {"hidden_size": 16, "intermediate_size": 32, "projection_dim": 16},
+}
+"""Config changes for a smoke test: the same layout, a fraction of the width."""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
