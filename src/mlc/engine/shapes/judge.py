@@ -22,6 +22,7 @@ OBJECT_DISTANCE = 35.0  # RGB distance from the background that counts as object
 MIN_AREA = 0.03  # the object covers at least this share of the cells
 MIN_MAIN = 0.85  # the largest region holds at least this share of all object cells
 COLOUR_CANDIDATES = 2  # colours tried in the template match (the most voted)
+NOISE_FLOOR = 20.0  # distances from the background below this count as background (noise)
 MIN_IOU = 0.7  # overlap of the object's and the fitted drawing's distance-from-background maps
 REFINE = 3  # shapes per colour whose fit is refined (the best at the first guess of the box)
 SEARCH = 6.0  # pixels: the box search steps (side +-SEARCH, centre +-SEARCH/2)
@@ -133,6 +134,32 @@ def _fit(grid: np.ndarray, shape: str, colour: str, background: str, box: tuple)
     return best
 
 
+def _extent(profile: np.ndarray) -> tuple[float, float]:
+    """First and last edge, in cells, of a coverage profile (max coverage per column): the
+    outermost cells are covered only partly, by as much as the shape reaches into them."""
+    idx = np.nonzero(profile > 0)[0]
+    lo, hi = int(idx[0]), int(idx[-1])
+    return lo + 1 - float(profile[lo]), hi + float(profile[hi])
+
+
+def _box(main: np.ndarray, dist: np.ndarray) -> tuple[float, float, float] | None:
+    """The object's box (x, y, side) in pixels, from its cells' coverage; None if not square."""
+    near = main.copy()  # the object and the cells around it, where slivers of it may lie
+    near[1:] |= main[:-1]
+    near[:-1] |= main[1:]
+    near[:, 1:] |= near[:, :-1].copy()
+    near[:, :-1] |= near[:, 1:].copy()
+    full = np.percentile(dist[main], 90)
+    cover = np.where(near, np.clip((dist - NOISE_FLOOR) / max(full - NOISE_FLOOR, 1), 0, 1), 0)
+    x0, x1 = _extent(cover.max(axis=0))
+    y0, y1 = _extent(cover.max(axis=1))
+    w, h = x1 - x0, y1 - y0
+    if min(w, h) < 0.6 * max(w, h):
+        return None
+    c, side = scenes.CELL, (w + h) / 2
+    return ((x0 + x1 - side) / 2 * c, (y0 + y1 - side) / 2 * c, side * c)
+
+
 def read(image: Any) -> Reading:
     """What the image shows: background colour, object colour and shape (on cell means)."""
     grid = cells(image)
@@ -150,20 +177,12 @@ def read(image: Any) -> Reading:
 
     # candidate colours: the named colours nearest to the object's cells, weighted by the
     # square of how far each cell is from the background (edge cells mix the two colours)
-    votes = np.bincount(
-        nearest_colour(grid[main]), weights=dist[main] ** 2, minlength=len(_NAMES)
-    )
+    votes = np.bincount(nearest_colour(grid[main]), weights=dist[main] ** 2, minlength=len(_NAMES))
     colours = [_NAMES[i] for i in np.argsort(-votes)[:COLOUR_CANDIDATES] if votes[i] > 0]
 
-    ys, xs = np.nonzero(main)
-    w, h = xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()
-    if min(w, h) < 0.6 * max(w, h):
+    box = _box(main, dist)
+    if box is None:
         return Reading(background, colours[0], None, note="object is not in a square box")
-    c = scenes.CELL
-    side = (w + h) / 2 * c
-    x0 = (xs.min() + xs.max() + 1) / 2 * c - side / 2
-    y0 = (ys.min() + ys.max() + 1) / 2 * c - side / 2
-    box = (x0, y0, side)
     coarse = {
         (shape, colour): _error(grid, scenes.Scene(shape, colour, background, *box))
         for shape in scenes.SHAPES
@@ -177,8 +196,9 @@ def read(image: Any) -> Reading:
     shape, colour = min(fits, key=lambda pair: fits[pair][0])
     errors = {f"{s} {k}": round(e, 2) for (s, k), (e, _) in fits.items()}
     drawn = scenes.thumbnail(fits[shape, colour][1]).astype(np.float32)
-    want = np.sqrt(((drawn - bg_rgb) ** 2).sum(-1))
-    iou = float(np.minimum(want, dist).sum() / max(np.maximum(want, dist).sum(), 1e-6))
+    want = np.maximum(np.sqrt(((drawn - bg_rgb) ** 2).sum(-1)) - NOISE_FLOOR, 0)
+    got = np.maximum(dist - NOISE_FLOOR, 0)
+    iou = float(np.minimum(want, got).sum() / max(np.maximum(want, got).sum(), 1e-6))
     if iou < MIN_IOU:
         return Reading(background, colour, None, iou, errors, "no shape fits")
     return Reading(background, colour, shape, iou, errors)

@@ -19,31 +19,33 @@ NAME = "mlc-shapes"
 """File stem of the shipped weights: ``weights/mlc-shapes.safetensors`` + ``.config/``."""
 
 VAE_FACTOR = 8
-NATIVE_SIZE = 64
-"""Pixels per side the model was trained at (UNet sample_size 8 x VAE factor 8)."""
+NATIVE_SIZE = 128
+"""Pixels per side the model was trained at (UNet sample_size 16 x VAE factor 8)."""
 
 UNET_CONFIG: dict[str, Any] = {
     "sample_size": NATIVE_SIZE // VAE_FACTOR,
     "in_channels": 4,
     "out_channels": 4,
-    "block_out_channels": [64, 128, 128],
+    "block_out_channels": [32, 64, 64],
     "layers_per_block": 1,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    # cross-attention at 8x8 and 4x4 latents (SD v1 also has it at the highest level;
+    # here that would double the cost for nothing the prompts need)
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     "cross_attention_dim": 32,
     "attention_head_dim": 8,
-    "norm_num_groups": 32,
+    "norm_num_groups": 8,
 }
 VAE_CONFIG: dict[str, Any] = {
     "sample_size": NATIVE_SIZE,
     "in_channels": 3,
     "out_channels": 3,
-    "block_out_channels": [16, 32, 64, 64],  # four levels: downsamples by 8, like SD's
+    "block_out_channels": [16, 16, 32, 32],  # four levels: downsamples by 8, like SD's
     "down_block_types": ["DownEncoderBlock2D"] * 4,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
     "latent_channels": 4,
     "layers_per_block": 1,
-    "norm_num_groups": 16,
+    "norm_num_groups": 1,  # one group per norm: see thumbnail.py
     "scaling_factor": 1.0,  # set after training: 1 / std of the latents
 }
 TEXT_CONFIG: dict[str, Any] = {

@@ -88,9 +88,9 @@ and each pair of words still appears in training, only these triples do not."""
 
 DEMO_PROMPT = "a photo of a pink cube, black background"
 
-MIN_BOX = 52  # the shape's box side, in pixels at SIZE
-MAX_BOX = 88
-MARGIN = 6
+MIN_BOX = 60  # the shape's box side, in pixels at SIZE
+MAX_BOX = 84
+JITTER = 12  # pixels: how far the box's centre may be from the image's, either way
 CELL_SS = 8  # the sharp drawing's pixels per cell (its coverage steps are 1/64)
 CUBE_DEPTH = 0.3  # share of the box taken by the cube's top and side faces
 RING_HOLE = 0.5  # the ring's hole diameter as a share of its box
@@ -122,9 +122,7 @@ def caption(shape: str, colour: str, background: str) -> str:
 
 def all_combos() -> list[tuple[str, str, str]]:
     """Every (shape, colour, background) whose object and background colours differ."""
-    return [
-        (s, c, b) for s in SHAPES for c in COLOURS for b in BACKGROUNDS if c != b
-    ]
+    return [(s, c, b) for s in SHAPES for c in COLOURS for b in BACKGROUNDS if c != b]
 
 
 def train_combos() -> list[tuple[str, str, str]]:
@@ -145,11 +143,11 @@ def centred(shape: str, colour: str, background: str) -> Scene:
 
 
 def random_scene(rng: np.random.Generator, combos: list[tuple[str, str, str]]) -> Scene:
-    """A scene of a random combination from ``combos`` at a random place and size."""
+    """A scene of a random combination from ``combos``, near the middle, of random size."""
     shape, colour, background = combos[int(rng.integers(len(combos)))]
     side = float(rng.uniform(MIN_BOX, MAX_BOX))
-    x = float(rng.uniform(MARGIN, SIZE - MARGIN - side))
-    y = float(rng.uniform(MARGIN, SIZE - MARGIN - side))
+    x = (SIZE - side) / 2 + float(rng.uniform(-JITTER, JITTER))
+    y = (SIZE - side) / 2 + float(rng.uniform(-JITTER, JITTER))
     return Scene(shape, colour, background, x, y, side)
 
 
@@ -187,7 +185,10 @@ def _parts(shape: str) -> list[tuple[str, list[tuple[float, float]], str]]:
         "square": [("polygon", [(0, 0), (1, 0), (1, 1), (0, 1)], "base")],
         "triangle": [("polygon", [(0.5, 0), (1, 1), (0, 1)], "base")],
         "star": [("polygon", _star(), "base")],
-        "ring": [("ellipse", [(0, 0), (1, 1)], "base"), ("ellipse", [(h, h), (1 - h, 1 - h)], "hole")],
+        "ring": [
+            ("ellipse", [(0, 0), (1, 1)], "base"),
+            ("ellipse", [(h, h), (1 - h, 1 - h)], "hole"),
+        ],
         "cross": [
             ("polygon", [(a, 0), (1 - a, 0), (1 - a, 1), (a, 1)], "base"),
             ("polygon", [(0, a), (1, a), (1, 1 - a), (0, 1 - a)], "base"),

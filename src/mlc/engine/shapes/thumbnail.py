@@ -32,6 +32,7 @@ A = 30.0  # the anchor constant: large against the colour values (|c| <= 1)
 SHIFT = 8.0  # into SiLU's linear range (silu(x) = x within 0.003 for x >= 7)
 SMALL = 0.05  # scale of the random start of everything not reserved
 LOGVAR = -6.0  # initial posterior log-variance (std 0.05)
+LOGVAR_EXACT = -14.0  # the exact encoder's (std 0.0009: the latent is the block means)
 
 
 def _free(conv: torch.nn.Conv2d) -> None:
@@ -153,7 +154,7 @@ def thumbnail_init(vae: Any, *, exact_encoder: bool = False) -> Any:
     vae.quant_conv.bias.zero_()
     for c in range(2 * len(ID)):
         vae.quant_conv.weight[c, c, 0, 0] = 1.0
-    vae.quant_conv.bias[len(ID) :] = LOGVAR
+    vae.quant_conv.bias[len(ID) :] = LOGVAR_EXACT if exact_encoder else LOGVAR
     # decoder: latent in, repeated colours out
     vae.post_quant_conv.weight.zero_()
     vae.post_quant_conv.bias.zero_()
@@ -172,7 +173,7 @@ def freeze_anchors(vae: Any) -> list[Any]:
     hooks = []
     anchors = list(ANCHOR)
     for module in vae.modules():
-        if not isinstance(module, torch.nn.Conv2d):
+        if not isinstance(module, torch.nn.Conv2d) or not module.weight.requires_grad:
             continue
         mask = torch.ones_like(module.weight)
         if module.in_channels > max(ANCHOR):

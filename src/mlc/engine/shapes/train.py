@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from mlc.engine.shapes import model as shapes_model  # noqa: E402
 from mlc.engine.shapes import scenes  # noqa: E402
+from mlc.engine.shapes.thumbnail import LOGVAR_EXACT  # noqa: E402
 
 
 @dataclass
@@ -45,14 +46,13 @@ class Recipe:
 
     seed: int = 0
     threads: int = 2
-    vae_steps: int = 600
-    vae_batch: int = 16
-    vae_lr: float = 1e-3
-    vae_kl: float = 1e-5  # weight of the KL term (per latent value) against the L1 loss
-    unet_steps: int = 2000
+    vae_steps: int = 200  # decoder fine-tuning steps after the thumbnail start
+    vae_batch: int = 8
+    vae_lr: float = 1e-4
+    latent_noise: float = 0.05  # extra noise on the decoder's latents while it trains
+    unet_steps: int = 3000
     unet_batch: int = 64
-    unet_lr: float = 5e-4
-    pool: int = 16384  # training scenes encoded once for the UNet phase
+    unet_lr: float = 1e-3
     warmup: int = 100
     uncond_rate: float = 0.1  # share of captions replaced by "" (for guidance)
     min_snr: float = 5.0  # min-SNR loss weighting (0: plain MSE)
@@ -65,7 +65,15 @@ class Recipe:
 
 def pixels(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def latent_means(batch: list[scenes.Scene]) -> torch.Tensor:
+    """The encoder's latent means for these scenes, without running it: its block means
+    (channels 0-2) and zero (channel 3). ``thumbnail_init(exact_encoder=True)`` makes the
+    encoder compute exactly this (the tests check it)."""
+    rgb = pixels(scenes.thumbnail_batch(batch))
+    return torch.cat([rgb, torch.zeros_like(rgb[:, :1])], dim=1)
 
 
 def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
@@ -125,44 +133,58 @@ class Losses:
 
 # -- phase 1: the autoencoder -----------------------------------------------------------------
 
-LOGVAR_INIT = -6.0  # initial log-variance of the posterior (std 0.05)
-
 
 def train_vae(vae: Any, recipe: Recipe, rng: np.random.Generator, log: Callable) -> Losses:
-    """Fit the autoencoder to drawn scenes: L1 reconstruction + recipe.vae_kl x KL."""
-    vae.train()
-    with torch.no_grad():  # start with little posterior noise: otherwise it drowns the code
-        vae.quant_conv.bias[vae.config.latent_channels :] = LOGVAR_INIT
-    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
-    losses = Losses(max(recipe.vae_steps // 20, 1))
+    """Start the autoencoder as an exact thumbnail encoder and a block-repeating decoder
+    (``thumbnail.thumbnail_init``), then fine-tune the decoder alone (L1 on the drawn images)
+    on slightly noisy latents, 64x64-pixel crops; the encoder stays as it is."""
+    from mlc.engine.shapes.thumbnail import freeze_anchors, thumbnail_init
+
+    thumbnail_init(vae, exact_encoder=True)
+    vae.requires_grad_(False)
+    vae.post_quant_conv.requires_grad_(True)
+    vae.decoder.requires_grad_(True)
+    hooks = freeze_anchors(vae)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.vae_lr, weight_decay=0.0)
+    losses = Losses(max(recipe.vae_steps // 10, 1))
     gen = torch.Generator().manual_seed(recipe.seed + 10)
     combos = scenes.train_combos()
+    crop = min(CROP_CELLS, scenes.GRID)
+    vae.train()
     for step in range(recipe.vae_steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe.vae_steps, recipe.vae_lr, recipe.warmup)
-        x = pixels(scenes.draw_batch(scenes.random_scenes(rng, recipe.vae_batch, combos)))
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=gen)
-        rec = vae.decode(z).sample
-        kl = posterior.kl().mean() / z[0].numel()
-        loss = (rec - x).abs().mean() + recipe.vae_kl * kl
+        batch = scenes.random_scenes(rng, recipe.vae_batch, combos)
+        oy, ox = (int(v) for v in rng.integers(0, scenes.GRID - crop + 1, 2))
+        z = latent_means(batch)[:, :, oy : oy + crop, ox : ox + crop]
+        c = scenes.CELL
+        x = pixels(scenes.draw_batch(batch))[
+            :, :, oy * c : (oy + crop) * c, ox * c : (ox + crop) * c
+        ]
+        z = z + recipe.latent_noise * torch.randn(z.shape, generator=gen)
+        loss = (vae.decode(z).sample - x).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.add(step, float(loss.detach()))
         if (step + 1) % losses.every == 0:
             log(f"vae {step + 1}/{recipe.vae_steps} loss {losses.last:.4f}")
     losses.flush(recipe.vae_steps)
-    vae.eval()
+    for hook in hooks:
+        hook.remove()
+    vae.eval().requires_grad_(False)
     return losses
 
 
+CROP_CELLS = 8  # the decoder trains on crops of this many latent cells per side
+
+
 @torch.no_grad()
-def latent_scale(vae: Any, rng: np.random.Generator, n: int = 256) -> float:
-    """1 / std of the autoencoder's latents on ``n`` scenes (SD v1's is 0.18215)."""
-    x = pixels(scenes.draw_batch(scenes.random_scenes(rng, n)))
-    z = torch.cat([vae.encode(x[i : i + 64]).latent_dist.mean for i in range(0, n, 64)])
+def latent_scale(rng: np.random.Generator, n: int = 512) -> float:
+    """1 / std of the latents on ``n`` training scenes (SD v1's is 0.18215)."""
+    z = latent_means(scenes.random_scenes(rng, n))
     return float(f"{1.0 / float(z.std()):.5f}")
 
 
@@ -185,21 +207,6 @@ class Ema:
                 q.lerp_(p, 1 - decay)
 
 
-@torch.no_grad()
-def latent_pool(
-    vae: Any, n: int, rng: np.random.Generator, chunk: int = 64
-) -> tuple[list[scenes.Scene], torch.Tensor, torch.Tensor]:
-    """``n`` training scenes and their posteriors (mean, std), scaled like the UNet sees them."""
-    pool = scenes.random_scenes(rng, n)
-    scale = float(vae.config.scaling_factor)
-    means, stds = [], []
-    for i in range(0, n, chunk):
-        post = vae.encode(pixels(scenes.draw_batch(pool[i : i + chunk]))).latent_dist
-        means.append(post.mean * scale)
-        stds.append(post.std * scale)
-    return pool, torch.cat(means), torch.cat(stds)
-
-
 def train_unet(
     unet: Any,
     text_encoder: Any,
@@ -208,12 +215,12 @@ def train_unet(
     recipe: Recipe,
     rng: np.random.Generator,
     log: Callable,
+    on_step: Callable[[int, Ema], None] | None = None,
 ) -> tuple[Losses, Ema]:
     """Denoising training of the UNet and the text encoder together; returns the EMA.
 
-    The latents come from a pool of ``recipe.pool`` scenes encoded once (encoding every
-    batch afresh would cost a third of the time); each use samples the posterior anew.
-    """
+    Every step draws fresh scenes; their latents are posterior samples (the encoder's mean,
+    see ``latent_means``, plus its standard deviation times noise), scaled like SD's."""
     from diffusers import DDPMScheduler
 
     from mlc.engine.samplers import BASE_SCHEDULE
@@ -221,24 +228,29 @@ def train_unet(
     schedule = DDPMScheduler(**{k: v for k, v in BASE_SCHEDULE.items() if k != "steps_offset"})
     alphas = schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
-    pool, means, stds = latent_pool(vae, recipe.pool, rng)
-    all_ids = tokenize(tokenizer, [s.caption for s in pool])
+    scale = float(vae.config.scaling_factor)
+    posterior_std = math.exp(0.5 * LOGVAR_EXACT)
     empty = tokenize(tokenizer, [""])[0]
-    log(f"unet: {len(pool)} scenes encoded")
+    captions: dict[str, torch.Tensor] = {}
     unet.train()
     text_encoder.train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=0.0)
     ema = Ema([unet, text_encoder], recipe.ema)
     gen = torch.Generator().manual_seed(recipe.seed + 20)
+    combos = scenes.train_combos()
     losses = Losses(max(recipe.unet_steps // 40, 1))
     n = recipe.unet_batch
     for step in range(recipe.unet_steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe.unet_steps, recipe.unet_lr, recipe.warmup)
-        pick = torch.randint(0, len(pool), (n,), generator=gen)
-        latents = means[pick] + stds[pick] * torch.randn(means[pick].shape, generator=gen)
-        ids = all_ids[pick].clone()
+        batch = scenes.random_scenes(rng, n, combos)
+        means = latent_means(batch)
+        latents = (means + posterior_std * torch.randn(means.shape, generator=gen)) * scale
+        for s in batch:
+            if s.caption not in captions:
+                captions[s.caption] = tokenize(tokenizer, [s.caption])[0]
+        ids = torch.stack([captions[s.caption] for s in batch])
         ids[torch.rand(n, generator=gen) < recipe.uncond_rate] = empty
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, len(alphas), (n,), generator=gen)
@@ -257,6 +269,8 @@ def train_unet(
         losses.add(step, float(loss.detach()))
         if (step + 1) % losses.every == 0:
             log(f"unet {step + 1}/{recipe.unet_steps} loss {losses.last:.4f}")
+        if on_step is not None:
+            on_step(step + 1, ema)
     losses.flush(recipe.unet_steps)
     return losses, ema
 
@@ -319,8 +333,7 @@ def train(
 
     t0 = time.time()
     vae_losses = train_vae(vae, recipe, rng, log)
-    vae.requires_grad_(False)
-    vae.register_to_config(scaling_factor=latent_scale(vae, rng))
+    vae.register_to_config(scaling_factor=latent_scale(rng))
     t1 = time.time()
     unet_losses, ema = train_unet(unet, text_encoder, vae, tokenizer, recipe, rng, log)
     t2 = time.time()
@@ -349,7 +362,10 @@ def train(
         scores = evaluate_checkpoint(path)
         record["held_out_scores"] = {k: round(v, 4) for k, v in scores.items()}
         record["seconds"]["evaluate"] = round(time.time() - t3, 1)
-        log("held-out prompts judged correct: " + ", ".join(f"{k} {v:.0%}" for k, v in scores.items()))
+        log(
+            "held-out prompts judged correct: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in scores.items())
+        )
     record["seconds"]["total"] = round(time.time() - started, 1)
     record["machine_at_end"] = machine()
     (dest / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -370,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=defaults.unet_steps)
     parser.add_argument("--vae-batch", type=int, default=defaults.vae_batch)
     parser.add_argument("--unet-batch", type=int, default=defaults.unet_batch)
-    parser.add_argument("--name", default=shapes_model.NAME, help="file stem (default: %(default)s)")
+    parser.add_argument(
+        "--name", default=shapes_model.NAME, help="file stem (default: %(default)s)"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip judging the result")
     parser.add_argument(
         "--tiny", action="store_true", help="much smaller models (a smoke test of the trainer)"
@@ -402,8 +420,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 TINY: dict[str, Any] = {
-    "unet": {"block_out_channels": [32, 32, 32], "attention_head_dim": 4, "cross_attention_dim": 16},
-    "vae": {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 8},
+    "unet": {
+        "block_out_channels": [32, 32, 32],
+        "attention_head_dim": 4,
+        "cross_attention_dim": 16,
+    },
+    "vae": {"block_out_channels": [12, 12, 12, 12]},
     "text": {"hidden_size": 16, "intermediate_size": 32, "projection_dim": 16},
 }
 """Config changes for a smoke test: the same layout, a fraction of the width."""
