@@ -8,7 +8,7 @@
 Knobs (attributes, change them any time): ``drop_after`` / ``drop_times`` (cut the
 body after N bytes on the next ``drop_times`` GETs), ``ignore_range`` (always 200),
 ``errors`` (path -> status code), ``send_length`` (Content-Length header on/off),
-``etag`` (send an ETag and honour If-Range). ``requests`` records every request.
+``etag`` (send an ETag and honour If-Range and If-None-Match). ``requests`` records every request.
 """
 
 from __future__ import annotations
@@ -146,6 +146,12 @@ def _make_handler(srv: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_error(404)
                 return
             etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+            if srv.etag and self.headers.get("If-None-Match") == etag:
+                record(304)  # a conditional GET of an unchanged file
+                self.send_response(304)
+                self.send_header("ETag", etag)
+                self.end_headers()
+                return
             start, status = 0, 200
             use_range = rng is not None and not srv.ignore_range
             if use_range and srv.etag and if_range is not None and if_range != etag:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from httpserver import FileServer
 from mlc import catalog, cli, host
 from mlc.errors import MlcError
 
@@ -170,28 +171,68 @@ def test_update_sys_fetches_and_keeps_old_catalog_when_offline(tmp_path, catalog
     assert stored.read_text() == before
 
 
-def test_usage_errors_are_one_line(tmp_path):
+BAD_CATALOGS = {
+    "control.yaml": b"images:\n  - {framework: Pytorch, version: '1\x01', arch: [CPU], image: x}\n",
+    "latin1.yaml": b"images:\n  - {framework: Pytorch, version: '1\xff', arch: [CPU], image: x}\n",
+    "escaped.yaml": b'images: [{framework: "Py\\x01", version: 1, arch: [CPU], image: x}]\n',
+    "control.repo": b"Pytorch, 1, CPU, img\x01x\n",
+    "nul.repo": b"Pytorch, 1, CPU, img\x00x\n",
+    "string.yaml": b"images:\n  - just-a-string\n",
+}
+
+
+@pytest.mark.parametrize("file", sorted(BAD_CATALOGS))
+def test_catalog_with_bad_bytes_is_one_line(tmp_path, monkeypatch, capsys, file):
+    """A control character or bytes that are not UTF-8: one line naming the catalog, exit 1."""
+    path = tmp_path / file
+    path.write_bytes(BAD_CATALOGS[file])
+    monkeypatch.setenv("MLC_CATALOG", str(path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    code = cli.run(["images", "--arch", "CPU"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(f"mlc: error: catalog {path}") and err.count("\n") == 1, err
+
+
+def test_update_sys_refuses_bad_bytes_and_keeps_the_catalog(tmp_path, catalog_server):
     env = {"XDG_DATA_HOME": str(tmp_path), "MLC_ARCH": "CPU"}
-    for args in (
-        ["create", "x"],
-        ["stop"],
-        ["frob"],
-        ["list", "--bogus"],
-        ["create", "x", "Pytorch", "2.13.0-cpu", "-g", "foo,"],
-        ["create", "x", "Pytorch", "2.13.0-cpu", "--ulimit", "memlock=lots"],
+    url = f"http://127.0.0.1:{catalog_server.server_address[1]}/catalog.yaml"
+    _Catalog.body = b"images: [{framework: Pytorch, version: '1', arch: [CPU], image: 'x/y:1'}]\n"
+    assert _mlc("update-sys", "--url", url, env=env).returncode == 0
+    stored = Path(tmp_path, "mlc", "catalog.yaml")
+    before = stored.read_text()
+    for body, needle in (
+        (BAD_CATALOGS["control.yaml"], "character 0x01 at offset"),
+        (BAD_CATALOGS["latin1.yaml"], "is not UTF-8 text (byte 0xff at offset"),
+        (BAD_CATALOGS["escaped.yaml"], "has a control character (U+0001)"),
     ):
-        r = _mlc(*args, env=env)
-        assert r.returncode != 0 and "Traceback" not in r.stderr, args
-        assert r.stderr.startswith("mlc: error:") and r.stderr.count("\n") == 1, r.stderr
+        _Catalog.body = body
+        r = _mlc("update-sys", "--url", url, env=env)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.startswith(f"mlc: error: catalog {url}") and r.stderr.count("\n") == 1
+        assert needle in r.stderr
+        assert stored.read_text() == before
 
 
-def test_aime_v2_option_spellings(tmp_path):
-    env = {"XDG_DATA_HOME": str(tmp_path)}
-    for spelling in (
-        ["-arch", "CUDA_AMPERE"],
-        ["-arch=CUDA_AMPERE"],
-        ["--architecture", "CUDA_AMPERE"],
-    ):
-        r = _mlc("images", *spelling, env=env)
-        assert r.returncode == 0, r.stderr
-        assert "CUDA_AMPERE" in r.stdout
+def test_update_sys_skips_an_unchanged_source_unless_forced(tmp_path):
+    """update-sys asks the source whether the catalog changed (ETag); --force downloads it
+    whole and rewrites the stored copy (here: undoing a local edit)."""
+    env = {"XDG_DATA_HOME": str(tmp_path), "MLC_ARCH": "CPU"}
+    body = b"images: [{framework: Pytorch, version: '7', arch: [CPU], image: 'x/y:7'}]\n"
+    with FileServer({"/catalog.yaml": body}) as srv:
+        url = srv.url("/catalog.yaml")
+        r = _mlc("update-sys", "--url", url, env=env)
+        assert r.returncode == 0 and r.stdout.startswith("catalog updated: 1 images"), r.stderr
+        stored = Path(tmp_path, "mlc", "catalog.yaml")
+        good = stored.read_text()
+        stored.write_text(good.replace("x/y:7", "x/y:edited"))
+        r = _mlc("update-sys", "--url", url, env=env)
+        assert r.returncode == 0 and r.stdout.startswith("catalog is up to date: 1 images")
+        assert "x/y:edited" in stored.read_text()  # not downloaded, not rewritten
+        r = _mlc("update-sys", "--url", url, "--force", env=env)
+        assert r.returncode == 0 and r.stdout.startswith("catalog updated: 1 images")
+        assert stored.read_text() == good
+        assert [q.status for q in srv.gets("/catalog.yaml")] == [200, 304, 200]
+        srv.files["/catalog.yaml"] = body.replace(b"'7'", b"'8'")  # the source changes
+        r = _mlc("update-sys", "--url", url, env=env)
+        assert r.stdout.startswith("catalog updated: 1 images") and "'8'" in stored.read_text()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pexpect
@@ -82,6 +88,8 @@ def test_create_list_open_stop_remove(mlc, name, tmp_path, docker_client):
     c.reload()
     assert c.status == "exited"
     assert c.attrs["State"]["ExitCode"] == 143  # SIGTERM reached the init: no 10 s kill
+    r = mlc("stop", name)  # already stopped: nothing to do, as with `docker stop`
+    assert (r.code, r.err) == (0, f"[{name}] is not running\n")
 
     r = mlc("remove", name, "-f")
     assert r.code == 0 and str(ws) in r.out
@@ -110,6 +118,21 @@ def test_remove_running_asks_first(mlc, name, tmp_path, docker_client):
     _create(mlc, name, tmp_path / "ws")
     r = mlc("remove", name, input="n\n")
     assert r.code != 0  # not a terminal and no -f: nothing happens
+    assert docker_client.containers.get(f"{name}._.{os.getuid()}").status == "running"
+    # At a terminal: "n" cancels; end of input (Ctrl-D) at the prompt is an interruption.
+    for answer, line, code in (
+        ("n\r", "mlc: error: cancelled", 1),
+        ("\x04", "mlc: interrupted", 130),
+    ):
+        child = pexpect.spawn(
+            sys.executable, ["-m", "mlc", "remove", name], env=mlc.env, encoding="utf-8", timeout=30
+        )
+        child.expect(r"Stop and remove it\? \[y/N\]")
+        child.send(answer)
+        child.expect(line)
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == code
     assert docker_client.containers.get(f"{name}._.{os.getuid()}").status == "running"
     assert mlc("remove", name, "--force").code == 0
 
@@ -359,24 +382,14 @@ def test_pull_failure_and_build_recipe(mlc, name, tmp_path, docker_client, base_
 
 
 def test_errors_are_one_line(mlc, name, tmp_path):
-    _one_line_error(mlc("create", "bad#name", "Pytorch", "test"), "invalid container name")
-    _one_line_error(mlc("create", "a._.b", "Pytorch", "test"), "._.")
-    _one_line_error(mlc("create", name, "Tensorflow", "1"), "unknown framework", "Pytorch")
-    _one_line_error(mlc("create", name, "pytorch", "9.9"), "unknown version", "test")
-    afile = tmp_path / "file"
-    afile.write_text("x")
-    _one_line_error(mlc("create", name, "Pytorch", "test", "-w", str(afile)), "is a file")
+    """The checks that need no Docker (bad names, catalog, folders, no engine) are in
+    test_cli.test_create_validation_before_docker and test_no_docker_engine_is_one_line."""
     _create(mlc, name, tmp_path / "ws")
     _one_line_error(
         mlc("create", name, "Pytorch", "test", "-w", str(tmp_path / "ws")), "already exists"
     )
     for verb in ("open", "start", "stop", "remove"):
         _one_line_error(mlc(verb, name + "x"), "no container named")
-    _one_line_error(
-        mlc("list", env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"}),
-        "cannot reach the Docker engine",
-        "start Docker",
-    )
 
 
 def test_exact_name_match(mlc, name, tmp_path):
@@ -507,3 +520,197 @@ def test_driver_older_than_the_image_needs_is_refused_before_anything_is_made(
     assert r.code == 0 and ">= 535" in r.out
     r = mlc("create", name, "Pytorch", "drv", "-w", str(ws), "-g", "none", env=env)
     assert r.code == 0, r.err  # no GPUs asked for: the driver does not matter
+
+
+def _container(docker_client, name: str):
+    return docker_client.containers.get(f"{name}._.{os.getuid()}")
+
+
+def _commands(c) -> list[str]:
+    """The command lines running in C."""
+    return [p[-1] for p in c.top(ps_args="-eo pid,args")["Processes"]]
+
+
+def _wait(predicate, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.2)
+
+
+def _exited(c) -> bool:
+    c.reload()
+    return c.status == "exited"
+
+
+def test_closed_terminal_ends_the_shell_and_the_auto_stop_still_works(
+    mlc, name, tmp_path, docker_client
+):
+    """Closing the terminal of `mlc open` (SIGHUP) ends the shell it started in the container;
+    a container `mlc start` did not start stops, as after `exit`."""
+    _create(mlc, name, tmp_path / "ws")
+    c = _container(docker_client, name)
+    prompt = rf"\[{name}\] \S+@{name}:/workspace[#$] "
+    for keep in (True, False):
+        assert mlc("stop", name, "-f").code == 0
+        if keep:
+            assert mlc("start", name).code == 0
+        child = pexpect.spawn(
+            sys.executable, ["-m", "mlc", "open", name], env=mlc.env, encoding="utf-8",
+            timeout=30, dimensions=(40, 160),
+        )  # fmt: skip
+        child.expect(prompt)
+        if keep:  # a nohup job outlives the terminal, as on a host
+            child.sendline("nohup sleep 4321 >/dev/null 2>&1 &")
+            child.expect(prompt)
+        child.sendline("sleep 1234")
+        _wait(lambda c=c: "sleep 1234" in _commands(c), "the shell's command")
+        child.ptyproc.fileobj.close()  # the terminal window goes away: SIGHUP
+        _wait(lambda child=child: not child.ptyproc.isalive(), "mlc to end", timeout=60)
+        assert child.ptyproc.exitstatus == 129, child.ptyproc.signalstatus
+        c.reload()
+        if keep:
+            assert c.status == "running"
+            left = [a for a in _commands(c) if "bash" in a or "sleep 1234" in a]
+            assert left == []
+            assert "sleep 4321" in _commands(c)
+        else:
+            assert c.status == "exited"
+
+
+def test_interrupted_command_ends_in_the_container(mlc, name, tmp_path, docker_client):
+    """Docker passes no signal to an exec: mlc passes Ctrl-C and SIGTERM on itself."""
+    _create(mlc, name, tmp_path / "ws")
+    assert mlc("start", name).code == 0  # keeps running: what is left inside can be seen
+    c = _container(docker_client, name)
+    for sig, code, line in (
+        (signal.SIGINT, 130, "mlc: interrupted"),
+        (signal.SIGTERM, 143, "mlc: interrupted (SIGTERM)"),
+    ):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "mlc", "open", name, "--", "sh", "-c",
+             "echo started; exec sleep 1234"],
+            env=mlc.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert p.stdout is not None and p.stdout.readline() == "started\n"
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+        assert (p.returncode, err) == (code, line + "\n")
+        assert not [a for a in _commands(c) if "sleep 1234" in a]
+
+    # `mlc open NAME -- CMD | head -1`: the pipe closes, CMD gets SIGPIPE as it would on a host
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlc", "open", name, "--", "sh", "-c", "exec yes mlc-yes"],
+        env=mlc.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert p.stdout is not None and p.stdout.readline() == b"mlc-yes\n"
+    p.stdout.close()
+    p.wait(timeout=60)
+    assert not [a for a in _commands(c) if "mlc-yes" in a]
+
+
+def test_background_job_stops_the_container_when_it_ends(mlc, name, tmp_path, docker_client):
+    """What outlives `mlc open` (a background job, the engine worker) keeps the container up;
+    once it has ended, a watcher inside stops the container, unless `mlc start` marked it."""
+    _create(mlc, name, tmp_path / "ws")
+    c = _container(docker_client, name)
+    job = "setsid sleep 3 >/dev/null 2>&1 </dev/null &"
+    assert mlc("open", name, "--", "sh", "-c", job).code == 0
+    c.reload()
+    assert c.status == "running"  # the job still runs
+    _wait(lambda: _exited(c), "the container to stop after the job")
+    assert c.attrs["State"]["ExitCode"] == 143  # its command got SIGTERM, as from docker stop
+
+    job = "setsid sleep 30 >/dev/null 2>&1 </dev/null &"
+    assert mlc("open", name, "--", "sh", "-c", job).code == 0  # started by open: watched
+    assert mlc("start", name).code == 0  # ... until `mlc start` keeps it running
+
+    def watching() -> bool:
+        c.reload()
+        execs = [docker_client.api.exec_inspect(e) for e in c.attrs.get("ExecIDs") or []]
+        return any(e["Running"] and "mlc-idle" in e["ProcessConfig"]["arguments"] for e in execs)
+
+    _wait(lambda: not watching(), "the watcher to leave")
+    c.reload()
+    assert c.status == "running"
+
+
+def test_missing_workspace_is_named(mlc, name, tmp_path):
+    ws = tmp_path / "ws"
+    _create(mlc, name, ws)
+    assert mlc("stop", name, "-f").code == 0
+    ws.rmdir()
+    for verb in (["open", name, "--", "true"], ["start", name]):
+        _one_line_error(mlc(*verb), f"its workspace folder {ws} is missing", "mkdir -p")
+    assert not ws.exists()  # not made behind the user's back
+
+
+def test_create_where_the_user_may_not(mlc, name, test_user):
+    """A folder inside another user's home (root's, 0700 here) or one the user cannot write."""
+    locked = Path(tempfile.mkdtemp(prefix="mlc-locked-", dir="/tmp"))  # 0700, root's
+    readonly = Path(tempfile.mkdtemp(prefix="mlc-readonly-", dir="/tmp"))
+    readonly.chmod(0o755)
+    try:
+        for ws, needle in (
+            (locked / "ws", f"cannot use {locked / 'ws'} as the workspace folder: Permission"),
+            (readonly / "ws", f"cannot create directory {readonly / 'ws'}: Permission"),
+        ):
+            r = mlc.as_user(test_user.pw_name, "create", name, "Pytorch", "test", "-w", str(ws))
+            _one_line_error(r, needle)
+            assert r.code == 1
+    finally:
+        shutil.rmtree(locked)
+        shutil.rmtree(readonly)
+
+
+def test_ca_bundle_is_mounted_alone(mlc, name, tmp_path, docker_client):
+    """MLC_CA_BUNDLE=~/corp-ca.pem: the container sees that file, not the rest of the folder."""
+    from mlc import host
+
+    home = tmp_path / "home-like"
+    home.mkdir()
+    bundle = home / "corp-ca.pem"
+    bundle.write_bytes(host.ca_bundle().read_bytes())
+    (home / "id_ed25519").write_text("PRIVATE KEY\n")
+    r = mlc("create", name, "Pytorch", "test", "-w", str(tmp_path / "ws"),
+            env={"MLC_CA_BUNDLE": str(bundle)})  # fmt: skip
+    assert r.code == 0, r.err
+    r = mlc(
+        "open", name, "--", "sh", "-c",
+        'sha256sum < "$SSL_CERT_FILE"; ls -A "$(dirname "$SSL_CERT_FILE")"; '
+        'grep -rl "PRIVATE KEY" /usr/local/share/mlc 2>/dev/null; true',
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    digest, listing, *found = r.out.splitlines()
+    assert digest.split()[0] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert listing == "corp-ca.pem" and found == []
+    sources = {m["Source"]: m for m in _container(docker_client, name).attrs["Mounts"]}
+    assert str(home) not in sources
+    assert sources[str(bundle)]["RW"] is False
+
+
+@pytest.mark.docker
+def test_interrupted_while_docker_starts_it_leaves_no_container(
+    name, tmp_path, catalog_file, docker_client, monkeypatch
+):
+    """Ctrl-C or SIGTERM that lands while Docker starts the new container: it is removed (and
+    the folders create made), as for any other failure of create."""
+    from docker.models.containers import Container as DockerContainer
+
+    from mlc import containers
+
+    real_start = DockerContainer.start
+
+    def start_then_interrupted(self, *args, **kwargs):
+        real_start(self, *args, **kwargs)
+        raise KeyboardInterrupt  # the signal arrives just as the start returns
+
+    monkeypatch.setattr(DockerContainer, "start", start_then_interrupted)
+    ws = tmp_path / "ws"
+    spec = containers.new_spec(
+        name, "Pytorch", "test", workspace=ws, gpus="none", catalog_path=str(catalog_file)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        containers.create(docker_client, spec)
+    assert not docker_client.containers.list(all=True, filters={"name": name})
+    assert not ws.exists()

@@ -191,3 +191,14 @@ def test_unknown_role_is_refused(tmp_path):
     path = write(tmp_path, "r.yaml", USER_RECIPE.format(name="r", description="d") + "role: lora\n")
     with pytest.raises(MlcError, match="role must be one of checkpoint, tiny_vae"):
         recipes.load_recipe_file(path)
+
+
+def test_engine_support_needs_python_310_and_torch_20():
+    from mlc.provision import Python, check_engine_support
+
+    check_engine_support(Python("/usr/bin/python3", "2.1.0+cu121", "/site", "3.10"), "sd")
+    check_engine_support(Python("/usr/bin/python3", None, "/site", "3.12"), "sd")  # no torch yet
+    check_engine_support(Python("/usr/bin/python3", "2.0.1", "/site", "3.10"), "sd")  # the seed's
+    for py, torch in (("3.9", "2.5.1"), ("3.11", "1.13.1")):
+        with pytest.raises(MlcError, match=f"container sd has Python {py}, torch {torch}"):
+            check_engine_support(Python("/usr/bin/python3", torch, "/site", py), "sd")

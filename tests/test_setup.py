@@ -165,7 +165,12 @@ def test_create_setup_txt2img_as_user(mlc, name, user_dir, test_user, torch_cata
     taesd = build_random_tiny_vae(user_dir / "taesd-src.safetensors").read_bytes()
     with FileServer({"/taesd.safetensors": taesd}) as srv:
         r = run("setup", name, "taesd", "--url", srv.url("/taesd.safetensors"))
-    assert r.code == 0, r.err
+        assert r.code == 0, r.err
+        again = run("setup", name, "taesd", "--url", srv.url("/taesd.safetensors"))
+        assert again.code == 0, again.err  # the same URL again: verified, nothing downloaded
+        said = [line for line in again.err.splitlines() if "already installed" in line]
+        assert len(said) == 1 and "--force" in said[0]
+        assert len(srv.gets("/taesd.safetensors")) == 1
     assert "--tiny_vae" in r.out
     assert (models / "taesd" / "diffusion_pytorch_model.safetensors").read_bytes() == taesd
     r = run(

@@ -4,6 +4,10 @@
 #   base:  mlctest/py311:bookworm-r1      mmdebstrap minbase bookworm + python3 | docker import
 #   torch: mlctest/torch-cpu:2.13.0-r1    base + root-owned /opt/venv with torch 2.13.0+cpu,
 #                                         diffusers, transformers, ... (docker run + docker commit)
+#   seed:  mlctest/torch:2.0.1-r1         base + torch 2.0.1 (PyPI's wheel, with its nvidia-*-cu11
+#                                         libraries) and numpy 1.x in the system Python, as root,
+#                                         like AIME's Pytorch 2.0.1-aime image; nothing else
+#                                         (`mlc setup` picks the engine's packages for it)
 #
 # Idempotent: an image that already exists is skipped. Bump RECIPE (or the
 # requirement pins) to force a rebuild. Needs a running Docker engine, mmdebstrap,
@@ -15,12 +19,15 @@ SUITE=bookworm
 TORCH_VERSION=2.13.0
 BASE_IMAGE="${MLC_TEST_BASE_IMAGE:-mlctest/py311:${SUITE}-${RECIPE}}"
 TORCH_IMAGE="${MLC_TEST_TORCH_IMAGE:-mlctest/torch-cpu:${TORCH_VERSION}-${RECIPE}}"
+SEED_TORCH=2.0.1
+SEED_IMAGE="${MLC_TEST_SEED_IMAGE:-mlctest/torch:${SEED_TORCH}-${RECIPE}}"
 VENV=/opt/venv
 MIRROR="${MLC_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SECURITY_MIRROR="${MLC_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 HOST_CA="${MLC_HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 WHEEL_DIR="${MLC_WHEEL_DIR:-/var/cache/mlc-ci/wheels}"
 BUILD_CONTAINER=mlc-ci-torchbuild
+SEED_CONTAINER=mlc-ci-seedbuild
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # Packages of the base image: what a per-user container needs (useradd, sudo, ps, venv).
@@ -98,12 +105,63 @@ build_torch() {
   docker rm "$BUILD_CONTAINER" >/dev/null
 }
 
+fetch_seed_wheels() {
+  # PyPI's torch 2.0.1 (the CUDA 11.7 build: it imports only with its nvidia-*-cu11 libraries,
+  # ~2.2 GB of wheels in all) and its pinned dependencies, kept in the wheel cache so that a
+  # rebuild downloads nothing.
+  local dir="$WHEEL_DIR/torch-$SEED_TORCH"
+  mkdir -p "$dir"
+  python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+    --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux1_x86_64 --platform manylinux_2_28_x86_64 --implementation cp \
+    -c "$HERE/torch-$SEED_TORCH-constraints.txt" -d "$dir" \
+    "torch==$SEED_TORCH" numpy 2>&1 | grep -v 'is ignored' >&2 || true
+  compgen -G "$dir/torch-$SEED_TORCH-cp311-*.whl" >/dev/null \
+    || { log "no torch $SEED_TORCH cp311 wheel in $dir (pip download failed)"; exit 1; }
+}
+
+build_seed() {
+  local dir="$WHEEL_DIR/torch-$SEED_TORCH"
+  docker rm -f "$SEED_CONTAINER" >/dev/null 2>&1 || true
+  # Offline from the wheel cache; the system Python as root (--break-system-packages: Debian's
+  # PEP 668 marker), like AIME's image, whose torch is in Ubuntu's system Python.
+  docker run --name "$SEED_CONTAINER" --network none \
+    -v "$dir":/wheels:ro \
+    -v "$HERE/torch-$SEED_TORCH-constraints.txt":/tmp/constraints.txt:ro \
+    "$BASE_IMAGE" bash -euc "
+      export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
+      python3 -m pip install --quiet --break-system-packages --no-index --find-links /wheels \
+        -c /tmp/constraints.txt torch==$SEED_TORCH numpy
+      python3 -c 'import torch, numpy; print(\"torch\", torch.__version__, \"numpy\", numpy.__version__, torch.ones(2).sum().item())'
+      rm -rf /root/.cache
+    "
+  docker commit -c 'CMD ["/bin/bash"]' \
+    -m "mlc local test image: torch $SEED_TORCH from PyPI in the system Python (recipe $RECIPE)" \
+    "$SEED_CONTAINER" "$SEED_IMAGE" >/dev/null
+  docker rm "$SEED_CONTAINER" >/dev/null
+}
+
 t_all=$SECONDS
+SEED_JOB=""
+if [ "${MLC_TEST_SEED:-1}" != 0 ] && ! have_image "$SEED_IMAGE"; then
+  # The seed's wheels (network) download while the base image builds; then its image builds
+  # beside the torch-cpu one (each is mostly one pip process: two cores, two builds). A cold
+  # run saves ~3 min over doing them one after the other.
+  log "fetching the torch $SEED_TORCH wheels in the background"
+  ( timed "torch $SEED_TORCH wheels" fetch_seed_wheels ) &
+  SEED_JOB=$!
+fi
 if have_image "$BASE_IMAGE"; then
   log "$BASE_IMAGE exists, skipped"
 else
   log "building $BASE_IMAGE (mmdebstrap | docker import)"
   timed "base image $BASE_IMAGE" build_base
+fi
+if [ -n "$SEED_JOB" ]; then
+  wait "$SEED_JOB" || { log "fetching the torch $SEED_TORCH wheels failed"; exit 1; }
+  log "building $SEED_IMAGE (docker run + docker commit) in the background"
+  ( timed "seed image $SEED_IMAGE" build_seed ) &
+  SEED_JOB=$!
 fi
 if have_image "$TORCH_IMAGE"; then
   log "$TORCH_IMAGE exists, skipped"
@@ -112,4 +170,11 @@ else
   log "building $TORCH_IMAGE (docker run + docker commit)"
   timed "torch image $TORCH_IMAGE" build_torch
 fi
-log "images ready in $((SECONDS - t_all)) s: $BASE_IMAGE $TORCH_IMAGE"
+if [ -n "$SEED_JOB" ]; then
+  wait "$SEED_JOB" || { log "building $SEED_IMAGE failed"; exit 1; }
+elif [ "${MLC_TEST_SEED:-1}" = 0 ]; then
+  log "MLC_TEST_SEED=0: $SEED_IMAGE not built"
+else
+  log "$SEED_IMAGE exists, skipped"
+fi
+log "images ready in $((SECONDS - t_all)) s: $BASE_IMAGE $TORCH_IMAGE $SEED_IMAGE"

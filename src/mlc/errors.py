@@ -7,7 +7,8 @@ no third-party imports (the engine and the host both import it first); third-par
 (docker, requests, torch, click) are matched by their qualified class names.
 
 Exit codes: 0 success, 1 an error the user can act on, 2 bad command-line input, 70 an internal
-error (a bug: ``MLC_DEBUG=1`` shows the traceback), 130 interrupted.
+error (a bug: ``MLC_DEBUG=1`` shows the traceback), 130 interrupted (Ctrl-C), 128 + N ended by
+signal N (:class:`Interrupted`: 143 SIGTERM, 129 SIGHUP).
 """
 
 from __future__ import annotations
@@ -72,6 +73,24 @@ class WorkerError(MlcError):
     """The warm engine worker (or its client) failed: socket, start-up, a lost request."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM, SIGHUP) taken like Ctrl-C, so the same clean-up runs
+    (``except KeyboardInterrupt`` catches it); the exit code is 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def signame(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+
 # -- the one table ------------------------------------------------------------------------------
 
 
@@ -120,12 +139,19 @@ def _code(n: int) -> Callable[[BaseException], int]:
 
 TABLE: list[Rule] = [
     Rule(lambda e: isinstance(e, MlcError), str, lambda e: e.exit_code),  # type: ignore[attr-defined]
+    Rule(
+        lambda e: isinstance(e, Interrupted),
+        lambda e: f"interrupted ({e.signame})",  # type: ignore[attr-defined]
+        lambda e: 128 + e.signum,  # type: ignore[attr-defined]
+    ),
     Rule(lambda e: isinstance(e, KeyboardInterrupt), lambda e: "interrupted", _code(130)),
     Rule(_is_click_usage, _click_message, lambda e: e.exit_code),  # type: ignore[attr-defined]
     Rule(
         _named("torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError"),
-        lambda e: "out of GPU memory; try --low_vram, smaller --H/--W or --n_samples, "
-        "or drop --batched",
+        lambda e: (
+            "out of GPU memory; try --low_vram, smaller --H/--W, drop --batched, or "
+            "--precision autocast"
+        ),
         _code(EXIT_ERROR),
     ),
     Rule(
@@ -179,9 +205,8 @@ def report(
     if os.environ.get("MLC_DEBUG"):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=out)
     if message:  # click's bare `mlc` has shown the help already: nothing to add
-        if code == EXIT_INTERRUPTED:
-            line = f"{prog}: {message}"
-        elif message.startswith("internal error:"):
+        interrupted = code == EXIT_INTERRUPTED or isinstance(exc, KeyboardInterrupt)
+        if interrupted or message.startswith("internal error:"):
             line = f"{prog}: {message}"
         else:
             line = f"{prog}: error: {message}"

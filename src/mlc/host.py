@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ def driver_version() -> str | None:
     """The host's NVIDIA driver version (e.g. ``550.54.15``), or None without one."""
     versions = _smi_query("driver_version")
     return versions[0] if versions else None
+
+
+def version_key(text: str | None) -> tuple[int, ...]:
+    """A version string as comparable numbers: ``550.54.15`` -> (550, 54, 15), ``2.1.0+cu121``
+    -> (2, 1, 0) (a local ``+...`` part is ignored); None -> (0,)."""
+    return tuple(int(n) for n in re.findall(r"\d+", (text or "0").split("+")[0])) or (0,)
 
 
 def arch_for_capability(cap: float) -> str:

@@ -2,48 +2,33 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import docker
-from docker.models.containers import Container
 
-from mlc import containers, fetch, provision
-from mlc.errors import MlcError
+from mlc import containers, fetch, paths, provision, results
+from mlc.containers import Container
+from mlc.errors import MlcError, UsageError
+from mlc.fetch.inside import recipe_json
+from mlc.progress import Progress
 from mlc.recipes import Recipe, load_recipes
-
-MOUNTS = (("MODELS_MOUNT", "/models"), ("WORK_MOUNT", "/workspace"), ("DATA_MOUNT", "/data"))
-
-
-def mounts_of(c: Container) -> list[tuple[Path, PurePosixPath]]:
-    """(host folder, container folder) for each of C's mlc mounts, models first."""
-    out = []
-    for label, inside in MOUNTS:
-        value = c.labels.get(f"{containers.LABEL}.{label}", "-")
-        if value and value != "-":
-            out.append((Path(value), PurePosixPath(inside)))
-    return out
 
 
 def default_models_dir(c: Container) -> Path:
     """The models mount when C has one, else the workspace (as in the seed)."""
-    mounts = mounts_of(c)
+    mounts = c.mounts
     if not mounts:
-        raise MlcError(f"container {containers.display_name(c)} has no workspace mount")
+        raise MlcError(f"container {c.name} has no workspace mount")
     return mounts[0][0]
 
 
 def inside_path(c: Container, host_path: Path) -> PurePosixPath:
     """Where HOST_PATH appears inside C; an error when no mount holds it."""
-    host_path = host_path.expanduser().absolute()
-    for outside, inside in mounts_of(c):
-        if host_path == outside or outside in host_path.parents:
-            return inside / host_path.relative_to(outside).as_posix()
-    places = ", ".join(str(o) for o, _ in mounts_of(c))
-    raise MlcError(
-        f"{host_path} is not visible inside {containers.display_name(c)}",
-        hint=f"use a folder under {places}",
-    )
+    return paths.inside_path(c.mounts, host_path, c.name)
 
 
 @dataclass
@@ -63,13 +48,29 @@ def setup(
     from_archive: Path | None,
     keep_archive: bool,
     force: bool,
-    progress: fetch.Progress,
-    say: provision.Say,
+    progress: Progress,
 ) -> SetupResult:
-    """Provision C for RECIPE, put its weights in the models folder, and record the checkpoint."""
-    models_dir = (models_dir or default_models_dir(c)).expanduser().absolute()
+    """Provision C for RECIPE, put its weights in the models folder, and record the checkpoint.
+    On a remote engine the models folder is on its host: mlc's fetch code runs in C."""
+    remote_host = containers.remote_host()
+    models_dir = models_dir or default_models_dir(c)
+    if remote_host:
+        models_dir = Path(os.path.normpath(models_dir))
+        if from_archive is not None:
+            raise UsageError(
+                f"--from-archive reads a file on this machine; the engine is on host {remote_host}",
+                hint="put the archive where the container sees it and pass --url file:///PATH",
+            )
+    else:
+        models_dir = models_dir.expanduser().absolute()
     inside_path(c, models_dir)  # fail before any work when the container could not see it
-    done = provision.provision(dc, c, recipe, say)
+    done = provision.provision(dc, c, recipe, progress)
+    if remote_host:
+        py = done.python.path
+        installed = _install_inside(dc, c, recipe, py, models_dir, url, keep_archive, force)
+        ckpt_inside = str(inside_path(c, installed.ckpt))
+        provision.record_model(c, recipe, ckpt_inside, str(inside_path(c, models_dir)))
+        return SetupResult(done, installed, ckpt_inside)
 
     def generate(dest: Path) -> None:
         cmd = [
@@ -95,6 +96,41 @@ def setup(
     return SetupResult(done, installed, ckpt_inside)
 
 
+def _install_inside(
+    dc: docker.DockerClient,
+    c: Container,
+    recipe: Recipe,
+    python: str,
+    models_dir: Path,
+    url: str | None,
+    keep_archive: bool,
+    force: bool,
+) -> fetch.InstallResult:
+    """:func:`mlc.fetch.install` run in C (``python -m mlc.fetch.inside``) as its user; the
+    result's paths are the engine host's."""
+    cmd = [python, "-m", "mlc.fetch.inside", str(inside_path(c, models_dir))]
+    cmd += ["--recipe", recipe_json(recipe), *(["--url", url] if url else [])]
+    cmd += ["--force"] * force + ["--keep-archive"] * keep_archive
+    out = io.BytesIO()
+    code = containers.exec_stream(dc, c, cmd, stdout=out)
+    lines = out.getvalue().decode(errors="replace").strip().splitlines()
+    try:
+        data = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        data = {"error": f"setting up {recipe.name} in {c.name} failed (exit {code})"}
+    if code != 0 or "error" in data:
+        raise MlcError(data.get("error") or f"setting up {recipe.name} failed (exit {code})")
+
+    def outside(value: str | None) -> Path | None:
+        return Path(results.host_path(c, PurePosixPath(value))) if value else None
+
+    data.update(
+        {k: outside(data.get(k)) for k in ("models_dir", "ckpt", "archive", "state_file")},
+        files=[outside(f) for f in data.get("files", [])],
+    )
+    return fetch.InstallResult(**data)
+
+
 def installed_in(dirs: list[Path]) -> dict[str, list[Path]]:
     """Recipe name -> the models folders (of DIRS) where it is installed."""
     where: dict[str, list[Path]] = {}
@@ -108,35 +144,3 @@ def catalogue(dirs: list[Path]) -> list[tuple[Recipe, list[Path]]]:
     """Every recipe with the folders holding it."""
     where = installed_in(dirs)
     return [(r, where.get(name, [])) for name, r in sorted(load_recipes().items())]
-
-
-PATH_FLAGS = ("--from-file", "--ckpt", "--config", "--tiny_vae")
-OPTIONAL_VALUE = ("--tiny_vae",)  # bare `--tiny_vae` means $MLC_TINY_VAE
-
-
-def translate_paths(c: Container, flags: list[str]) -> list[str]:
-    """Host paths in FLAGS (`--from-file prompts.txt`, ...) as the container sees them.
-
-    A value that exists on the host (relative to the current folder) is rewritten to its
-    place under C's mounts; one outside every mount is an error; anything else (a path that
-    only exists in the container) passes unchanged.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(flags):
-        flag, value = flags[i], None
-        optional = flag in OPTIONAL_VALUE and (i + 1 == len(flags) or flags[i + 1][:1] == "-")
-        if flag in PATH_FLAGS and i + 1 < len(flags) and not optional:
-            value, i = flags[i + 1], i + 2
-        elif flag.partition("=")[0] in PATH_FLAGS and "=" in flag:
-            flag, _, value = flag.partition("=")
-            i += 1
-        else:
-            out.append(flag)
-            i += 1
-            continue
-        host_path = Path(value).expanduser()
-        if host_path.exists() and not value.startswith(("/workspace", "/models", "/data")):
-            value = str(inside_path(c, host_path))
-        out += [flag, value]
-    return out

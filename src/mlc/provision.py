@@ -5,25 +5,41 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shlex
 import tarfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import docker
 from docker.errors import NotFound
-from docker.models.containers import Container
 
 import mlc
 from mlc import containers
+from mlc.containers import Container
 from mlc.errors import MlcError
+from mlc.host import version_key
+from mlc.progress import Progress
 from mlc.recipes import Recipe
 
 STATE = PurePosixPath("/etc/mlc/state.json")
 ENGINE_ROOT = PurePosixPath("/opt/mlc/lib")
-Say = Callable[[str], None]
+TORCH_2_0_PINS = (
+    "diffusers==0.31.0",
+    "transformers==4.46.3",
+    "tokenizers==0.20.3",
+    "huggingface-hub==0.26.5",
+    "accelerate==1.1.1",
+    "safetensors==0.4.5",
+    "numpy<2",
+    "scipy==1.13.1",
+    "Pillow==10.4.0",
+)
+"""What the engine's packages are held to beside torch 2.0 (the seed's image, AIME's
+``Pytorch 2.0.1-aime``; Python 3.8 to 3.11): the last releases that import and run with it
+(newer transformers disable a torch older than 2.1 or 2.2; torch 2.0 wheels were built against
+numpy 1.x). Newer torch gets no pins besides itself."""
 
 
 # -- files in a container ----------------------------------------------------------------------
@@ -63,7 +79,7 @@ def write_files(
             tar.addfile(info, io.BytesIO(data))
     c.exec_run(["mkdir", "-p", root], user="root")
     if not c.put_archive(root, buf.getvalue()):
-        raise MlcError(f"cannot write files into container {containers.display_name(c)}")
+        raise MlcError(f"cannot write files into container {c.name}")
 
 
 def load_state(c: Container) -> dict[str, Any]:
@@ -105,6 +121,9 @@ def find_python(c: Container) -> Python:
     probe = (
         "import json, site, sys, sysconfig\n"
         "try:\n    import torch; tv = torch.__version__\nexcept Exception:\n    tv = None\n"
+        # pip compares its own record: PyPI's torch 2.0.1 says 2.0.1+cu117 but is 2.0.1
+        "try:\n    from importlib.metadata import version; tv = tv and version('torch')\n"
+        "except Exception:\n    pass\n"
         "print(json.dumps({'path': sys.executable, 'torch': tv, 'version': '%d.%d' %"
         " sys.version_info[:2], 'site': sysconfig.get_paths()['purelib']}))\n"
     )
@@ -113,27 +132,28 @@ def find_python(c: Container) -> Python:
         if code == 0:
             return Python(**json.loads(out.decode().strip().splitlines()[-1]))
     raise MlcError(
-        f"container {containers.display_name(c)} has no Python",
+        f"container {c.name} has no Python",
         hint="create it from a PyTorch image of the catalog (`mlc images`)",
     )
 
 
-def _version(text: str | None) -> tuple[int, ...]:
-    parts = []
-    for piece in (text or "0").split("+")[0].split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
 def check_engine_support(py: Python, name: str) -> None:
-    """The engine needs Python >= 3.10 and torch >= 2.1 (in the image, never replaced)."""
-    if _version(py.version) < (3, 10) or (py.torch and _version(py.torch) < (2, 1)):
+    """The engine needs Python >= 3.10 and torch >= 2.0 (in the image, never replaced)."""
+    if version_key(py.version) < (3, 10) or (py.torch and version_key(py.torch) < (2, 0)):
         raise MlcError(
-            f"the engine needs Python >= 3.10 and torch >= 2.1; container {name} has "
+            f"the engine needs Python >= 3.10 and torch >= 2.0; container {name} has "
             f"Python {py.version}, torch {py.torch or 'none'}",
             hint="create the container from a newer image, e.g. Pytorch 2.5.1 (`mlc images`)",
         )
+
+
+def constraints(torch: str | None) -> list[str]:
+    """The pip constraints for a container whose torch is TORCH: torch itself (pip must never
+    replace it), and for torch 2.0 the package versions that still support it."""
+    if not torch:
+        return []
+    pins = list(TORCH_2_0_PINS) if version_key(torch)[:2] < (2, 1) else []
+    return [f"torch=={torch}", *pins]
 
 
 def _run(dc: docker.DockerClient, c: Container, cmd: list[str]) -> int:
@@ -142,8 +162,10 @@ def _run(dc: docker.DockerClient, c: Container, cmd: list[str]) -> int:
     return containers.exec_stream(dc, c, cmd, user="root", workdir="/", env=env)
 
 
-def apt_install(dc: docker.DockerClient, c: Container, packages: list[str], say: Say) -> None:
-    say(f"apt: installing {' '.join(packages)}")
+def apt_install(
+    dc: docker.DockerClient, c: Container, packages: list[str], progress: Progress
+) -> None:
+    progress.note(f"apt: installing {' '.join(packages)}")
     script = (
         "export DEBIAN_FRONTEND=noninteractive; "
         "apt-get update -qq && apt-get install -y -qq --no-install-recommends " + " ".join(packages)
@@ -162,11 +184,13 @@ def apt_install(dc: docker.DockerClient, c: Container, packages: list[str], say:
 
 
 def pip_install(
-    dc: docker.DockerClient, c: Container, py: Python, reqs: list[str], say: Say
+    dc: docker.DockerClient, c: Container, py: Python, reqs: list[str], progress: Progress
 ) -> None:
-    say(f"pip: installing {' '.join(reqs)}" + (f" (keeping torch {py.torch})" if py.torch else ""))
-    constraints = f"torch=={py.torch}\n" if py.torch else ""
-    write_files(c, {"constraints.txt": constraints.encode()}, root="/etc/mlc")
+    pins = constraints(py.torch)
+    kept = f" (keeping torch {py.torch}" + (", with versions for it)" if pins[1:] else ")")
+    progress.note(f"pip: installing {' '.join(reqs)}" + (kept if py.torch else ""))
+    text = "".join(f"{pin}\n" for pin in pins)
+    write_files(c, {"constraints.txt": text.encode()}, root="/etc/mlc")
     cmd = [
         py.path,
         "-m",
@@ -217,21 +241,23 @@ def install_engine(c: Container, py: Python, state: dict[str, Any]) -> bool:
     return True
 
 
-def provision(dc: docker.DockerClient, c: Container, recipe: Recipe, say: Say) -> Provisioned:
+def provision(
+    dc: docker.DockerClient, c: Container, recipe: Recipe, progress: Progress
+) -> Provisioned:
     """Apt packages, pip requirements and the engine for RECIPE; a re-run skips what is done."""
     state = load_state(c)
     py = find_python(c)
-    check_engine_support(py, containers.display_name(c))
+    check_engine_support(py, c.name)
     done = Provisioned(py)
     apt_done = set(state.get("apt", []))
     if todo := [p for p in recipe.apt if p not in apt_done]:
-        apt_install(dc, c, todo, say)
+        apt_install(dc, c, todo, progress)
         state["apt"] = sorted(apt_done | set(todo))
         done.apt_installed = todo
         save_state(c, state)
     pip_done = set(state.get("pip", []))
     if todo := [r for r in recipe.pip if r not in pip_done]:
-        pip_install(dc, c, py, todo, say)
+        pip_install(dc, c, py, todo, progress)
         state["pip"] = sorted(pip_done | set(todo))
         done.pip_installed = todo
         save_state(c, state)
@@ -250,8 +276,13 @@ def record_model(c: Container, recipe: Recipe, ckpt_inside: str, models_inside: 
     state["tiny_vae" if recipe.role == "tiny_vae" else "ckpt"] = ckpt_inside
     state["cache_dir"] = f"{models_inside.rstrip('/')}/.mlc-cache"
     save_state(c, state)
-    profile = "".join(f"export {k}='{v}'\n" for k, v in engine_env(state).items())
-    write_files(c, {"mlc-engine.sh": profile.encode()}, root="/etc/profile.d")
+    write_files(c, {"mlc-engine.sh": profile(engine_env(state)).encode()}, root="/etc/profile.d")
+
+
+def profile(env: dict[str, str]) -> str:
+    """ENV as a login-shell profile (``/etc/profile.d``), each value quoted for sh: a models
+    folder may hold ``'``, ``$`` or spaces."""
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
 def engine_env(state: dict[str, Any]) -> dict[str, str]:

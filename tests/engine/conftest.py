@@ -13,6 +13,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The engine's processes (the CLI, the warm worker and its client) run this tree's code,
+# whatever their folder: `PYTHONPATH=src pytest` is relative, and a process started in another
+# folder would import an installed mlc instead.
+SRC = Path(__file__).resolve().parents[2] / "src"
+_paths = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(SRC), *_paths]))
 
 import torch  # noqa: E402
 
@@ -73,6 +79,14 @@ def components(tiny: TinyModel):
     from mlc.engine.loading import load
 
     return load(tiny.safetensors)
+
+
+@pytest.fixture(scope="session")
+def taesd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight TAESD (the real architecture) as one .safetensors file."""
+    from mlc.engine.tinyvae import build_random_tiny_vae
+
+    return build_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "taesd.safetensors")
 
 
 @pytest.fixture

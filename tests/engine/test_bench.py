@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlc.engine import bench, loading
+from mlc.engine import bench, bench_report, checkpoint, loading
+from mlc.engine.convcache import converted_cache
+from mlc.engine.options import validate
 from mlc.engine.txt2img import main
 
 ROW_FIELDS = {
@@ -46,12 +48,51 @@ def test_bench_defaults_are_the_seeds_and_flags_override() -> None:
         1,
     )
     assert (args.H, args.W, args.plms) == (512, 512, True)
-    from mlc.engine.txt2img import validate
-
     args = bench.bench_args(["--H", "256", "--ddim_steps", "2", "--sampler", "ddim"])
     spec = validate(args)
     assert spec.sampler == "ddim" and spec.height == 256 and spec.width == 512
     assert bench.what_was_run(args, spec, 2) == ["--H 256", "--ddim_steps 2", "--sampler ddim"]
+
+
+def test_summarize_follows_the_column_definitions() -> None:
+    """One process's raw clock readings -> the table's figures (2 images, 3 UNet calls each,
+    the first image warm-up)."""
+    raw = {
+        "t_launch": 100.0,
+        "t_loaded": 105.0,
+        "t_end": 130.0,
+        "unet_starts": [110.0, 111.0, 112.0, 120.0, 121.0, 122.0],
+        "unet_ends": [110.5, 111.5, 112.5, 120.5, 121.5, 122.5],
+        "images": [{"seconds": 5.0, "file": "a.png"}, {"seconds": 4.0, "file": "b.png"}],
+        "peak_host_bytes": 2**30,
+        "peak_device_bytes": None,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    got = bench_report.summarize(raw, {"warmup": 1, "n_samples": 1})
+    assert (got["load_s"], got["processing_s"], got["total_s"]) == (5.0, 4.0, 9.0)
+    assert (got["cold_start_s"], got["first_step_done_s"], got["wall_s"]) == (10.0, 10.5, 30.0)
+    assert got["step_s"] == pytest.approx(2.5 / 3) and got["it_per_s"] == pytest.approx(1.2)
+    assert got["unet_call_s"] == pytest.approx(0.5) and got["unet_calls_per_image"] == 3
+    assert got["last_image"] == "b.png" and got["threads"] is None and got["versions"] == {}
+    assert got["capture_s"] is None and got["compile_cache"] is None  # no accel report
+    accel = {
+        "graphs": {"capture_s": 0.8, "replays": 6, "eager_steps": 0, "eager_reasons": {}},
+        "compile": {"compile_s": 12.5, "compile_cache": "hit", "shapes": []},
+    }
+    fields = bench_report.summarize({**raw, "accel": accel}, {"warmup": 1, "n_samples": 1})
+    assert (fields["capture_s"], fields["graph_replays"], fields["eager_steps"]) == (0.8, 6, 0)
+    assert (fields["compile_s"], fields["compile_cache"]) == (12.5, "hit")
+    assert fields["accel"] == accel
+    report = {
+        "rows": {"mlc": {**got, "repeats": 1}},
+        "machine": {"load_avg": [0.5, 0.4, 0.3]},
+    }
+    table = bench_report.format_table(report).splitlines()
+    assert table[0].split()[:4] == ["TIME", "TO", "LOAD", "MODEL"]
+    assert table[1].startswith("mlc engine") and "5.00 s" in table[1] and "9.00 s" in table[1]
+    assert table[1].split()[-2:] == ["GiB", "n/a"]  # 1.00 GiB host, no device figure on a CPU
+    assert table[-1].startswith("device cpu (float32), 3 UNet calls per image, medians of 1")
 
 
 def test_bench_end_to_end_with_baseline(tiny, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -75,6 +116,12 @@ def test_bench_end_to_end_with_baseline(tiny, tmp_path: Path, monkeypatch, capsy
         assert 0 < row["cold_start_s"] < row["first_step_done_s"] <= row["wall_s"]
         assert row["peak_host_bytes"] > 0 and row["device"] == "cpu"
     assert set(report["ratios"]) >= {"cold_start_s", "step_s", "total_s", "peak_host_bytes"}
+    for run in report["runs"]:  # the engine's steps: eager on a CPU (no graphs, no compile)
+        if run["row"] == "mlc":
+            assert run["eager_reasons"] == {"no CUDA device": 6} and run["graph_replays"] == 0
+            assert run["capture_s"] == 0 and run["compile_s"] is None
+        else:
+            assert run["eager_reasons"] is None and run["capture_s"] is None
     assert report["output"]["identical"] is True
     assert report["changed_from_seed"] == ["--H 32", "--W 32", "--ddim_steps 2", "--n_iter 2"]
     assert report["settings"]["warmup"] == 1 and len(report["runs"]) == 2
@@ -128,8 +175,8 @@ def test_converted_cache_reused_and_invalidated(tiny, tmp_path, cache_env, monke
     # the checkpoint changes (new weights, new mtime): the entry is stale and rebuilt
     from mlc.engine.export import save_checkpoint
 
-    state = loading.read_checkpoint(ckpt)
-    key = loading.UNET_PREFIX + "input_blocks.0.0.weight"  # the UNet's conv_in
+    state = checkpoint.read_checkpoint(ckpt)
+    key = checkpoint.UNET_PREFIX + "input_blocks.0.0.weight"  # the UNet's conv_in
     state = {k: v.clone() for k, v in state.items()}
     state[key] += 1.0
     save_checkpoint(state, ckpt)
@@ -145,13 +192,44 @@ def test_converted_cache_reused_and_invalidated(tiny, tmp_path, cache_env, monke
 
 def test_cache_off_small_files_and_other_dtype(tiny, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLC_CACHE_DIR", "off")
-    assert loading.converted_cache(loading.resolve(tiny.safetensors), torch.float32) is None
+    assert converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32) is None
     monkeypatch.setenv("MLC_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("MLC_CACHE_MIN_BYTES", raising=False)  # default: only large files
-    assert loading.converted_cache(loading.resolve(tiny.safetensors), torch.float32) is None
+    assert converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32) is None
     monkeypatch.setenv("MLC_CACHE_MIN_BYTES", "0")
-    source = loading.resolve(tiny.safetensors)
-    e32 = loading.converted_cache(source, torch.float32)
-    e16 = loading.converted_cache(source, torch.float16)
+    source = checkpoint.resolve(tiny.safetensors)
+    e32 = converted_cache(source, torch.float32)
+    e16 = converted_cache(source, torch.float16)
     assert e32 is not None and e16 is not None
     assert e32.path != e16.path and e32.key != e16.key and not e32.valid()
+
+
+def test_bench_passes_every_engine_flag_through(tiny, tmp_path: Path, monkeypatch, capsys):
+    """Flags the benchmark does not own reach the measured runs, whatever they are: --f (an
+    explicit mismatch fails there, as in a plain run), --ddim_eta and --match (in the PNG's
+    metadata) and --no_cuda_graphs (the run's accel report: every step eager, "off")."""
+    from mlc.engine.outputs import read_metadata
+
+    monkeypatch.setenv("MLC_CACHE_DIR", "off")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    base = ["--bench", "--ckpt", str(tiny.safetensors), "--H", "32", "--W", "32"]
+    base += ["--ddim_steps", "2", "--n_iter", "2", "--sampler", "ddim"]
+    out = tmp_path / "b.json"
+    argv = [*base, "--f", "8", "--ddim_eta", "0.5", "--outdir", str(tmp_path / "ok")]
+    argv += ["--no_cuda_graphs", "--match", "diffusers"]
+    assert main([*argv, "--bench_json", str(out)]) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert {"--f 8", "--ddim_eta 0.5", "--no_cuda_graphs", "--match diffusers"} <= set(
+        report["changed_from_seed"]
+    )
+    (run,) = report["runs"]
+    _, data = read_metadata(run["last_image"])
+    assert data["eta"] == 0.5 and data["sampler"] == "ddim" and data["match"] == "diffusers"
+    assert run["eager_reasons"] == {"off": run["eager_steps"]} and run["eager_steps"] >= 4
+    capsys.readouterr()
+    assert main([*base, "--f", "4", "--outdir", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "mlc-txt2img: error: the measured mlc run: --f 4 does not match the model's VAE, "
+        "which downsamples by 8"
+    )

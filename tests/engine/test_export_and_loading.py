@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlc.engine.loading import CheckpointError, load, read_checkpoint, resolve
+from mlc.engine.checkpoint import CheckpointError, read_checkpoint, resolve
+from mlc.engine.loading import load
 
 from .conftest import TinyModel, copy_model, run_cli, small_run
 
@@ -141,8 +142,11 @@ def test_corrupt_and_unrelated_files_are_refused(tmp_path: Path):
         read_checkpoint(bad)
     bad_st = tmp_path / "bad.safetensors"
     bad_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
-    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+    with pytest.raises(CheckpointError, match="not a valid safetensors") as err:
         read_checkpoint(bad_st)
+    text = str(err.value)
+    assert text.startswith(f"cannot read {bad_st}: not a valid safetensors file (")
+    assert "\n" not in text
     other = tmp_path / "other.safetensors"
     save_file({"classifier.weight": torch.zeros(2, 2)}, str(other))
     with pytest.raises(CheckpointError, match="not a Stable Diffusion v1 checkpoint"):
@@ -190,13 +194,16 @@ def test_malicious_pickle_via_cli(tmp_path: Path):
 
 
 def test_plain_pickle_helper_is_not_used():
-    """loading never calls pickle.load / torch.load without weights_only."""
+    """Checkpoints are never read with pickle.load / torch.load without weights_only."""
     import inspect
 
-    import mlc.engine.loading as loading
+    from mlc.engine import checkpoint, convcache, loading
 
-    source = inspect.getsource(loading)
+    source = inspect.getsource(checkpoint)
     assert "weights_only=True" in source and "pickle.load(" not in source
+    for module in (loading, convcache):  # the other readers go through checkpoint or safetensors
+        assert "torch.load(" not in inspect.getsource(module)
+        assert "pickle.load(" not in inspect.getsource(module)
     assert pickle  # imported for the UnpicklingError type only
 
 

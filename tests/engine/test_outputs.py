@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from mlc.engine import outputs
+from mlc.engine.grid import page_numbering
 
 
 def _img(color: tuple[int, int, int], size: tuple[int, int] = (8, 6)) -> Image.Image:
@@ -29,6 +30,23 @@ def test_numbering_continues_after_the_highest(tmp_path: Path):
     assert n.claim().name == "00009.png"
     assert outputs.grid_numbering(tmp_path).claim().name == "grid-0004.png"
     assert (samples / "00007.png").read_bytes() == b"x"  # untouched
+
+
+def test_only_the_engines_own_names_count(tmp_path: Path):
+    """A photo named with digits (2024-vacation.jpg) does not make the next sample 02025."""
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for stray in ("2024-vacation.jpg", "99999-notes.txt", "123.png", "000042.png.bak"):
+        (samples / stray).write_bytes(b"x")
+    (samples / "00004.png").write_bytes(b"x")
+    for stray in ("grid-2024-old.png", "grid-12.png", "grid-0100.jpg"):
+        (tmp_path / stray).write_bytes(b"x")
+    assert outputs.sample_numbering(tmp_path).claim().name == "00005.png"
+    assert outputs.grid_numbering(tmp_path).claim().name == "grid-0000.png"
+    (tmp_path / "explore-2024-trip.html").write_bytes(b"x")
+    assert page_numbering(tmp_path).claim().name == "explore-0000.html"
+    (samples / "100000.png").write_bytes(b"x")  # past 99999 the names grow a digit
+    assert outputs.sample_numbering(tmp_path).claim().name == "100001.png"
 
 
 def test_deleted_files_do_not_cause_overwrites(tmp_path: Path):

@@ -8,11 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from mlc.engine import txt2img
+from mlc.engine.options import parse
 from mlc.engine.outputs import read_metadata
+from mlc.engine.run import execute
+from mlc.engine.session import open_session
 
 from .conftest import SIZE, STEPS, TinyModel, small_run
 
@@ -45,56 +47,6 @@ def _pixels(path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
-@pytest.fixture(scope="module")
-def taesd(tmp_path_factory) -> Path:
-    from mlc.engine.tinyvae import build_random_tiny_vae
-
-    return build_random_tiny_vae(tmp_path_factory.mktemp("taesd") / "taesd.safetensors")
-
-
-def _spec(*argv: str) -> txt2img.RunSpec:
-    return txt2img.validate(txt2img.build_parser().parse_args(list(argv)))
-
-
-def test_fast_is_dpmpp_2m_karras_at_20_steps_unless_told_otherwise():
-    spec = _spec("--fast")
-    assert (spec.sampler, spec.steps) == ("dpmpp_2m_karras", 20)
-    assert any("--fast" in n for n in spec.notes)
-    assert _spec("--fast", "--ddim_steps", "12").steps == 12
-    assert _spec("--fast", "--ddim_steps", "50").steps == 50  # explicit, even at the default
-    assert _spec("--fast", "--sampler", "euler_a").sampler == "euler_a"
-    assert _spec("--fast", "--plms").sampler == "plms"
-    assert (_spec().sampler, _spec().steps) == ("ddim", 50)
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--tome", "1.5"], "--tome must be between 0 and 1"),
-        (["--tome", "-0.2"], "--tome must be between 0 and 1"),
-        (["--deepcache", "-1"], "--deepcache must be 0"),
-        (["--tiny_vae", "/nonexistent/taesd"], "does not exist"),
-        (["--compile", "--tome", "0.5"], "--compile cannot be combined with --tome"),
-        (["--compile", "--deepcache", "3"], "--compile cannot be combined with --tome"),
-        (["--compile", "--x", "deepcache=0,3"], "--compile cannot be combined with a deepcache"),
-    ],
-)
-def test_bad_speed_flags_are_one_line_usage_errors(capsys, tiny, tmp_path, argv, message):
-    code = txt2img.main(_args(tiny, tmp_path / "out", *argv))
-    err = capsys.readouterr().err
-    assert code == 2
-    assert message in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
-
-
-def test_bare_tiny_vae_uses_mlc_tiny_vae_or_says_how_to_get_it(monkeypatch, taesd):
-    monkeypatch.delenv("MLC_TINY_VAE", raising=False)
-    with pytest.raises(txt2img.UsageError, match="mlc setup NAME taesd"):
-        _spec("--tiny_vae")
-    monkeypatch.setenv("MLC_TINY_VAE", str(taesd))
-    assert _spec("--tiny_vae").tiny_vae == str(taesd)
-
-
 def test_speed_modes_change_pixels_and_say_so(capsys, tiny, tmp_path, taesd):
     exact = _run(capsys, _args(tiny, tmp_path / "exact"))
     assert "speed_modes" not in exact
@@ -118,12 +70,12 @@ def test_a_session_stays_exact_after_a_speed_mode_run(tiny, tmp_path):
     """The warm worker reuses one session: token merging must be removed after its run."""
     from mlc.engine import tome
 
-    spec = replace(_spec(*_args(tiny, tmp_path / "a")), json=True)
-    session = txt2img.open_session(spec)
-    first = txt2img.execute(spec, session)
-    txt2img.execute(replace(spec, outdir=tmp_path / "b", tome=0.5, deepcache=2), session)
+    spec = replace(parse(_args(tiny, tmp_path / "a")), json=True)
+    session = open_session(spec)
+    first = execute(spec, session)
+    execute(replace(spec, outdir=tmp_path / "b", tome=0.5, deepcache=2), session)
     assert not tome.is_applied(session.components.unet)
-    again = txt2img.execute(replace(spec, outdir=tmp_path / "c"), session)
+    again = execute(replace(spec, outdir=tmp_path / "c"), session)
     assert np.array_equal(_pixels(first["files"][0]), _pixels(again["files"][0]))
 
 
@@ -189,11 +141,18 @@ def test_bench_modes_reports_every_mode_against_exact(capsys, tiny, tmp_path, ta
             str(out),
             "--bench_json",
             str(out / "modes.json"),
+            "--no_cuda_graphs",
+            "--match",
+            "diffusers",
         ]
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads((out / "modes.json").read_text())
+    # the run's own settings reach every mode: eager steps by choice, latents in the model's dtype
+    assert (report["settings"]["cuda_graphs"], report["settings"]["latents"]) == (False, "model")
+    graphs = report["accel"]["graphs"]
+    assert graphs["eager_reasons"] == {"off": graphs["eager_steps"]} and graphs["eager_steps"] > 0
     rows = {r["mode"]: r for r in report["modes"]}
     assert set(rows) == {"exact", "fast", "deepcache 3", "tome 0.5", "tiny_vae", "all"}
     assert rows["exact"]["deviation"]["max_abs"] == 0 and rows["exact"]["speedup"] == 1.0
@@ -201,5 +160,33 @@ def test_bench_modes_reports_every_mode_against_exact(capsys, tiny, tmp_path, ta
     for name in ("fast", "deepcache 3", "tome 0.5", "tiny_vae", "all"):
         assert rows[name]["deviation"]["max_abs"] > 0, name
         assert rows[name]["seconds_per_image"] > 0
+    assert not any(r["vae_fallback"] for r in rows.values())  # fp32 on a CPU: no fp16 retry
     assert report["settings"]["tiny_vae"] == str(taesd)
     assert "speed-up" in captured.out and (out / "mode-exact.png").is_file()
+
+
+def test_no_cuda_graphs_keeps_the_pixels_and_the_report_says_why(capsys, tiny, tmp_path):
+    """On CPU every step is eager either way; the summary's accel report says why."""
+    default = _run(capsys, _args(tiny, tmp_path / "default"))
+    eager = _run(capsys, _args(tiny, tmp_path / "eager", "--no_cuda_graphs"))
+    assert np.array_equal(_pixels(default["files"][0]), _pixels(eager["files"][0]))
+    for summary, reason in ((default, "no CUDA device"), (eager, "off")):
+        graphs = summary["accel"]["graphs"]
+        assert graphs["eager_reasons"] == {reason: STEPS} and graphs["eager_steps"] == STEPS
+        assert graphs["replays"] == 0 and graphs["captures"] == []
+        assert "compile" not in summary["accel"]  # no --compile
+    assert "CUDA graphs" not in eager["stderr"]  # the user's own choice: no note
+
+
+def test_match_diffusers_on_cpu_fp32_is_accepted_and_recorded(capsys, tiny, tmp_path):
+    exact = _run(capsys, _args(tiny, tmp_path / "exact"))
+    matched = _run(capsys, _args(tiny, tmp_path / "match", "--match", "diffusers"))
+    assert "match" not in exact and matched["match"] == "diffusers"
+    assert matched["dtype"] == "float32"  # on CPU the model's dtype is fp32: same latents
+    assert np.array_equal(_pixels(exact["files"][0]), _pixels(matched["files"][0]))
+    _, data = read_metadata(Path(matched["files"][0]))
+    assert data["match"] == "diffusers"
+    assert "match" not in read_metadata(Path(exact["files"][0]))[1]
+    assert parse(["--match", "diffusers"]).latents == "model"
+    assert parse([]).latents == "float32" and parse([]).cuda_graphs is True
+    assert parse(["--no_cuda_graphs"]).cuda_graphs is False

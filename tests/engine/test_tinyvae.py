@@ -207,16 +207,7 @@ def test_bad_folder_config(taesd_files, tmp_path, content, match):
     one_line_error(tmp_path, match)
 
 
-# -- environment -----------------------------------------------------------------------------
-
-
-def test_default_path(monkeypatch, tmp_path):
-    monkeypatch.delenv(tv.ENV_TINY_VAE, raising=False)
-    assert tv.default_path() is None
-    monkeypatch.setenv(tv.ENV_TINY_VAE, "  ")
-    assert tv.default_path() is None
-    monkeypatch.setenv(tv.ENV_TINY_VAE, str(tmp_path / "taesd"))
-    assert tv.default_path() == tmp_path / "taesd"
+# -- offline ---------------------------------------------------------------------------------
 
 
 def test_loading_never_touches_the_network(taesd_files, monkeypatch):

@@ -24,7 +24,8 @@ def test_bundled_folder_has_every_component():
 
 
 def test_tokenizer_matches_clip_vit_l14():
-    from mlc.engine.loading import ModelSource, load_tokenizer
+    from mlc.engine.checkpoint import ModelSource
+    from mlc.engine.loading import load_tokenizer
 
     tok = load_tokenizer(ModelSource(CONFIG_DIR, False, CONFIG_DIR))
     ids = tok("a photograph of an astronaut riding a horse").input_ids
@@ -41,7 +42,7 @@ def test_yaml_config_matches_bundled_folder():
         create_vae_diffusers_config_from_ldm,
     )
 
-    from mlc.engine.loading import read_yaml
+    from mlc.engine.checkpoint import read_yaml
 
     yaml = read_yaml(V1_INFERENCE_YAML)
     import torch

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,23 +30,6 @@ def _run(capsys, tiny: TinyModel, outdir: Path, *args: str) -> dict:
     out, err = capsys.readouterr()
     assert code == 0, err
     return json.loads(out)
-
-
-def test_classic_defaults(monkeypatch):
-    monkeypatch.delenv("MLC_CKPT", raising=False)
-    args = txt2img.build_parser().parse_args([])
-    assert (args.n_iter, args.n_samples, args.n_rows) == (2, 3, 0)
-    assert args.ddim_steps is None and txt2img.validate(args).steps == 50  # 20 with --fast
-    assert (args.H, args.W, args.C, args.f, args.scale, args.seed) == (512, 512, 4, 8, 7.5, 42)
-    assert args.outdir == "outputs/txt2img-samples" and args.precision == "autocast"
-    assert args.ckpt == "stable-diffusion-v1-5-emaonly/v1-5-pruned-emaonly.ckpt"
-    assert args.ddim_eta == 0.0 and args.from_file is None and args.config is None
-    assert txt2img.validate(args).sampler == "ddim"
-    assert txt2img.validate(txt2img.build_parser().parse_args(["--plms"])).sampler == "plms"
-    both = txt2img.build_parser().parse_args(["--plms", "--dpm_solver"])
-    assert txt2img.validate(both).sampler == "dpm_solver"  # classic precedence
-    h = txt2img.build_parser().parse_args(["--height", "256", "--width", "128"])
-    assert (h.H, h.W) == (256, 128)
 
 
 def test_seed_command_line_runs(capsys, tiny: TinyModel, tmp_path: Path):
@@ -179,35 +164,47 @@ def test_human_output_and_module_entry_point(tiny: TinyModel, tmp_path: Path):
     assert (tmp_path / "o" / "grid-0000.png").is_file()
 
 
-ERRORS = [
-    (["--H", "500"], "--H 500 is not a multiple of 8; use 496 or 504"),
-    (["--W", "4"], "--W 4 is not a multiple of 8; use 8"),
-    (["--sampler", "k_lms"], "unknown sampler 'k_lms'; choose one of: ddim, plms, dpm_solver"),
-    (["--plms", "--ddim_eta", "0.5"], "ddim_eta must be 0 for PLMS"),
-    (["--ddim_steps", "0"], "--ddim_steps must be at least 1"),
-    (["--n_samples", "0"], "--n_samples must be at least 1"),
-    (["--n_iter", "0"], "--n_iter must be at least 1"),
-    (["--scale", "-1"], "--scale must be 0 or more"),
-    (["--precision", "half"], "argument --precision: invalid choice"),
-    (["--H", "abc"], "argument --H/--height: invalid int value"),
-    (["--plms", "--sampler", "euler"], "--plms conflicts with --sampler euler"),
-    (["--from-file", "/nonexistent/prompts.txt"], "prompt file not found"),
-    (
-        ["--ckpt", "/nonexistent/v1-5-pruned-emaonly.ckpt"],
-        "checkpoint not found: /nonexistent/v1-5-pruned-emaonly.ckpt",
-    ),
-    (["--laion400m"], "--laion400m"),
-]
+def _masked(text: str) -> list[str]:
+    """TEXT's lines with every decimal number (times) as N."""
+    return [re.sub(r"\d+\.\d+", "N", line) for line in text.splitlines()]
 
 
-@pytest.mark.parametrize(("args", "message"), ERRORS, ids=[" ".join(a) for a, _ in ERRORS])
-def test_bad_input_is_one_line(args: list[str], message: str):
-    proc = run_cli(*args)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("mlc-txt2img: error: ") and message in lines[0]
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+def test_json_keeps_the_progress_on_stderr(tiny: TinyModel, tmp_path: Path):
+    """--json: stdout is the JSON document alone; stderr says what it says without --json."""
+    argv = [*small_run(tiny.safetensors, 2), "--n_samples", "2", "--n_iter", "2", "--fast"]
+    argv += ["--outdir", "o"]
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "json").mkdir()
+    plain = run_cli(*argv, cwd=tmp_path / "plain")
+    assert plain.returncode == 0, plain.stderr
+    with_json = run_cli(*argv, "--json", cwd=tmp_path / "json")
+    assert with_json.returncode == 0, with_json.stderr
+    summary = json.loads(with_json.stdout)
+    assert summary["seeds"] == [42, 43, 44, 45]
+    lines = _masked(with_json.stderr)
+    assert lines == _masked(plain.stderr)
+    assert [ln.split("]")[0] for ln in lines if ln.startswith("[")] == [
+        f"[{k}/4" for k in range(1, 5)
+    ]
+    assert any(ln.startswith("note: --fast: ") for ln in lines)
+    assert any(ln.startswith("model tiny loaded in N s on cpu") for ln in lines)
+    assert "[4/4] seed 45 N s -> o/samples/00003.png" in lines
+
+
+def test_bad_input_is_one_line_end_to_end():
+    """The process: one stderr line, no traceback, nothing on stdout, exit 2 or 1 (every
+    message is checked in process: test_options.py)."""
+    for args, message, code in (
+        (["--H", "500"], "--H 500 is not a multiple of 8; use 496 or 504", 2),
+        (["--precision", "half"], "argument --precision: invalid choice", 2),
+        (["--ckpt", "/nonexistent/v1-5-pruned-emaonly.ckpt"], "checkpoint not found: ", 1),
+    ):
+        proc = run_cli(*args)
+        assert proc.returncode == code
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith("mlc-txt2img: error: ") and message in lines[0]
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def test_exit_codes(tmp_path: Path):
@@ -226,20 +223,34 @@ def test_exit_codes(tmp_path: Path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_help_is_fast_and_lists_samplers():
-    proc = run_cli("--help")
-    assert proc.returncode == 0 and "--dpm_solver" in proc.stdout and "euler_a" in proc.stdout
+def test_help_lists_samplers_without_importing_torch():
+    """--help only builds the parser: no torch, no model (what made it fast)."""
+    code = (
+        "import sys\n"
+        "from mlc.engine.txt2img import main\n"
+        "code = main(['--help'])\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--dpm_solver" in proc.stdout and "euler_a" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "torch imported: False"
+    assert run_cli("--help").returncode == 0  # the module entry point too
 
 
 def test_engine_never_imports_host_libraries():
+    """Importing every engine module loads no docker, typer or rich, not even indirectly (the
+    static side, every import statement of src/, is tests/test_layout.py's)."""
     code = (
-        "import sys, mlc.engine.txt2img, mlc.engine.loading, mlc.engine.generate, "
-        "mlc.engine.outputs, mlc.engine.export, mlc.engine.demo, mlc.engine.samplers\n"
+        "import pkgutil, importlib, sys, mlc.engine\n"
+        "names = [m.name for m in pkgutil.iter_modules(mlc.engine.__path__, 'mlc.engine.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
         "bad = [m for m in ('docker', 'typer', 'rich') if m in sys.modules]\n"
         "assert not bad, bad\n"
+        "assert len(names) > 20 and 'mlc.engine.worker' in sys.modules, names\n"
     )
-    import subprocess
-
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -265,3 +276,97 @@ def test_explicit_config_folder(capsys, tiny: TinyModel, tmp_path: Path):
     assert txt2img.main([*base, "--config", str(tiny.config)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["config"] == str(tiny.config) and len(summary["files"]) == 1
+
+
+# --- one error table ---------------------------------------------------------------------
+
+FAILURES = [
+    (
+        "torch_oom",
+        "error: out of GPU memory; try --low_vram, smaller --H/--W, drop --batched, or "
+        "--precision autocast",
+        1,
+    ),
+    ("memory", "error: out of memory; try smaller --H/--W or --n_samples", 1),
+    ("runtime", "error: RuntimeError: CUDA error: device-side assert", 1),
+    ("no_space", "error: no space left on device writing /out/x.png; free some space", 1),
+    ("engine", "error: the model is broken (see the log)", 1),
+    ("interrupt", "interrupted", 130),
+]
+
+
+def _failure(kind: str) -> BaseException:
+    import errno
+
+    import torch
+
+    from mlc.errors import EngineError
+
+    return {
+        "torch_oom": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+        "memory": MemoryError,
+        "runtime": lambda: RuntimeError("CUDA error: device-side assert\nmore detail"),
+        "no_space": lambda: OSError(errno.ENOSPC, "No space left on device", "/out/x.png"),
+        "engine": lambda: EngineError("the model is broken", hint="see the log"),
+        "interrupt": KeyboardInterrupt,
+    }[kind]()
+
+
+@pytest.mark.parametrize(("kind", "line", "code"), FAILURES, ids=[f[0] for f in FAILURES])
+def test_a_failed_run_is_one_line_through_the_error_table(capsys, kind: str, line: str, code):
+    """torch/diffusers failures stay one line with exit 1 (not internal errors), as do the
+    table's own rows; the warm worker runs the same command.main."""
+    from mlc.engine import command
+
+    def fail(spec):
+        raise _failure(kind)
+
+    assert command.main(["--n_samples", "1"], run=fail) == code
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"mlc-txt2img: {line}\n"
+
+
+def _odd_model(dest: Path) -> Path:
+    """A tiny SD-v1-shaped model whose VAE downsamples by 2 into 8 latent channels."""
+    import torch
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from mlc.engine import demo
+    from mlc.engine.export import export_checkpoint
+
+    torch.manual_seed(5)
+    unet = UNet2DConditionModel(**{**demo.UNET_CONFIG, "in_channels": 8, "out_channels": 8})
+    vae = AutoencoderKL(
+        **{
+            **demo.VAE_CONFIG,
+            "block_out_channels": [32, 32],
+            "down_block_types": ["DownEncoderBlock2D"] * 2,
+            "up_block_types": ["UpDecoderBlock2D"] * 2,
+            "latent_channels": 8,
+        }
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**demo.TEXT_CONFIG))
+    path = dest / "odd.safetensors"
+    demo.write_config_folder(demo.sidecar_dir(path), unet, vae, text_encoder)
+    return export_checkpoint(unet, vae, text_encoder, path)
+
+
+def test_f_and_c_default_to_the_models_own(capsys, tmp_path: Path):
+    """--f and --C not given: the model's VAE factor and latent channels; only an explicit
+    value that differs is refused."""
+    odd = _odd_model(tmp_path)
+    base = [*small_run(odd), "--n_samples", "1", "--n_iter", "1", "--skip_grid"]
+    for extra in ([], ["--f", "2", "--C", "8"]):
+        code = txt2img.main([*base, *extra, "--outdir", str(tmp_path / "out"), "--json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        (file,) = json.loads(out)["files"]
+        assert Image.open(file).size == (SIZE, SIZE)
+    for extra, line in (
+        (["--f", "8"], "--f 8 does not match the model's VAE, which downsamples by 2"),
+        (["--C", "4"], "--C 4 does not match the model's 8 latent channels"),
+    ):
+        assert txt2img.main([*base, *extra, "--outdir", str(tmp_path / "refused")]) == 2
+        assert capsys.readouterr().err == f"mlc-txt2img: error: {line}\n"
+    assert not (tmp_path / "refused").exists()

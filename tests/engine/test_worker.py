@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from mlc.engine import txt2img
-from mlc.engine.client import LOG, PIDFILE, SOCKET
+from mlc.engine.protocol import LOG, PIDFILE, SOCKET
 
 from .conftest import SIZE, STEPS, TinyModel, copy_model, small_run
 
@@ -201,6 +201,27 @@ def test_errors_match_the_one_shot_engine(warm: Workers, tiny: TinyModel, capsys
     assert pid is not None and _alive(pid)  # errors do not stop the worker
 
 
+def test_a_request_from_a_missing_folder_is_one_error_line(warm: Workers):
+    """The worker's own failures go through the same error table as the engine's."""
+    from mlc.engine.client import connect
+    from mlc.engine.protocol import send
+
+    workers = warm
+    workers.json("--outdir", "missing-cwd")  # the worker runs
+    got = connect(workers.dir)
+    assert got is not None
+    sock, lines, hello = got
+    with sock:
+        request = {"op": "run", "argv": ["--n_samples", "1"], "cwd": "/nonexistent/where"}
+        send(sock, {**request, "env": {}, "umask": 0o022, "idle": None, "tag": None})
+        replies = [lines.next(), lines.next()]
+    assert replies[0] is not None and replies[0]["err"].startswith(
+        "mlc-txt2img: error: cannot enter /nonexistent/where: [Errno 2]"
+    )
+    assert replies[0]["err"].count("\n") == 1 and replies[1] == {"exit": 1}
+    assert workers.pid() == hello["pid"] and _alive(hello["pid"])  # and it serves on
+
+
 def test_stop_worker(workers: Workers):
     pid = workers.json()["worker"]["pid"]
     p = subprocess.run(
@@ -216,6 +237,17 @@ def test_stop_worker(workers: Workers):
     assert "exits after" in (workers.dir / LOG).read_text()
 
 
+def test_the_worker_does_not_keep_the_exec_tags(workers: Workers):
+    """The host kills the processes whose environment holds MLC_EXEC=<its exec's tag> when
+    that exec is interrupted: the worker, which outlives it, must never be one of them."""
+    summary = workers.json(MLC_EXEC="exec-tag-1", MLC_REQUEST_TAG="req-tag-1")
+    pid = summary["worker"]["pid"]
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    names = {item.partition(b"=")[0].decode() for item in raw if item}
+    assert "MLC_EXEC" not in names and "MLC_REQUEST_TAG" not in names
+    assert "MLC_WORKER_DIR" in names and "PATH" in names  # the rest is kept
+
+
 def test_idle_exit(workers: Workers):
     first = workers.json("--idle", "2")
     pid = first["worker"]["pid"]
@@ -227,17 +259,22 @@ def test_idle_exit(workers: Workers):
 
 
 def _kill_worker_at_first_image(workers: Workers, proc: subprocess.Popen, times: int) -> list[str]:
+    """Kill the worker at the first image of each try (a retry resumes after the saved ones)."""
     assert proc.stderr is not None
     lines: list[str] = []
     kills = 0
+    armed = True
     for line in proc.stderr:
         lines.append(line)
-        if line.startswith("[1/") and kills < times:
+        if "restarting it and retrying" in line:
+            armed = True
+        elif line.startswith("[") and armed and kills < times:
             pid = workers.pid()
             assert pid is not None
             workers.pids.add(pid)
             os.kill(pid, signal.SIGKILL)
             kills += 1
+            armed = False
     proc.wait(timeout=300)
     return lines
 
@@ -262,6 +299,7 @@ def test_restart_after_crashes(workers: Workers):
     err = _kill_worker_at_first_image(workers, proc, times=2)
     assert proc.returncode == 1
     assert err[-1].startswith("mlc-txt2img: error: the engine worker stopped twice")
+    assert "image" in err[-1] and "of this run" in err[-1]  # says what was kept
     assert "Traceback" not in "".join(err)
 
 
@@ -307,7 +345,9 @@ def test_ctrl_c_cancels_and_the_worker_stays(warm: Workers):
     assert after["worker"]["pid"] == pid and after["timings"]["load_s"] == 0
     made = list((workers.cwd / "cancelled" / "samples").glob("*.png"))
     assert 1 <= len(made) < 40  # the worker stopped the request
-    assert "client gone: interrupting" in (workers.dir / LOG).read_text()
+    log = (workers.dir / LOG).read_text()
+    assert "the client left: cancelling the running request" in log
+    assert "the client left: stopped " in log  # at a step, or before the next image
 
 
 def test_cancel_by_tag_running_and_queued(warm: Workers):
@@ -435,9 +475,6 @@ def test_no_worker_and_usage_of_client_flags(workers: Workers):
     assert p.returncode == 0, p.stderr
     assert "worker" not in json.loads(p.stdout)
     assert workers.pid() is None  # no worker was started
-    p = workers.run("--idle", "soon")
-    assert p.returncode == 2
-    assert p.stderr == "mlc-txt2img: error: --idle must be a number of seconds >= 0, not 'soon'\n"
     p = subprocess.run(
         [sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
         capture_output=True,
@@ -446,6 +483,39 @@ def test_no_worker_and_usage_of_client_flags(workers: Workers):
         timeout=60,
     )
     assert p.returncode == 0 and "no engine worker is running" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--idle", "soon"], "--idle must be a number of seconds >= 0, not 'soon'"),
+        (["--idle=-1"], "--idle must be a number of seconds >= 0, not '-1'"),
+        (["--idle", "inf"], "--idle must be a number of seconds >= 0, not 'inf'"),
+        (["--cancel"], "--cancel needs a value"),
+    ],
+)
+def test_client_flag_errors_are_usage_errors(capsys, monkeypatch, tmp_path, argv, line):
+    """In process: checked before any folder or socket is touched; exit 2, one line."""
+    from mlc.engine import client
+
+    monkeypatch.setenv("MLC_WORKER_DIR", str(tmp_path / "w"))
+    assert client.main(argv) == 2
+    assert capsys.readouterr().err == f"mlc-txt2img: error: {line}\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_client_failures_are_worker_errors_in_the_one_tree(capsys, monkeypatch, tmp_path):
+    from mlc.engine import client
+    from mlc.errors import MlcError, WorkerError
+
+    assert issubclass(WorkerError, MlcError)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MLC_WORKER_DIR", str(tmp_path / "file"))
+    assert client.main(["--stop-worker"]) == 1
+    folder = tmp_path / "file"
+    assert capsys.readouterr().err == (
+        f"mlc-txt2img: error: {folder} is not a folder; remove it or set MLC_WORKER_DIR\n"
+    )
 
 
 def test_the_client_imports_no_torch():

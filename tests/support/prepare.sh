@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the test suite needs on this host, idempotent: a Docker engine (installed and
-# started when none answers), the local test images, the non-root test user, and headless
-# Chromium for the explorer test. Root only; `make test` runs it when it runs as root, and
+# started when none answers), the local test images (the seed's torch 2.0.1 one too), the
+# non-root test user, the ssh user with openssh-server and socat for the remote-engine tests,
+# and headless Chromium for the explorer test. Root only; `make test` runs it when it runs as root, and
 # .ci/run does too. Each step skips what is already done.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -22,4 +23,5 @@ timed bash images/local/engine.sh
 timed bash images/local/build.sh
 test_user() { bash tests/support/testuser.sh >/dev/null; }  # defaults match tests/conftest.py
 timed test_user
+timed bash tests/support/remoteuser.sh  # sshd, socat and the ssh user for tests/test_remote.py
 timed browser

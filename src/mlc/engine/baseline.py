@@ -21,13 +21,25 @@ from typing import Any
 
 
 class StepClock:
-    """Wall-clock start and end of every call of a module (the UNet): one per denoising step."""
+    """Wall-clock start and end of every denoising step: of every call of MODULE (the UNet),
+    or, without one, of whatever calls ``pre()`` and ``post()`` (the engine's graphed step,
+    whose replays run no UNet hook)."""
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: Any = None, *, sync: Any = None) -> None:
         self.starts: list[float] = []
         self.ends: list[float] = []
-        module.register_forward_pre_hook(lambda *_: self.starts.append(time.time()))
-        module.register_forward_hook(lambda *_: self.ends.append(time.time()))
+        self.sync = sync  # called before an end is read (torch.cuda.synchronize on a GPU)
+        if module is not None:
+            module.register_forward_pre_hook(lambda *_: self.pre())
+            module.register_forward_hook(lambda *_: self.post())
+
+    def pre(self) -> None:
+        self.starts.append(time.time())
+
+    def post(self) -> None:
+        if self.sync is not None:
+            self.sync()
+        self.ends.append(time.time())
 
 
 def peak_memory(device: str) -> tuple[int, int | None]:
@@ -103,8 +115,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from mlc.engine import offline
-
-    offline()
+if __name__ == "__main__":  # importing mlc.engine has switched the hub off (offline())
     raise SystemExit(main())

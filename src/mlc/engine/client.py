@@ -3,153 +3,66 @@
 It imports no torch or diffusers (it starts in a fraction of a second), connects to the
 user's worker (``mlc.engine.worker``) on a Unix socket in a private folder, starting the
 worker on first use, sends the command line, streams the worker's stdout and stderr back,
-and exits with the engine's exit code (0, 1, 2 or 130, as ``mlc-txt2img``).
+and exits with the engine's exit code (0, 1, 2 or 130, as ``mlc-txt2img``). Ctrl-C, SIGTERM
+and SIGHUP all end it the same way: its request is cancelled (the worker sees it leave and
+stops after the current denoising step); exit 130 for Ctrl-C, 128 + N for signal N.
 
 Client flags (everything else goes to the engine unchanged):
   --no-worker      run the one-shot engine in this process instead (``mlc-txt2img``)
   --idle SECONDS   the worker exits after this long without requests (default: $MLC_WORKER_IDLE,
                    else 600); also updates a running worker
-  --stop-worker    ask the worker to exit (after the requests it has queued)
+  --stop-worker    stop the worker now: its running and queued requests are cancelled
   --cancel TAG     cancel the request tagged TAG ($MLC_REQUEST_TAG of its client)
 
-Protocol: newline-delimited JSON over ``$MLC_WORKER_DIR/engine.sock`` (default
-``/tmp/mlc-<uid>/``, mode 0700, socket 0600; both ends check the peer's uid). The worker
-greets with ``{"hello": {pid, uid, code, idle}}``; the client sends one request
-``{"op": "run", "argv", "cwd", "env", "umask", "idle", "tag"}`` (or ``stop``, ``cancel``,
-``ping``) and reads ``{"queued": n}``, ``{"out": text}``, ``{"err": text}`` and finally
-``{"exit": code}``; ``{"error": text}`` is a refusal. A connection that ends without an exit
-code means the worker died: it is restarted and the request retried once.
+Protocol: ``mlc.engine.protocol`` (newline-delimited JSON over ``$MLC_WORKER_DIR/engine.sock``).
+A connection that ends without an exit code means the worker died: it is restarted and the
+request retried once, resuming after the last image the worker said it saved (``image``
+messages), so no seed is made twice and no file written twice. A worker killed by the
+kernel's OOM killer (its cgroup's counter rose: ``mlc.engine.oomkill``) is reported as such,
+without a retry. Errors are one line through the one error table (``WorkerError``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
-import stat
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-import mlc
+from mlc.engine import PROG, UsageError, guarded, stopped_like_ctrl_c
+from mlc.engine.env import request_env, request_tag, worker_dir, worker_environ, worker_idle
+from mlc.engine.oomkill import OomCounter, killed_for_memory, oom_counter
+from mlc.engine.protocol import (
+    LOCK,
+    LOG,
+    SOCKET,
+    Lines,
+    code_fingerprint,
+    idle_seconds,
+    peer_uid,
+    private_dir,
+    send,
+)
+from mlc.errors import WorkerError
 
-PROG = "mlc-txt2img"
-SOCKET = "engine.sock"
-LOCK = "start.lock"
-LOG = "worker.log"
-PIDFILE = "worker.pid"
-DEFAULT_IDLE = 600.0
 START_TIMEOUT = 120.0
-ENV_PASSED = ("MLC_CKPT", "MLC_TINY_VAE")  # per-request environment the worker applies
-EXIT_INTERRUPTED = 130
-
-
-class ClientError(Exception):
-    """A one-line error of the client or the worker; EXIT is the exit code."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class WorkerGone(Exception):
-    """The connection ended without an exit code. ACCEPTED: the worker had taken the request."""
+    """The connection ended without an exit code. ACCEPTED: the worker had taken the request;
+    OOM: its memory cgroup's OOM-kill counter when the request was sent."""
 
-    def __init__(self, accepted: bool) -> None:
+    def __init__(self, accepted: bool, oom: OomCounter | None = None) -> None:
         super().__init__("the engine worker went away")
-        self.accepted = accepted
+        self.accepted, self.oom = accepted, oom
 
 
-# -- the private folder ------------------------------------------------------------------------
-
-
-def worker_dir() -> Path:
-    """``$MLC_WORKER_DIR``, else ``/tmp/mlc-<uid>``."""
-    return Path(os.environ.get("MLC_WORKER_DIR") or f"/tmp/mlc-{os.getuid()}")
-
-
-def private_dir(d: Path) -> Path:
-    """Create D (0700) or check it: a real folder owned by this user that no one else can use."""
-    with contextlib.suppress(FileExistsError, PermissionError):
-        os.mkdir(d, 0o700)
-    try:
-        st = os.lstat(d)
-    except OSError as err:
-        raise ClientError(f"cannot create the engine worker folder {d}: {err.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise ClientError(f"{d} is not a folder; remove it or set MLC_WORKER_DIR")
-    if st.st_uid != os.getuid():
-        raise ClientError(
-            f"the engine worker folder {d} belongs to uid {st.st_uid}, not to you "
-            f"(uid {os.getuid()}); it cannot be used (set MLC_WORKER_DIR or use --no-worker)"
-        )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(d, 0o700)
-    return d
-
-
-def code_fingerprint() -> str:
-    """Which engine code a process runs: the package folder's identity, version, python."""
-    st = os.stat(Path(mlc.__file__).resolve().parent)
-    return f"{mlc.__version__}:{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}:{sys.executable}"
-
-
-def idle_seconds(text: str | None) -> float:
-    """Parse an idle time in seconds (``--idle``, ``MLC_WORKER_IDLE``)."""
-    if text is None or text == "":
-        return DEFAULT_IDLE
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise ClientError(f"--idle must be a number of seconds >= 0, not {text!r}", 2)
-    return value
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket (None where unknown)."""
-    opt = getattr(socket, "SO_PEERCRED", None)
-    if opt is None:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, opt, 12))
-    return uid
-
-
-# -- messages ----------------------------------------------------------------------------------
-
-
-def send(sock: socket.socket, message: dict[str, Any]) -> None:
-    """One JSON line."""
-    sock.sendall(json.dumps(message).encode() + b"\n")
-
-
-class Lines:
-    """JSON lines read from a socket; None at the end of the stream."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buf = sock, b""
-
-    def next(self) -> dict[str, Any] | None:
-        """The next message, or None when the peer closed (or the connection broke)."""
-        while b"\n" not in self.buf:
-            try:
-                chunk = self.sock.recv(65536)
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            return json.loads(line)
-        except ValueError:
-            return None
+# -- connecting -------------------------------------------------------------------------------
 
 
 def connect(d: Path) -> tuple[socket.socket, Lines, dict[str, Any]] | None:
@@ -162,11 +75,11 @@ def connect(d: Path) -> tuple[socket.socket, Lines, dict[str, Any]] | None:
         return None
     except PermissionError:
         sock.close()
-        raise ClientError(f"permission denied on the engine worker socket {d / SOCKET}") from None
+        raise WorkerError(f"permission denied on the engine worker socket {d / SOCKET}") from None
     uid = peer_uid(sock)
     if uid is not None and uid != os.getuid():
         sock.close()
-        raise ClientError(
+        raise WorkerError(
             f"the engine worker at {d / SOCKET} runs as uid {uid}, not as you; refusing it"
         )
     lines = Lines(sock)
@@ -176,7 +89,7 @@ def connect(d: Path) -> tuple[socket.socket, Lines, dict[str, Any]] | None:
         return None
     if "error" in first:
         sock.close()
-        raise ClientError(str(first["error"]))
+        raise WorkerError(str(first["error"]))
     return sock, lines, first.get("hello", {})
 
 
@@ -189,7 +102,8 @@ def _log_tail(d: Path, n: int = 5) -> str:
 
 
 def start_worker(d: Path, idle: float) -> None:
-    """Start a detached worker in D (the caller holds the start lock)."""
+    """Start a detached worker in D (the caller holds the start lock), in its own session and
+    without the exec's tags (``env.EXEC_ENV``): it outlives the exec that started it."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(d / SOCKET)  # a dead worker's socket
     log_path = d / LOG
@@ -203,6 +117,7 @@ def start_worker(d: Path, idle: float) -> None:
             stdout=log,
             stderr=log,
             cwd=str(d),
+            env=worker_environ(),  # not the exec's tags: the host's cleanup must not match it
             start_new_session=True,  # not killed by the client's Ctrl-C, outlives it
             close_fds=True,
         )
@@ -212,12 +127,12 @@ def start_worker(d: Path, idle: float) -> None:
             return
         code = proc.poll()
         if code is not None:
-            raise ClientError(
+            raise WorkerError(
                 f"the engine worker did not start (exit {code}): {_log_tail(d)} "
                 "(run with --no-worker to use the one-shot engine)"
             )
         time.sleep(0.02)
-    raise ClientError(
+    raise WorkerError(
         f"the engine worker did not start within {START_TIMEOUT:.0f} s; see {log_path}"
     )
 
@@ -247,7 +162,7 @@ def open_worker(d: Path, idle: float) -> tuple[socket.socket, Lines, dict[str, A
                 if got:
                     return got
                 time.sleep(0.05)
-            raise ClientError(f"cannot connect to the engine worker; see {d / LOG}")
+            raise WorkerError(f"cannot connect to the engine worker; see {d / LOG}")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -255,18 +170,42 @@ def open_worker(d: Path, idle: float) -> tuple[socket.socket, Lines, dict[str, A
 # -- requests ----------------------------------------------------------------------------------
 
 
-def _write(stream: Any, text: str) -> None:
+MID_LINE: set[int] = set()
+"""The streams (``id``) whose last write did not end a line (the client's own lines start a
+new one: they never land in the middle of the worker's)."""
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """TEXT to STREAM in one write (the worker sends whole lines)."""
+    if not text:
+        return
     try:
         stream.buffer.write(text.encode("utf-8", "replace"))
         stream.flush()
     except BrokenPipeError:  # `| head`: keep the request going, drop the rest
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())
+    if text.endswith("\n"):
+        MID_LINE.discard(id(stream))
+    else:
+        MID_LINE.add(id(stream))
 
 
-def attempt(d: Path, argv: list[str], idle: float, idle_given: bool) -> int:
-    """One try of a request; WorkerGone when the connection ends without an exit code."""
-    sock, lines, _hello = open_worker(d, idle)
+def _say(text: str) -> None:
+    """One line of the client's own on stderr, never glued to a line the worker left open."""
+    for stream in (sys.stdout, sys.stderr):
+        if id(stream) in MID_LINE:
+            _write(stream, "\n")
+    _write(sys.stderr, f"{PROG}: {text}\n")
+
+
+def attempt(
+    d: Path, argv: list[str], idle: float, idle_given: bool, saved: list[dict[str, Any]]
+) -> int:
+    """One try of a request (resuming after the images in SAVED, to which the images this try
+    saves are added); WorkerGone when the connection ends without an exit code."""
+    sock, lines, hello = open_worker(d, idle)
+    oom = oom_counter(hello["pid"]) if isinstance(hello.get("pid"), int) else None
     with sock:
         umask = os.umask(0o022)
         os.umask(umask)
@@ -274,59 +213,81 @@ def attempt(d: Path, argv: list[str], idle: float, idle_given: bool) -> int:
             "op": "run",
             "argv": argv,
             "cwd": os.getcwd(),
-            "env": {k: os.environ[k] for k in ENV_PASSED if k in os.environ},
+            "env": request_env(),
             "umask": umask,
             "idle": idle if idle_given else None,
-            "tag": os.environ.get("MLC_REQUEST_TAG"),
+            "tag": request_tag(),
+            "resume": saved,
         }
         try:
             send(sock, request)
         except OSError:
-            raise WorkerGone(accepted=False) from None
+            raise WorkerGone(False, oom) from None
         accepted = False
         while True:
             msg = lines.next()
             if msg is None:
-                raise WorkerGone(accepted)
+                raise WorkerGone(accepted, oom)
             accepted = True
             if "out" in msg:
                 _write(sys.stdout, msg["out"])
             elif "err" in msg:
                 _write(sys.stderr, msg["err"])
+            elif "image" in msg:
+                saved.append(msg["image"])
             elif "queued" in msg:
                 ahead = int(msg["queued"])
-                _write(
-                    sys.stderr,
-                    f"{PROG}: waiting for the engine worker "
-                    f"({ahead} request{'s' if ahead != 1 else ''} ahead)\n",
+                _say(
+                    f"waiting for the engine worker "
+                    f"({ahead} request{'s' if ahead != 1 else ''} ahead)"
                 )
             elif "exit" in msg:
                 return int(msg["exit"])
             elif "error" in msg:
-                raise ClientError(str(msg["error"]))
+                raise WorkerError(str(msg["error"]))
+
+
+def _kept(saved: list[dict[str, Any]]) -> str:
+    """How many images this request saved, and where."""
+    if not saved:
+        return "no image of this run was saved"
+    n, where = len(saved), Path(str(saved[-1].get("file", ""))).parent
+    return f"{n} image{'s' if n != 1 else ''} of this run kept in {where}"
 
 
 def run(argv: list[str], idle: float, idle_given: bool) -> int:
-    """A request with the crash rule: the worker restarted and the request retried once."""
+    """A request with the crash rule: the worker restarted and the request retried once,
+    resuming after the images already saved; an out-of-memory kill is said, not retried."""
     d = private_dir(worker_dir())
     failures = tries = 0
+    saved: list[dict[str, Any]] = []
     while True:
         tries += 1
         try:
-            return attempt(d, argv, idle, idle_given)
+            return attempt(d, argv, idle, idle_given, saved)
         except WorkerGone as gone:
+            oom = killed_for_memory(gone.oom)
+            if oom is not None:
+                limit = f" (its memory limit: {oom.limit / 2**20:.0f} MiB)" if oom.limit else ""
+                raise WorkerError(
+                    f"the engine worker ran out of memory and was killed by the kernel{limit}; "
+                    f"{_kept(saved)}",
+                    hint="try a smaller --H/--W, a smaller --n_samples with --batched, or "
+                    "--low_vram; or give the container more memory",
+                ) from None
             if gone.accepted:
                 failures += 1
             if failures >= 2 or tries >= 5:
-                raise ClientError(
-                    f"the engine worker stopped twice during this request; see {d / LOG} "
-                    "(or run with --no-worker)"
+                raise WorkerError(
+                    f"the engine worker stopped twice during this request; {_kept(saved)}; "
+                    f"see {d / LOG} (or run with --no-worker)"
                 ) from None
             if gone.accepted:
-                _write(
-                    sys.stderr,
-                    f"{PROG}: note: the engine worker stopped unexpectedly; "
-                    "restarting it and retrying the request\n",
+                n = len(saved)
+                resume = f", resuming after its {n} saved image{'s' if n != 1 else ''}"
+                _say(
+                    "note: the engine worker stopped unexpectedly; restarting it and retrying "
+                    f"the request{resume if n else ''}"
                 )
 
 
@@ -335,15 +296,15 @@ def control(op: str, **fields: Any) -> int:
     d = private_dir(worker_dir())
     got = connect(d)
     if not got:
-        _write(sys.stderr, f"{PROG}: no engine worker is running\n")
+        _say("no engine worker is running")
         return 0
     sock, lines, _ = got
     with sock:
         send(sock, {"op": op, **fields})
         reply = lines.next() or {}
     if "error" in reply:
-        raise ClientError(str(reply["error"]))
-    _write(sys.stderr, f"{PROG}: {reply.get('ok', 'done')}\n")
+        raise WorkerError(str(reply["error"]))
+    _say(str(reply.get("ok", "done")))
     return 0
 
 
@@ -360,7 +321,7 @@ def split_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
             if not eq:
                 value = next(it, None)
                 if value is None:
-                    raise ClientError(f"{name} needs a value", 2)
+                    raise UsageError(f"{name} needs a value")
             own[name] = value
         else:
             rest.append(arg)
@@ -376,28 +337,27 @@ def one_shot(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the client; returns the exit code."""
+    """Run the client; returns the exit code (failures: one line, ``mlc.errors``' table).
+    SIGTERM and SIGHUP end it as Ctrl-C does: the request is cancelled (exit 143, 129)."""
+    with stopped_like_ctrl_c():
+        return guarded(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _main(argv: list[str]) -> int:
+    own, rest = split_flags(argv)
     try:
-        own, rest = split_flags(list(sys.argv[1:] if argv is None else argv))
         if own.get("--stop-worker"):
-            return control("stop")
+            return control("stop", cancel=True)
         if "--cancel" in own:
             return control("cancel", tag=own["--cancel"])
-        idle_given = "--idle" in own or bool(os.environ.get("MLC_WORKER_IDLE"))
-        idle = idle_seconds(own.get("--idle", os.environ.get("MLC_WORKER_IDLE")))
+        idle_given = "--idle" in own or worker_idle() is not None
+        idle = idle_seconds(own.get("--idle", worker_idle()))
         # --help and the benchmark (which measures loading) run one-shot.
         if own.get("--no-worker") or any(a in ("-h", "--help", "--bench") for a in rest):
             return one_shot(rest)
         return run(rest, idle, idle_given)
-    except ClientError as err:
-        _write(sys.stderr, f"{PROG}: error: {err}\n")
-        return err.exit_code
-    except KeyboardInterrupt:  # the worker sees the connection close and aborts the request
-        _write(sys.stderr, f"{PROG}: interrupted\n")
-        return EXIT_INTERRUPTED
-    except OSError as err:
-        _write(sys.stderr, f"{PROG}: error: engine worker: {err}\n")
-        return 1
+    except OSError as err:  # the socket or the folder (Ctrl-C: the worker sees us leave)
+        raise WorkerError(f"engine worker: {err}") from err
 
 
 if __name__ == "__main__":

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlc.engine import offline
-
-offline()
-
-import torch  # noqa: E402
+import torch
 
 
 class DeepCache:

@@ -18,9 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlc.engine import CONFIG_DIR, offline
-
-offline()
+from mlc.engine import CONFIG_DIR
 
 DEMO_NAME = "mlc-demo-tiny"
 DEMO_SEED = 20240601

@@ -13,11 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mlc.engine import offline
-
-offline()
-
-import torch  # noqa: E402
+import torch
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

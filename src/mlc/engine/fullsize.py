@@ -12,25 +12,17 @@ CLI: ``python -m mlc.engine.fullsize [--dir DIR] [--format ckpt|safetensors]`` p
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from mlc.engine import CONFIG_DIR, offline
-
-offline()
+from mlc.engine import CONFIG_DIR
+from mlc.engine.env import bench_dir
 
 NAME = "sd15-random"
 SEED = 1234
 MIN_BYTES = 4_000_000_000  # a complete fp32 file is 4.27 GB; anything smaller is partial
-
-
-def bench_dir() -> Path:
-    """``$MLC_BENCH_DIR``, else ``~/.cache/mlc/bench``."""
-    env = os.environ.get("MLC_BENCH_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mlc" / "bench"
 
 
 def build_fullsize(dest: Path, fmt: str = "ckpt", *, seed: int = SEED) -> Path:

@@ -18,12 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlc.engine import offline
+import torch
+
+from mlc.engine.cudagraphs import steps_for, unsupported
 from mlc.engine.samplers import make_scheduler
-
-offline()
-
-import torch  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,11 @@ class Settings:
     deepcache: int = 0  # full UNet every N steps, cached deep features between (0: off)
     tome: float = 0.0  # token merging ratio in the highest-resolution blocks (0: off)
     tiny_vae: bool = False  # decode with TAESD (Renderer.tiny_vae) instead of the full VAE
+    # where the latents and the sampler's math live: "float32" (the engine's default, see
+    # docs/benchmarks.md "The GPU contract with diffusers") or "model": the model's dtype, as
+    # diffusers' fp16 pipeline keeps them (same pixels as StableDiffusionPipeline in fp16)
+    latents: str = "float32"
+    cuda_graphs: bool = True  # replay each step's UNet call from a CUDA graph on CUDA
 
 
 @dataclass
@@ -107,12 +110,16 @@ class Renderer:
         *,
         tiny_vae: Any = None,
         offload: Any = None,
+        steps: Any = None,
     ):
         self.c = components
         self.device = torch.device(device)
         self.dtype = dtype or torch.float32
         self.tiny_vae = tiny_vae  # AutoencoderTiny for Settings.tiny_vae (mlc.engine.tinyvae)
         self.offload = offload  # mlc.engine.lowvram.Offload: models visit the GPU one at a time
+        # the UNet + CFG part of each step: a CUDA graph per shape on CUDA, eager elsewhere
+        # (mlc.engine.cudagraphs.GraphedStep; the loaded UNet's own unless STEPS is given)
+        self.steps = steps
         self._embeds: dict[str, torch.Tensor] = {}
         self._vae32: Any = None
         self.first_step_at: float | None = None  # time.time() when the first UNet call began
@@ -152,14 +159,15 @@ class Renderer:
         generators: list[torch.Generator],
         on_step: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
-        """The sampling loop for one batch; returns the final latents (fp32)."""
+        """The sampling loop for one batch; returns the final latents (fp32, or the model's
+        dtype with ``settings.latents == "model"``)."""
         scheduler = make_scheduler(settings.sampler, self.c.schedule)
         scheduler.set_timesteps(settings.steps, device=self.device)
         shape = self.latent_shape(settings)
         noise = torch.cat(
             [initial_noise(s.seed, shape, g) for s, g in zip(specs, generators, strict=True)]
         )
-        latents = noise.to(self.device) * scheduler.init_noise_sigma
+        latents = noise.to(self.device, self.latents_dtype(settings)) * scheduler.init_noise_sigma
 
         cond = torch.cat([self.encode(s.prompt) for s in specs])
         cfg = settings.scale != 1.0
@@ -176,21 +184,43 @@ class Renderer:
 
         timesteps = scheduler.timesteps
         with self._on_device(self.c.unet), self._speed_modes(settings) as unet:
+            # the CFG pair through the UNet and the guidance combine (cudagraphs.guided_eps),
+            # replayed from a CUDA graph where one can be used
+            model = self._graphed().bind(
+                unet,
+                cond,
+                scale=settings.scale,
+                cfg=cfg,
+                dtype=self.dtype,
+                device=self.device,
+                why_eager="off"
+                if not settings.cuda_graphs
+                else unsupported(
+                    deepcache=settings.deepcache,
+                    tome=settings.tome,
+                    low_vram=self.offload is not None,
+                ),
+            )
             for i, t in enumerate(timesteps):
                 if self.first_step_at is None:
                     self.first_step_at = time.time()
-                model_input = torch.cat([latents] * 2) if cfg else latents
-                model_input = scheduler.scale_model_input(model_input, t)
-                eps = unet(
-                    model_input.to(self.dtype), t, encoder_hidden_states=cond, return_dict=False
-                )[0].to(latents.dtype)
-                if cfg:
-                    eps_uncond, eps_cond = eps.chunk(2)
-                    eps = eps_uncond + settings.scale * (eps_cond - eps_uncond)
+                eps = model(scheduler.scale_model_input(latents, t), t)
                 latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]
                 if on_step is not None:
                     on_step(i + 1, len(timesteps))
         return latents
+
+    def latents_dtype(self, settings: Settings) -> torch.dtype:
+        """The latents' dtype: fp32, or the model's (``settings.latents == "model"``; the
+        noise is drawn in fp32 and cast, which equals drawing it in fp16 on the CPU)."""
+        return self.dtype if settings.latents == "model" else torch.float32
+
+    def _graphed(self) -> Any:
+        """The GraphedStep of this renderer's UNet (its notes said once in this run)."""
+        if self.steps is None:
+            self.steps = steps_for(self.c.unet)
+            self.steps.begin_run()
+        return self.steps
 
     @contextlib.contextmanager
     def _speed_modes(self, settings: Settings) -> Iterator[Any]:
@@ -241,6 +271,25 @@ class Renderer:
             fallback = True
         return to_pil(image), fallback
 
+    def render_iter(
+        self,
+        specs: Sequence[ImageSpec],
+        settings: Settings,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> Iterator[Generated]:
+        """The images of one batch, each yielded as soon as it is decoded (per image, or the
+        whole batch at once when ``settings.batched``). ON_STEP(i, n) runs after every
+        denoising step: raising there stops the batch between two steps."""
+        groups = [list(specs)] if settings.batched else [[s] for s in specs]
+        for group in groups:
+            start = time.perf_counter()
+            generators = [torch.Generator("cpu").manual_seed(s.seed) for s in group]
+            latents = self.denoise(group, settings, generators, on_step)
+            images, fallback = self.decode(latents, tiny=settings.tiny_vae)
+            share = (time.perf_counter() - start) / len(group)
+            for s, im in zip(group, images, strict=True):
+                yield Generated(s, im, share, fallback)
+
     def render(
         self,
         specs: Sequence[ImageSpec],
@@ -248,28 +297,19 @@ class Renderer:
         on_step: Callable[[int, int], None] | None = None,
     ) -> list[Generated]:
         """Make the images of one batch (per image, or as one batch when ``settings.batched``)."""
-        groups = [list(specs)] if settings.batched else [[s] for s in specs]
-        results: list[Generated] = []
-        for group in groups:
-            start = time.perf_counter()
-            generators = [torch.Generator("cpu").manual_seed(s.seed) for s in group]
-            latents = self.denoise(group, settings, generators, on_step)
-            images, fallback = self.decode(latents, tiny=settings.tiny_vae)
-            share = (time.perf_counter() - start) / len(group)
-            results += [
-                Generated(s, im, share, fallback) for s, im in zip(group, images, strict=True)
-            ]
-        return results
+        return list(self.render_iter(specs, settings, on_step))
 
     def run(
         self,
         batches: Sequence[Sequence[ImageSpec]],
         settings: Settings,
         on_image: Callable[[Generated], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> Iterator[Generated]:
-        """Render every batch in order, yielding images as they are done."""
+        """Render every batch in order, yielding each image as soon as it is decoded (the
+        caller saves it before the next one is made)."""
         for specs in batches:
-            for result in self.render(specs, settings):
+            for result in self.render_iter(specs, settings, on_step):
                 if on_image is not None:
                     on_image(result)
                 yield result

@@ -1,7 +1,8 @@
 """Numbering that never overwrites, grids, and PNG metadata.
 
 Layout (as the classic script): ``<outdir>/samples/NNNNN.png`` and ``<outdir>/grid-NNNN.png``.
-Numbers continue after the highest existing one, and each name is claimed atomically
+Numbers continue after the highest existing one (only names of that form count: a stray
+``2024-vacation.jpg`` does not shift them), and each name is claimed atomically
 (``O_CREAT | O_EXCL``) before the image is written beside it and renamed over the claim,
 so concurrent runs sharing an outdir never overwrite each other's files.
 """
@@ -9,6 +10,7 @@ so concurrent runs sharing an outdir never overwrite each other's files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -18,10 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlc.errors import NoSpaceError
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a full quota
+GRID_MAX_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS: a larger grid warns on every open
 PARAMETERS_KEY = "parameters"  # A1111's text chunk
 JSON_KEY = "mlc"  # our JSON chunk
-SAMPLE_PATTERN = re.compile(r"^(\d+)")
-GRID_PATTERN = re.compile(r"^grid-(\d+)")
+SAMPLE_PATTERN = re.compile(r"^(\d{5,})\.png$")  # only the engine's own names count
+GRID_PATTERN = re.compile(r"^grid-(\d{4,})\.png$")
 
 
 @dataclass
@@ -72,18 +78,26 @@ def grid_numbering(outdir: str | Path) -> Numbering:
 def write_claimed(numbering: Numbering, write: Callable[[Path], None]) -> Path:
     """Claim the next name, WRITE a temporary file beside it and rename it into place.
 
-    A failure removes both, so no half-written file and no empty claim is left behind.
+    A failure removes both, so no half-written file and no empty claim is left behind. A full
+    disk (or quota) is a NoSpaceError naming the file.
     """
-    path = numbering.claim()
+    try:
+        path = numbering.claim()
+    except OSError as err:
+        if err.errno in FULL:
+            raise NoSpaceError(f"no space left on device in {numbering.directory}") from err
+        raise
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
         with contextlib.suppress(OSError):
             path.unlink()
+        if isinstance(err, OSError) and err.errno in FULL:
+            raise NoSpaceError(f"no space left on device writing {path}") from err
         raise
     return path
 
@@ -132,19 +146,36 @@ def a1111_parameters(prompt: str, negative_prompt: str, fields: Sequence[tuple[s
     return "\n".join(lines)
 
 
+def grid_size(
+    count: int, size: tuple[int, int], n_per_row: int, padding: int = 2
+) -> tuple[int, int]:
+    """(width, height) of the grid of COUNT images of SIZE, as ``make_grid`` lays it out."""
+    width, height = size
+    cols = min(max(n_per_row, 1), max(count, 1))
+    rows = math.ceil(count / cols)
+    return cols * (width + padding) + padding, rows * (height + padding) + padding
+
+
 def make_grid(images: Sequence[Any], n_per_row: int, padding: int = 2) -> Any:
-    """torchvision ``make_grid`` geometry: ``n_per_row`` images per row, black ``padding``."""
+    """torchvision ``make_grid`` geometry: ``n_per_row`` images per row, black ``padding``.
+    IMAGES are PIL images or PNG paths (opened one at a time: only the grid is in memory)."""
     from PIL import Image
 
     if not images:
         raise ValueError("no images for a grid")
-    width, height = images[0].size
+
+    def opened(item: Any) -> Any:
+        return Image.open(item) if isinstance(item, (str, Path)) else contextlib.nullcontext(item)
+
+    with opened(images[0]) as first:
+        width, height = first.size
     cols = min(max(n_per_row, 1), len(images))
-    rows = math.ceil(len(images) / cols)
-    grid = Image.new(
-        "RGB", (cols * (width + padding) + padding, rows * (height + padding) + padding), 0
-    )
-    for i, im in enumerate(images):
+    grid = Image.new("RGB", grid_size(len(images), (width, height), n_per_row, padding), 0)
+    for i, item in enumerate(images):
         row, col = divmod(i, cols)
-        grid.paste(im, (col * (width + padding) + padding, row * (height + padding) + padding))
+        with opened(item) as im:
+            grid.paste(
+                im.convert("RGB"),
+                (col * (width + padding) + padding, row * (height + padding) + padding),
+            )
     return grid

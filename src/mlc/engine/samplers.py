@@ -11,10 +11,6 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlc.engine import offline
-
-offline()
-
 
 @dataclass(frozen=True)
 class Sampler:

@@ -4,10 +4,18 @@ One process loads the model once and renders the same image (the benchmark's pro
 seed) exactly and with every speed mode: ``--fast`` (DPM++ 2M Karras at 40% of the steps,
 20 of the seed's 50), ``--deepcache 3``, ``--tome 0.5``, ``--tiny_vae`` and all of them
 together. For each it reports seconds per image (median of ``--bench_repeat`` runs after an
-untimed 2-step warm-up of every mode), the speed-up over the exact run, and the deviation
+untimed warm-up of every mode), the speed-up over the exact run, and the deviation
 of its pixels from the exact image: mean and largest absolute difference (0-255) and PSNR.
 Modes alternate within every repeat, so a busy machine slows them alike. Timings are
 printed and written to JSON, never asserted.
+
+The warm-up renders every mode's image as it is timed on a GPU, and with 2 steps on a CPU.
+On a GPU first-call costs depend on the data, not only on the shapes: the fp16 VAE's fp32
+retry (``vae_fallback``, its first use copies the VAE and loads fp32 kernels) happens only
+for latents that overflow in fp16, and a sampler's later steps run kernels its first two do
+not. A 2-step warm-up left those costs in the first timed run, the exact one (see
+docs/benchmarks.md, "Why the modes benchmark's exact image was slower"). On a GPU the clock
+is read after the device finished (``torch.cuda.synchronize``).
 
 Without TAESD weights (``--tiny_vae PATH`` or ``$MLC_TINY_VAE``) a random-weight TAESD with
 the real architecture is built and used: its time is real, its deviation is not.
@@ -15,6 +23,7 @@ the real architecture is built and used: its time is real, its deviation is not.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -22,14 +31,23 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-FAST_SHARE = 20 / 50  # --fast: DPM++ 2M Karras at 20 steps where the seed runs 50
+from mlc.engine import say
+from mlc.engine.bench_report import machine_info
+from mlc.engine.env import tiny_vae_default
+from mlc.engine.session import open_session
+from mlc.engine.spec import DEFAULT_STEPS, FAST_SAMPLER, FAST_STEPS, RunSpec
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+FAST_SHARE = FAST_STEPS / DEFAULT_STEPS  # --fast: DPM++ 2M Karras at 20 steps where 50 run
 
 
 def modes(steps: int, tiny_vae: bool) -> dict[str, dict[str, Any]]:
     """Mode name -> the Settings fields it changes."""
-    fast = {"sampler": "dpmpp_2m_karras", "steps": max(1, round(steps * FAST_SHARE))}
+    fast = {"sampler": FAST_SAMPLER, "steps": max(1, round(steps * FAST_SHARE))}
     table: dict[str, dict[str, Any]] = {
         "exact": {},
         "fast": fast,
@@ -42,7 +60,7 @@ def modes(steps: int, tiny_vae: bool) -> dict[str, dict[str, Any]]:
     return table
 
 
-def deviation(exact: Any, other: Any) -> dict[str, float]:
+def deviation(exact: Image, other: Image) -> dict[str, float]:
     """Mean/max absolute pixel difference (0-255) and PSNR (dB) of two PIL images."""
     import numpy as np
 
@@ -54,13 +72,11 @@ def deviation(exact: Any, other: Any) -> dict[str, float]:
     return {"mean_abs": float(diff.mean()), "max_abs": float(diff.max()), "psnr_db": psnr}
 
 
-def run(args: Any, spec: Any, json_path: Path) -> int:
+def run(args: argparse.Namespace, spec: RunSpec, json_path: Path) -> int:
     """Load once, render every mode, print the table, write the JSON; returns the exit code."""
-    from mlc.engine.bench import machine_info
+    from mlc.engine.accel import report as accel_report
     from mlc.engine.generate import ImageSpec, Renderer, Settings
-    from mlc.engine.txt2img import open_session
 
-    say = _say
     session = open_session(replace(spec, tiny_vae=None))
     tiny_path, tiny_note = _tiny_vae(spec, json_path.parent)
     renderer = Renderer(
@@ -70,7 +86,16 @@ def run(args: Any, spec: Any, json_path: Path) -> int:
         tiny_vae=session.tiny_vae(tiny_path),
         offload=session.offload,
     )
-    base = Settings(spec.sampler, spec.steps, spec.scale, spec.eta, spec.height, spec.width)
+    base = Settings(
+        spec.sampler,
+        spec.steps,
+        spec.scale,
+        spec.eta,
+        spec.height,
+        spec.width,
+        latents=spec.latents,
+        cuda_graphs=spec.cuda_graphs,
+    )
     image = [ImageSpec(0, spec.batches[0][0], spec.negative_prompt, spec.seed)]
     table = modes(spec.steps, tiny_path is not None)
     say(
@@ -81,19 +106,25 @@ def run(args: Any, spec: Any, json_path: Path) -> int:
     if tiny_note:
         say(tiny_note)
     settings = {name: replace(base, **change) for name, change in table.items()}
-    say("warm-up: every mode once, 2 steps ...")  # one-time costs (first decode, tuning)
+    gpu = session.device.startswith("cuda")
+    say(f"warm-up: every mode once{'' if gpu else ', 2 steps'} ...")  # one-time costs
     for name in table:
-        renderer.render(image, replace(settings[name], steps=min(2, settings[name].steps)))
+        warm = settings[name] if gpu else replace(settings[name], steps=min(2, spec.steps))
+        renderer.render(image, warm)
     times: dict[str, list[float]] = {name: [] for name in table}
-    images: dict[str, Any] = {}
+    images: dict[str, Image] = {}
+    fallback: dict[str, bool] = {}
     for r in range(args.bench_repeat):
         order = list(table) if r % 2 == 0 else list(table)[::-1]
         for name in order:
             say(f"run {r + 1}/{args.bench_repeat}: {name} ...")
+            _sync(gpu)
             start = time.perf_counter()
             result = renderer.render(image, settings[name])[0]
+            _sync(gpu)
             times[name].append(time.perf_counter() - start)
             images[name] = result.image
+            fallback[name] = result.vae_fallback
     exact_s = statistics.median(times["exact"])
     rows = []
     for name in table:
@@ -110,6 +141,7 @@ def run(args: Any, spec: Any, json_path: Path) -> int:
                 "seconds_per_image": median,
                 "speedup": exact_s / median,
                 "deviation": deviation(images["exact"], images[name]),
+                "vae_fallback": fallback[name],  # the fp16 VAE decode was redone in fp32
                 "runs": times[name],
             }
         )
@@ -134,12 +166,18 @@ def run(args: Any, spec: Any, json_path: Path) -> int:
             "repeat": args.bench_repeat,
             "tiny_vae": tiny_path,
             "tiny_vae_note": tiny_note,
+            "cuda_graphs": base.cuda_graphs,
+            "latents": base.latents,
         },
         "machine": machine_info(),
         "modes": rows,
+        "accel": accel_report(session.components.unet),  # every mode's steps, warm-ups too
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(rows))
+    redone = [r["mode"] for r in rows if r["vae_fallback"]]
+    if redone:
+        print(f"fp16 VAE decode gave NaN/black and was redone in fp32 in: {', '.join(redone)}")
     print(f"JSON: {json_path}  (images: {out_dir}/mode-*.png)")
     return 0
 
@@ -160,11 +198,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _tiny_vae(spec: Any, where: Path) -> tuple[str | None, str]:
-    """The TAESD weights to use: the given/installed ones, else a random-weight one."""
-    import os
+def _sync(gpu: bool) -> None:
+    """Wait for the GPU (its work is asynchronous) before the clock is read."""
+    if gpu:
+        import torch
 
-    given = spec.tiny_vae or os.environ.get("MLC_TINY_VAE")
+        torch.cuda.synchronize()
+
+
+def _tiny_vae(spec: RunSpec, where: Path) -> tuple[str | None, str]:
+    """The TAESD weights to use: the given/installed ones, else a random-weight one."""
+    given = spec.tiny_vae or tiny_vae_default()
     if given and Path(given).exists():
         return str(given), ""
     from mlc.engine.tinyvae import build_random_tiny_vae
@@ -174,7 +218,3 @@ def _tiny_vae(spec: Any, where: Path) -> tuple[str | None, str]:
         "tiny_vae: no TAESD weights here; using random weights with TAESD's architecture "
         "(its time is real, its deviation is not)"
     )
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -19,36 +19,23 @@ in unchanged. ``decode`` follows the same formula, so a config with another fact
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from mlc.engine import EngineError, offline
-from mlc.engine.loading import _first_line
-
-offline()
+from mlc.engine import EngineError
+from mlc.engine.checkpoint import first_line, read_safetensors
+from mlc.engine.loading import assign_weights, quiet_libraries
 
 TAESD_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "taesd"
 """The bundled AutoencoderTiny config of SD v1's TAESD (no weights)."""
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-ENV_TINY_VAE = "MLC_TINY_VAE"
 CLASS_NAME = "AutoencoderTiny"
 _PREFIXES = ("encoder.", "decoder.")
 
 
 class TinyVaeError(EngineError):
     """The tiny VAE's weights or config are missing, unreadable or not TAESD's."""
-
-
-def default_path() -> Path | None:
-    """The tiny VAE named by ``$MLC_TINY_VAE`` (set where `mlc setup` installed it), else None.
-
-    The path is returned as given, without checking it exists: ``load_tiny_vae`` then says
-    clearly what is wrong with it.
-    """
-    value = os.environ.get(ENV_TINY_VAE, "").strip()
-    return Path(value).expanduser() if value else None
 
 
 def _locate(path: Path) -> tuple[Path, Path]:
@@ -75,7 +62,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise TinyVaeError(f"cannot read tiny VAE config {path}: {_first_line(err)}") from None
+        raise TinyVaeError(f"cannot read tiny VAE config {path}: {first_line(err)}") from None
     if not isinstance(data, dict):
         raise TinyVaeError(f"tiny VAE config {path} is not a JSON object")
     kind = data.get("_class_name", CLASS_NAME)
@@ -85,15 +72,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise TinyVaeError(
-            f"cannot read tiny VAE {path}: not a valid safetensors file ({_first_line(err)})"
-        ) from None
+    state = read_safetensors(path, lambda why: TinyVaeError(f"cannot read tiny VAE {path}: {why}"))
     if not any(k.startswith(_PREFIXES) for k in state):
         sample = ", ".join(list(state)[:3]) or "none"
         what = (
@@ -122,8 +101,6 @@ def load_tiny_vae(path: str | Path, *, device: Any = "cpu", dtype: Any = None) -
     from accelerate import init_empty_weights
     from diffusers.models import AutoencoderTiny
 
-    from mlc.engine.loading import quiet_libraries
-
     quiet_libraries()
     dtype = dtype or torch.float32
     weights, config_file = _locate(Path(path).expanduser())
@@ -133,22 +110,10 @@ def load_tiny_vae(path: str | Path, *, device: Any = "cpu", dtype: Any = None) -
         with init_empty_weights():
             model = AutoencoderTiny.from_config(config)
     except (TypeError, ValueError) as err:
-        raise TinyVaeError(f"invalid tiny VAE config {config_file}: {_first_line(err)}") from None
+        raise TinyVaeError(f"invalid tiny VAE config {config_file}: {first_line(err)}") from None
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise TinyVaeError(
-            f"{weights} does not match the {CLASS_NAME} config {config_file} "
-            f"(missing {missing[:2]}, unexpected {unexpected[:2]})"
-        )
-    try:
-        model.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as err:
-        raise TinyVaeError(
-            f"{weights} does not match the {CLASS_NAME} config {config_file}: "
-            f"{_first_line(err, skip_header=True)}"
-        ) from None
+    mismatch = f"{weights} does not match the {CLASS_NAME} config {config_file}"
+    assign_weights(model, tensors, lambda why: TinyVaeError(f"{mismatch}{why}"))
     model.eval().requires_grad_(False)
     if torch.device(device).type != "cpu":
         model.to(device)

@@ -52,11 +52,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlc.engine import offline
-
-offline()
-
-import torch  # noqa: E402
+import torch
 import torch.nn.functional as F  # noqa: E402
 
 __all__ = ["apply", "is_applied", "remove"]

@@ -6,13 +6,18 @@ uid is checked with SO_PEERCRED: it never serves another user), runs requests on
 time in accept order in its main thread, each exactly as ``mlc-txt2img`` would (same
 output, one-line errors and exit codes; outputs relative to the client's folder), reuses
 its loaded model while checkpoint, config, device and precision stay the same, and exits
-after S seconds without requests. A client that disconnects (Ctrl-C) cancels its request;
-the worker stays usable. It logs to ``D/worker.log``. See the client for the protocol.
+after S seconds without requests. A client that disconnects (Ctrl-C, SIGTERM, a closed
+terminal) or a ``--cancel TAG`` cancels its request, which stops between two denoising steps
+(every image saved so far is kept); the worker stays usable. ``--stop-worker`` (the ``stop``
+message with ``cancel``), SIGTERM and SIGINT cancel the running request and every queued one
+and make the worker exit at once. Each saved image is streamed to its client (``{"image":
+entry}``) as soon as it is written, so a client whose worker died can resume after it. The
+request's output reaches the client in whole lines. It logs to ``D/worker.log``. The protocol
+is ``mlc.engine.protocol``.
 """
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import contextlib
 import gc
@@ -26,27 +31,32 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlc.engine import offline
-from mlc.engine.client import (
+from mlc.engine import report_error
+from mlc.engine.command import execute
+from mlc.engine.command import main as run_command
+from mlc.engine.env import apply_request_env, worker_dir, worker_idle
+from mlc.engine.protocol import (
     DEFAULT_IDLE,
-    ENV_PASSED,
     PIDFILE,
     SOCKET,
-    ClientError,
     code_fingerprint,
     idle_seconds,
     peer_uid,
     private_dir,
+    read_request,
     send,
-    worker_dir,
 )
+from mlc.engine.run import Cancelled, Control, Summary
+from mlc.engine.session import Session, open_session
+from mlc.engine.spec import RunSpec
+from mlc.errors import MlcError, WorkerError
 
-offline()
 log = logging.getLogger("mlc.engine.worker")
 POLL = 0.5  # seconds: how often the main loop looks at its flags
 
@@ -61,7 +71,8 @@ class Request:
     env: dict[str, str]
     umask: int
     tag: str | None
-    gone: bool = False  # the client disconnected (Ctrl-C) or cancelled
+    resume: list[dict[str, Any]] = field(default_factory=list)  # images an earlier try saved
+    reason: str | None = None  # why it was cancelled (the client left, --cancel, ...)
     done: bool = False
     closed: bool = False
     dead_output: bool = field(default=False, repr=False)
@@ -83,15 +94,26 @@ class Request:
 
 
 class Stream(io.TextIOBase):
-    """stdout or stderr of a request: every write goes to the client at once."""
+    """stdout or stderr of a request, sent to the client in whole lines as soon as each line
+    is complete (``print`` writes a line in two pieces: the client, and what else writes to
+    its terminal, never see half a line); ``close`` sends what is left."""
 
     def __init__(self, request: Request, key: str) -> None:
-        self.request, self.key = request, key
+        self.request, self.key, self.partial = request, key, ""
 
     def write(self, text: str) -> int:
-        if text:
-            self.request.send({self.key: text})
+        self.partial += text
+        end = self.partial.rfind("\n") + 1
+        if end:
+            lines, self.partial = self.partial[:end], self.partial[end:]
+            self.request.send({self.key: lines})
         return len(text)
+
+    def close(self) -> None:
+        if self.partial:
+            self.request.send({self.key: self.partial})
+            self.partial = ""
+        super().close()
 
     def writable(self) -> bool:
         return True
@@ -123,8 +145,9 @@ class Worker:
         self.current: Request | None = None  # the request serve_one handles, until answered
         self.pending: list[Request] = []
         self.stopping = False
+        self.halt: str | None = None  # why every request is cancelled (the worker exits now)
         self.closed = False
-        self.session: Any = None
+        self.session: Session | None = None
         self.stamp: tuple[int, int, int] | None = None
         self.served = 0
         self.last = time.monotonic()
@@ -141,7 +164,7 @@ class Worker:
         except OSError:
             pass
         else:
-            raise ClientError(f"another engine worker is listening on {self.path}")
+            raise WorkerError(f"another engine worker is listening on {self.path}")
         finally:
             probe.close()
         with contextlib.suppress(FileNotFoundError):
@@ -198,7 +221,7 @@ class Worker:
             {"hello": {"pid": os.getpid(), "uid": self.uid, "code": self.code, "idle": self.idle}},
         )
         conn.settimeout(10)
-        message = _read_message(conn)
+        message = read_request(conn)
         conn.settimeout(None)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 60, 0))
         op = message.get("op")
@@ -210,6 +233,11 @@ class Worker:
                 {str(k): str(v) for k, v in (message.get("env") or {}).items()},
                 int(message.get("umask", 0o022)),
                 message.get("tag"),
+                resume=[
+                    e
+                    for e in message.get("resume") or []
+                    if isinstance(e, dict) and isinstance(e.get("index"), int)
+                ],
             )
             if message.get("idle") is not None:
                 self.idle = idle_seconds(str(message["idle"]))
@@ -221,13 +249,25 @@ class Worker:
             threading.Thread(target=self._watch, args=(req,), daemon=True).start()
             self.queue.put(req)
             log.info("request queued (%d ahead): %s", ahead, " ".join(req.argv))
-        elif op == "stop":
+        elif op == "stop":  # --stop-worker (cancel); without cancel: retired after its queue
+            if message.get("cancel"):
+                reason = "the engine worker is stopping (--stop-worker)"
+                n = self._cancel(lambda r: True, reason)
+                self.halt = reason
+                what = (
+                    f"stops now ({n} request{'s' if n != 1 else ''} cancelled)"
+                    if n
+                    else "stops after its queue, which is empty"
+                )
+            else:
+                what = "stops after its queue"
             self.stopping = True
             self._close_listener()
-            send(conn, {"ok": f"the engine worker (pid {os.getpid()}) stops after its queue"})
+            send(conn, {"ok": f"the engine worker (pid {os.getpid()}) {what}"})
             conn.close()
         elif op == "cancel":
-            found = self._cancel(lambda r: r.tag is not None and r.tag == message.get("tag"))
+            tag = message.get("tag")
+            found = self._cancel(lambda r: r.tag is not None and r.tag == tag, "cancelled")
             send(conn, {"ok": "cancelled" if found else "no such request"})
             conn.close()
         elif op == "ping":
@@ -238,7 +278,7 @@ class Worker:
             conn.close()
 
     def _watch(self, req: Request) -> None:
-        """Wait for the client to go away (Ctrl-C) and cancel its request."""
+        """Wait for the client to go away (Ctrl-C, SIGTERM, ...) and cancel its request."""
         while True:
             try:
                 data = req.conn.recv(4096)
@@ -246,41 +286,54 @@ class Worker:
                 data = b""
             if not data:
                 break
-        self._cancel(lambda r: r is req)
+        self._cancel(lambda r: r is req, "the client left")
 
-    def _cancel(self, match: Any) -> bool:
+    def _cancel(self, match: Callable[[Request], bool], reason: str) -> int:
+        """Cancel the requests that MATCH, queued or running (the engine stops the running
+        one after its current denoising step); how many."""
         with self.lock:
-            found = False
+            found = 0
             for r in self.pending:
-                if match(r) and not r.gone:
-                    r.gone = found = True
+                if match(r) and r.reason is None:
+                    r.reason, found = reason, found + 1
             r = self.active
-            if r is not None and not r.done and match(r) and not r.gone:
-                r.gone = found = True
-                log.info("client gone: interrupting the running request")
-                _thread.interrupt_main()  # a KeyboardInterrupt in the engine: exit code 130
+            if r is not None and not r.done and match(r) and r.reason is None:
+                r.reason, found = reason, found + 1
+                log.info("%s: cancelling the running request", reason)
             return found
+
+    def stop_reason(self, req: Request) -> str | None:
+        """Why REQ must stop now (None: go on): the engine asks after every step."""
+        return self.halt or req.reason
 
     # -- requests ------------------------------------------------------------------------------
 
-    def execute(self, spec: Any) -> dict[str, Any]:
-        """txt2img.execute on the kept Session (loaded again for another model)."""
-        from mlc.engine import txt2img
-
+    def execute(self, spec: RunSpec) -> Summary:
+        """SPEC's run (or grid) on the kept Session (loaded again for another model), for the
+        current request: its saved images streamed to its client, stopped between steps when
+        cancelled, resumed after the images an earlier try saved."""
+        req = self.current
+        assert req is not None
+        control = Control(
+            on_image=lambda entry: req.send({"image": entry}),
+            stop=lambda: self.stop_reason(req),
+            resume=req.resume,
+        )
+        control.check()  # cancelled while it waited
         stamp = _stamp(spec.ckpt)
         if self.session is None or stamp != self.stamp or not self.session.serves(spec):
             self._drop_session()
-            self.session = txt2img.open_session(spec)
+            self.session = open_session(spec)
             self.stamp = stamp
             log.info("loaded %s", spec.ckpt)
-        summary = txt2img.execute(spec, self.session)
+        summary = execute(spec, self.session, control)
         summary["worker"] = {"pid": os.getpid(), "requests": self.served + 1}
         return summary
 
     def _drop_session(self) -> None:
         if self.session is None:
             return
-        device = getattr(self.session, "device", "cpu")
+        device = self.session.device
         self.session = self.stamp = None
         gc.collect()
         if str(device).startswith("cuda"):
@@ -289,15 +342,16 @@ class Worker:
             torch.cuda.empty_cache()
 
     def serve_one(self, req: Request) -> None:
-        """Run REQ as ``mlc-txt2img`` would, with its folder, umask and ENV_PASSED."""
-        from mlc.engine import txt2img
-
+        """Run REQ as ``mlc-txt2img`` would, with its folder, umask and request environment."""
         with self.lock:
             if req in self.pending:
                 self.pending.remove(req)
-            if req.gone:  # cancelled while queued
-                req.send({"err": f"{txt2img.PROG}: interrupted\n"})
-                req.send({"exit": 130})
+            reason = self.stop_reason(req)
+            if reason:  # cancelled while queued
+                err = Stream(req, "err")
+                err.write(f"note: {reason}: the request was cancelled before it started\n")
+                req.send({"exit": report_error(Cancelled(reason), err)})
+                err.close()
                 req.close()
                 return
             self.active = self.current = req
@@ -307,17 +361,16 @@ class Worker:
             try:
                 os.chdir(req.cwd)
             except OSError as err:
-                req.send({"err": f"{txt2img.PROG}: error: cannot enter {req.cwd}: {err}\n"})
+                failure = WorkerError(f"cannot enter {req.cwd}: {err}")
+                code = report_error(failure, Stream(req, "err"))
             else:
                 os.umask(req.umask)
-                for key in ENV_PASSED:
-                    if key in req.env:
-                        os.environ[key] = req.env[key]
-                    else:
-                        os.environ.pop(key, None)
+                apply_request_env(req.env)
                 out, err = Stream(req, "out"), Stream(req, "err")
                 with redirect_stdout(out), redirect_stderr(err):  # type: ignore[type-var]
-                    code = txt2img.main(req.argv, run=self.execute)
+                    code = run_command(req.argv, run=self.execute)
+                out.close()
+                err.close()
         finally:
             with self.lock:
                 req.done = True
@@ -330,20 +383,6 @@ class Worker:
         req.close()
         self.current = None
 
-    def _settle(self) -> None:
-        """A cancel's KeyboardInterrupt landed outside the engine: answer its request (130)."""
-        req, self.current = self.current, None
-        with self.lock:
-            self.active = None
-            if req is not None:
-                req.done = True
-        if req is not None and not req.closed:
-            req.send({"exit": 130})
-            req.close()
-        with contextlib.suppress(OSError):
-            os.chdir(self.dir)
-        self.last = time.monotonic()
-
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -354,26 +393,21 @@ class Worker:
             "worker %d listening on %s (idle exit after %g s)", os.getpid(), self.path, self.idle
         )
         with contextlib.suppress(Exception):  # warm the imports while the first client waits
-            from mlc.engine import generate, loading, txt2img  # noqa: F401
+            from mlc.engine import generate, loading  # noqa: F401
         try:
             while True:
                 try:
                     self._step()
-                except KeyboardInterrupt:  # a cancel that arrived as its request ended
-                    self._settle()
-                    continue
                 except StopIteration:
                     break
         finally:
             self._close_listener()
             self.acceptor.join(timeout=15)
-            while True:  # requests that arrived while closing still get served
+            while True:  # requests that arrived while closing: served, or cancelled (halt)
                 try:
                     self.serve_one(self.queue.get_nowait())
                 except queue.Empty:
                     break
-                except KeyboardInterrupt:
-                    self._settle()
             with contextlib.suppress(OSError):
                 if (self.dir / PIDFILE).read_text().strip() == str(os.getpid()):
                     (self.dir / PIDFILE).unlink()
@@ -398,23 +432,6 @@ class Worker:
         self.last = time.monotonic()
 
 
-def _read_message(conn: socket.socket, limit: int = 4 << 20) -> dict[str, Any]:
-    import json
-
-    buf = b""
-    while b"\n" not in buf:
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise ConnectionError("the client closed before sending a request")
-        buf += chunk
-        if len(buf) > limit:
-            raise ConnectionError("request too large")
-    message = json.loads(buf.split(b"\n", 1)[0])
-    if not isinstance(message, dict):
-        raise ValueError("a request is a JSON object")
-    return message
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m mlc.engine.worker [--dir D] [--idle S]``; normally started by the client."""
     p = argparse.ArgumentParser(prog="python -m mlc.engine.worker", description=__doc__)
@@ -433,23 +450,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         d = private_dir(args.dir or worker_dir())
-        idle = idle_seconds(
-            args.idle if args.idle is not None else os.environ.get("MLC_WORKER_IDLE")
-        )
+        idle = idle_seconds(args.idle if args.idle is not None else worker_idle())
         worker = Worker(d, idle)
-    except (ClientError, OSError) as err:
+    except (MlcError, OSError) as err:
         log.error("cannot start: %s", err)
         return 1
 
-    def terminate(_signum: int, _frame: Any) -> None:
-        worker.stopping = True  # finish the running request, then exit
+    def terminate(signum: int, _frame: Any) -> None:
+        # Only flags (no lock: the main thread may hold it): the running request stops after
+        # its current step, the queued ones are answered as cancelled, then the worker exits.
+        worker.halt = f"the engine worker is stopping ({signal.Signals(signum).name})"
+        worker.stopping = True
 
+    # SIGINT too: the worker has its own session, so a terminal's Ctrl-C never reaches it; a
+    # SIGINT is someone's `kill -INT` (or Ctrl-C of a worker run by hand in the foreground).
     signal.signal(signal.SIGTERM, terminate)
-    # _thread.interrupt_main() cancels a request by simulating SIGINT, which does nothing
-    # unless Python handles SIGINT. A worker started from a background job, nohup or a
-    # daemon's child inherits SIGINT *ignored*, and Python keeps that: install the handler.
-    # (The worker has its own session, so a terminal's Ctrl-C never reaches it.)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, terminate)
     return worker.run()
 
 

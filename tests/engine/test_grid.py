@@ -1,4 +1,5 @@
-"""Grids over axes (--x/--y/--z): parsing, labelled geometry, one load, seeds, metadata."""
+"""Grids over axes (--x/--y/--z): labelled geometry, one load, seeds, metadata, the explorer
+page. The axis syntax and its errors are test_options.py's."""
 
 from __future__ import annotations
 
@@ -10,96 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlc.engine import UsageError, axes, labels, loading, txt2img
+from mlc.engine import grid, labels, loading, txt2img
 from mlc.engine.outputs import read_metadata
 
 from .conftest import TinyModel
 
 CELL = 64
 STEPS = 2
-
-
-def _spec(*args: str) -> txt2img.RunSpec:
-    return txt2img.validate(txt2img.build_parser().parse_args(list(args)))
-
-
-def _usage(*args: str) -> str:
-    with pytest.raises(UsageError) as info:
-        _spec(*args)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
-# --- parsing ------------------------------------------------------------------------------
-
-
-def test_parse_axes_values_and_aliases():
-    spec = _spec("--x", "sampler=DDIM, plms,euler_a", "--y", "cfg=1,7.5", "--z", "size=64x128,96")
-    x, y, z = spec.axes
-    assert (x.flag, x.name, x.values) == ("x", "sampler", ("ddim", "plms", "euler_a"))
-    assert (y.name, y.values) == ("scale", (1.0, 7.5))
-    assert (z.name, z.values) == ("size", ((64, 128), (96, 96)))
-    assert z.labels == ["size: 64x128", "size: 96x96"] and y.labels[1] == "scale: 7.5"
-    assert _spec("--y", "steps=2,3").axes[0].flag == "y"  # any axis alone is fine
-    for text, values in (
-        ("seed=1,2", (1, 2)),
-        ("ddim_steps=5", (5,)),
-        ("height=64,128", (64, 128)),
-        ("eta=0,0.5", (0.0, 0.5)),
-        ("deepcache=0,2,3", (0, 2, 3)),
-        ("tome=0,0.5", (0.0, 0.5)),
-    ):
-        assert _spec("--x", text).axes[0].values == values
-
-
-def test_prompt_values_with_commas():
-    bar = _spec("--x", "prompt=a red cube, black background|a blue ball").axes[0]
-    assert bar.values == ("a red cube, black background", "a blue ball")
-    quoted = _spec("--x", 'prompt="a red cube, black background", a blue ball').axes[0]
-    assert quoted.values == bar.values
-    assert _spec("--x", "negative_prompt=|blurry").axes[0].values == ("", "blurry")
-
-
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["--x", "colour=red,blue"], "--x: unknown axis 'colour'; valid axes: sampler, steps"),
-        (["--y", "steps"], "--y: expected AXIS=V1,V2,... not 'steps'; valid axes: sampler"),
-        (["--x", "steps="], "--x steps: no values"),
-        (["--x", "steps=10,,20"], "--x steps: empty value"),
-        (["--x", "steps=0,10"], "--x steps: 0 must be 1 or more"),
-        (["--x", "steps=ten"], "--x steps: 'ten' is not an integer"),
-        (["--x", "scale=-1"], "--x scale: -1 must be 0 or more"),
-        (["--x", "sampler=ddim,nope"], "--x sampler: unknown sampler 'nope'"),
-        (["--x", "size=500x512"], "--x size: 500 is not a multiple of 8; use 496 or 504"),
-        (["--x", "size=1x2x3"], "--x size: '1x2x3' is not a size"),
-        (["--x", "H=7"], "--x H: 7 is not a multiple of 8; use 8"),
-        (["--x", "seed=-1"], "--x seed: -1 must be between 0 and"),
-        (["--x", "steps=1", "--y", "steps=2"], "--y steps varies steps, which --x already"),
-        (["--x", "size=64", "--z", "W=64"], "--z W varies W, which --x already varies"),
-        (["--x", "sampler=plms", "--ddim_eta", "0.5"], "ddim_eta must be 0 for PLMS"),
-        (["--x", "sampler=ddim,plms", "--y", "eta=0,1"], "ddim_eta must be 0 for PLMS"),
-        (["--x", "steps=1", "--skip_save"], "--skip_save cannot be combined with --x"),
-        (["--x", "tome=0,1"], "--x tome: 1 must be between 0 and 0.99"),
-        (["--x", "deepcache=-1"], "--x deepcache: -1 must be 0 or more"),
-    ],
-)
-def test_invalid_axes_are_one_line_usage_errors(args: list[str], expected: str):
-    assert expected in _usage(*args)
-
-
-def test_from_file_conflicts(tmp_path: Path):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a\nb\n")
-    assert "use a prompt axis" in _usage("--from-file", str(prompts), "--x", "steps=1")
-
-
-def test_cli_usage_error_exit_2(capsys):
-    assert txt2img.main(["--x", "nope=1"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0
-    assert err.endswith("valid axes: " + axes.VALID)
 
 
 # --- labelled grid geometry ---------------------------------------------------------------
@@ -264,13 +182,17 @@ def test_seed_axis_and_prompt_axis(capsys, tiny: TinyModel, tmp_path, count_load
     assert not (a == b).all()  # another seed, another image
 
 
-def test_progress_and_time_table_on_stderr(capsys, tiny: TinyModel, tmp_path):
+@pytest.mark.parametrize("as_json", [False, True], ids=["plain", "json"])
+def test_progress_and_time_table_on_stderr(capsys, tiny: TinyModel, tmp_path, as_json: bool):
+    """With or without --json (which only changes stdout)."""
     argv = [
         "--ckpt", str(tiny.safetensors), "--H", "64", "--W", "64", "--ddim_steps", "2",
         "--outdir", str(tmp_path / "o"), "--x", "sampler=ddim,plms", "--y", "scale=1,7.5",
     ]  # fmt: skip
-    assert txt2img.main(argv) == 0
-    err = capsys.readouterr().err
+    assert txt2img.main(argv + ["--json"] * as_json) == 0
+    out, err = capsys.readouterr()
+    if as_json:
+        assert json.loads(out)["seeds"] == [42] * 4
     assert "4 cell(s) (x: sampler x2, y: scale x2), one image each, seed 42" in err
     assert "[4/4] sampler=plms scale=7.5: " in err
     table = err[err.index("seconds per cell:") :].splitlines()
@@ -292,3 +214,35 @@ def test_speed_mode_axes_cost_pixels_and_say_so(capsys, tiny: TinyModel, tmp_pat
     _, data = read_metadata(s["cells"][3]["file"])
     assert data["speed_modes"] == {"deepcache": 2, "tome": 0.5}
     assert "speed_modes" not in read_metadata(s["cells"][0]["file"])[1]
+
+
+# --- the explorer page --------------------------------------------------------------------
+
+
+def test_the_page_is_package_data_with_three_slots():
+    template = grid.page_template()
+    assert template.startswith("<!DOCTYPE html>") and template.rstrip().endswith("</html>")
+    for slot in ("%TITLE%", "%GRID%", "%DATA%"):
+        assert template.count(slot) >= 1, slot
+    assert "/^\\d+$/" in template and '" \\u00b7 "' in template  # JS escapes kept as JS
+    # pyproject ships it: a package-data pattern of `mlc` matches the file
+    import fnmatch
+
+    import tomllib
+
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    patterns = tomllib.loads(text)["tool"]["setuptools"]["package-data"]["mlc"]
+    assert any(fnmatch.fnmatch("engine/templates/explorer.html", p) for p in patterns)
+
+
+def test_render_page_fills_every_slot_and_escapes(tmp_path: Path):
+    data = {"grid": "grid-0003.png", "axes": [], "cells": [{"parameters": "</script><b>"}]}
+    page = grid.render_page(data, "mlc explorer: <x>")
+    assert "%TITLE%" not in page and "%GRID%" not in page and "%DATA%" not in page
+    assert "<title>mlc explorer: &lt;x&gt;</title>" in page
+    assert '<a href="grid-0003.png">grid-0003.png</a>' in page
+    blob = page.split('id="data">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(blob.replace("<\\/", "</")) == data  # `</` cannot end the script early
+    assert "none" in grid.render_page({**data, "grid": None}, "t").split("Grid image:")[1][:20]
+    numbering = grid.page_numbering(tmp_path, tmp_path / "grid-0007.png")
+    assert numbering.claim().name == "explore-0007.html"

@@ -1,0 +1,243 @@
+"""`mlc create | open | list | start | stop | remove | stats`: the container commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from mlc import containers, host, provision
+from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt, NameArg
+from mlc.cli.output import confirm, err, say, show, show_json, show_table, table
+from mlc.progress import RichProgress, human_size
+
+FOLDERS = "Folders"
+LIMITS = "GPUs and limits"
+
+
+def create(
+    name: NameArg,
+    framework: Annotated[str, typer.Argument(help="Framework from the catalog, e.g. Pytorch.")],
+    version: Annotated[
+        str, typer.Argument(help="Version from the catalog, e.g. 2.9.1 or 2.0.1-aime.")
+    ],
+    workspace: Annotated[
+        Path,
+        typer.Option(
+            "--workspace",
+            "-w",
+            "--workspace_dir",
+            help="Host folder at /workspace.",
+            rich_help_panel=FOLDERS,
+        ),
+    ] = Path("~/workspace"),
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", "-d", "--data_dir", help="Host folder at /data.", rich_help_panel=FOLDERS
+        ),
+    ] = None,
+    models: Annotated[
+        Path | None,
+        typer.Option(
+            "--models",
+            "-m",
+            "--models_dir",
+            help="Host folder at /models.",
+            rich_help_panel=FOLDERS,
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            "-g",
+            "--num_gpus",
+            help="all, a count (2), device ids (device=0 or 0,1) or none; 0 is refused as "
+            "ambiguous.",
+            rich_help_panel=LIMITS,
+        ),
+    ] = None,
+    arch: ArchOpt = None,
+    ulimit: Annotated[
+        str,
+        typer.Option(
+            "--ulimit",
+            envvar="MLC_ULIMITS",
+            help="NAME=SOFT[:HARD],... or none.",
+            rich_help_panel=LIMITS,
+        ),
+    ] = containers.DEFAULT_ULIMITS,
+    no_forward: Annotated[
+        bool,
+        typer.Option(
+            "--no-forward-network",
+            help="Do not pass the host's proxy settings and CA bundle into the container.",
+            rich_help_panel="Network",
+        ),
+    ] = False,
+    build: Annotated[
+        bool,
+        typer.Option(
+            "--build",
+            help="Build the image from images/ when the pull fails.",
+            rich_help_panel="Image",
+        ),
+    ] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Create a container NAME from the catalog image FRAMEWORK VERSION.
+
+    Example: [bold]mlc create sd Pytorch 2.9.1 -w ~/sd -m ~/models[/]
+    """
+    spec = containers.new_spec(
+        name, framework, version, workspace=workspace, data=data, models=models, gpus=gpus,
+        arch=arch, ulimits=ulimit, forward_network=not no_forward, build=build,
+        catalog_path=catalog_path, remote_host=containers.remote_host(),
+    )  # fmt: skip
+    with RichProgress(console=err, transient=True) as progress:
+        c = containers.create(containers.client(), spec, progress)
+    e = spec.entry
+    on = f" on host {spec.remote_host}" if spec.remote_host else ""
+    show(
+        f"[{name}] ready: {e.framework} {e.version} ({e.reference}), "
+        f"GPUs {c.gpus}, workspace {c.workspace}{on}. Open it with: mlc open {name}"
+    )
+
+
+def open_(
+    name: NameArg,
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Command to run instead of a shell (after --).")
+    ] = None,
+) -> None:
+    """Open a shell in NAME as you, in /workspace (or run COMMAND and exit with its code).
+
+    The container is started if needed and stopped when the last shell it opened exits,
+    unless it was started with `mlc start`.
+
+    Example: [bold]mlc open sd[/] or [bold]mlc open sd -- python train.py[/]
+    """
+    if not command:
+        containers.pty_mode()  # an invalid MLC_PTY is refused before anything starts
+    dc = containers.client()
+    c = containers.find(dc, name, host.current_user())
+    if containers.start(c):
+        say(f"[{name}] starting container")
+    try:
+        if command:
+            env = provision.engine_env(provision.load_state(c))
+            argv = command[1:] if command[0] == "--" else command
+            code = containers.exec_stream(dc, c, argv, env=env)
+        else:
+            code = containers.shell(c)
+    finally:
+        if containers.stop_if_idle(dc, c):
+            say(f"[{name}] last shell closed: container stopped")
+    raise typer.Exit(code)
+
+
+def list_(
+    all_users: Annotated[
+        bool, typer.Option("--all-users", "-a", help="Every user's containers.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List your containers.
+
+    Example: [bold]mlc list[/] or [bold]mlc list --json[/]
+    """
+    found = containers.mine(containers.client(), host.current_user(), all_users)
+    if as_json:
+        show_json([c.describe() for c in found])
+        return
+    if not found:
+        say("no containers; create one with: mlc create NAME FRAMEWORK VERSION")
+        return
+    grid = table("NAME", "FRAMEWORK", "STATUS", "GPUS", "WORKSPACE")
+    if all_users:
+        grid.add_column("USER")
+    for c in found:
+        cells = [
+            escape(f"[{c.name}]"),
+            f"{c.framework}-{c.version}".rstrip("-"),
+            c.status,
+            c.gpus,
+            c.workspace,
+        ]
+        grid.add_row(*cells, *([c.user] if all_users else []))
+    show_table(grid)
+
+
+def start(name: NameArg) -> None:
+    """Start NAME in the background; it keeps running until `mlc stop`.
+
+    Example: [bold]mlc start sd[/]
+    """
+    c = containers.find(containers.client(), name, host.current_user())
+    if not containers.start(c, keep_running=True):
+        say(f"[{name}] was already running")
+    show(f"[{name}] running. Open a shell with: mlc open {name}")
+
+
+def stop(name: NameArg, force: ForceOpt = False) -> None:
+    """Stop NAME; every process in it ends. A stopped container stays as it is (exit 0).
+
+    Example: [bold]mlc stop sd -f[/]
+    """
+    c = containers.find(containers.client(), name, host.current_user())
+    if c.status != "running":
+        say(f"[{name}] is not running")
+        return
+    confirm(f"Stop container '{name}'? All its processes will end.", force)
+    containers.stop(c)
+    show(f"[{name}] stopped")
+
+
+def remove(name: NameArg, force: ForceOpt = False) -> None:
+    """Remove NAME. Its workspace, data and models folders are kept.
+
+    Example: [bold]mlc remove sd[/]
+    """
+    dc = containers.client()
+    c = containers.find(dc, name, host.current_user())
+    if c.status == "running":
+        confirm(f"Container '{name}' is running. Stop and remove it?", force)
+        containers.stop(c)
+    else:
+        confirm(f"Remove container '{name}'?", force)
+    kept = ", ".join(p for p in (c.workspace, c.data, c.models) if p not in ("", "-"))
+    containers.remove(dc, c)
+    show(f"[{name}] removed; kept {kept}")
+
+
+def stats(as_json: JsonOpt = False) -> None:
+    """CPU, memory and GPU memory of your running containers.
+
+    Example: [bold]mlc stats[/]
+    """
+    found = containers.mine(containers.client(), host.current_user())
+    rows = containers.stats([c for c in found if c.status == "running"])
+    if as_json:
+        show_json([r.__dict__ for r in rows])
+        return
+    if not rows:
+        say("no running containers")
+        return
+    grid = table("NAME", "CPU %", "MEM USAGE / LIMIT", "GPU MEM", "PIDS")
+    for r in rows:
+        gpu = (
+            f"{human_size(r.gpu_mem_used)} / {human_size(r.gpu_mem_total)}"
+            if r.gpu_mem_total
+            else "-"
+        )
+        grid.add_row(
+            escape(f"[{r.name}]"),
+            f"{r.cpu_percent:.1f}",
+            f"{human_size(r.mem_used)} / {human_size(r.mem_limit)}",
+            gpu,
+            str(r.pids),
+        )
+    show_table(grid)

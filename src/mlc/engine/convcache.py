@@ -1,0 +1,164 @@
+"""The converted cache: a single-file checkpoint's models, converted once, memory-mapped after.
+
+A single-file checkpoint is converted (original -> diffusers key names, target dtype) on
+every load. The first load of a large file also writes the converted weights, with each
+model's config, to one safetensors file in a cache folder (``env.cache_root()``:
+``$MLC_CACHE_DIR``); later loads memory-map that file and assign its tensors straight into
+models built on the meta device (no random init, no key conversion, no torch.load, no
+single-file machinery). The entry is keyed by the checkpoint's resolved path, size, mtime,
+A1111 hash, config and dtype: any change makes it stale, and a stale entry is rebuilt,
+never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlc.engine.checkpoint import ModelSource, legacy_model_hash, load_state
+from mlc.engine.env import cache_min_bytes, cache_root
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    Models = tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]
+    """(unet, vae, text_encoder)."""
+
+CACHE_VERSION = "1"
+
+
+def _config_fingerprint(source: ModelSource) -> str:
+    digest = hashlib.sha256()
+    if source.yaml is not None:
+        digest.update(json.dumps(source.yaml, sort_keys=True, default=str).encode())
+    for name in ("unet", "vae", "text_encoder", "scheduler"):
+        cfg = source.part(name)
+        for f in sorted(cfg.glob("*.json")) if cfg.is_dir() else ():
+            digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class ConvertedCache:
+    """One cache entry: ``path`` holds the converted weights when its key matches ``key``."""
+
+    path: Path
+    key: str
+    size: int  # bytes of the source checkpoint (for the free-space check)
+
+    def valid(self) -> bool:
+        """Whether the entry exists and was made from this very checkpoint, config and dtype."""
+        if not self.path.is_file():
+            return False
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt") as fh:
+                return (fh.metadata() or {}).get("mlc_key") == self.key
+        except Exception:  # noqa: BLE001 - unreadable: not valid
+            return False
+
+    def load(self) -> Models | None:
+        """(unet, vae, text_encoder) from the entry, or None when missing, stale or unreadable."""
+        if not self.path.is_file():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("mlc_key") != self.key:
+                    return None  # stale: the checkpoint, its config or the dtype changed
+                state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+            configs = json.loads(meta["configs"])
+            return _models_from_state(state, configs)
+        except Exception:  # noqa: BLE001 - a broken entry is rebuilt from the checkpoint
+            return None
+
+    def save(
+        self, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel
+    ) -> None:
+        """Write the entry (atomically); a failure (disk full, read-only) only skips it."""
+        from safetensors.torch import save_file
+
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(self.path.parent).free < self.size * 1.2 + 2**30:
+                return
+            state: dict[str, Any] = {}
+            for prefix, model in (("unet.", unet), ("vae.", vae), ("text_encoder.", text_encoder)):
+                for k, v in model.state_dict().items():
+                    state[prefix + k] = v.detach().to("cpu").contiguous()
+            configs = {
+                "unet": _plain(dict(unet.config)),
+                "vae": _plain(dict(vae.config)),
+                "text_encoder": text_encoder.config.to_dict(),
+            }
+            meta = {"format": "pt", "mlc_key": self.key, "configs": json.dumps(configs)}
+            save_file(state, str(tmp), metadata=meta)
+            tmp.replace(self.path)
+        except (OSError, ValueError, RuntimeError):
+            tmp.unlink(missing_ok=True)
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(config, default=list))
+
+
+def converted_cache(
+    source: ModelSource, dtype: torch.dtype, model_hash: str | None = None
+) -> ConvertedCache | None:
+    """The cache entry for a single-file checkpoint, or None (disabled, small file, folder)."""
+    root = cache_root()
+    if root is None or source.is_folder:
+        return None
+    try:
+        real = source.path.resolve()
+        st = real.stat()
+    except OSError:
+        return None
+    if st.st_size < cache_min_bytes():
+        return None
+    ident = [
+        CACHE_VERSION,
+        str(real),
+        st.st_size,
+        st.st_mtime_ns,
+        model_hash or legacy_model_hash(real),
+        _config_fingerprint(source),
+        str(dtype),
+    ]
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()
+    name = hashlib.sha256(f"{real}|{dtype}".encode()).hexdigest()[:20]
+    return ConvertedCache(root / f"{real.stem}-{name}.safetensors", key, st.st_size)
+
+
+def _models_from_state(
+    state: dict[str, torch.Tensor], configs: dict[str, dict[str, Any]]
+) -> Models:
+    """Build the three models on the meta device and assign the (memory-mapped) tensors."""
+    from accelerate import init_empty_weights
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    parts: dict[str, dict[str, Any]] = {"unet": {}, "vae": {}, "text_encoder": {}}
+    for key, value in state.items():
+        prefix, _, name = key.partition(".")
+        parts[prefix][name] = value
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(configs["unet"])
+        vae = AutoencoderKL.from_config(configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"]))
+    for model, name in ((unet, "unet"), (vae, "vae"), (text_encoder, "text_encoder")):
+        load_state(model, parts[name], strict=True)
+        if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
+            raise ValueError(f"{name}: incomplete cache entry")
+    return unet, vae, text_encoder

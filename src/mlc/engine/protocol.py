@@ -1,0 +1,133 @@
+"""The warm worker's contract, shared by both ends: the private folder, its file names, the
+peer check and the newline-delimited JSON messages.
+
+The folder is ``env.worker_dir()`` (``$MLC_WORKER_DIR``, default ``/tmp/mlc-<uid>/``),
+mode 0700, owned by the user; it holds ``engine.sock`` (0600), ``start.lock``, ``worker.log``
+and ``worker.pid``. Both ends check the peer's uid (SO_PEERCRED). The worker greets with
+``{"hello": {pid, uid, code, idle}}``; the client sends one request ``{"op": "run", "argv",
+"cwd", "env", "umask", "idle", "tag", "resume"}`` (or ``stop`` (``"cancel": true``: cancel
+everything and exit now; without: exit after the queue), ``cancel`` (``"tag"``), ``ping``)
+and reads ``{"queued": n}``, ``{"out": text}`` and ``{"err": text}`` (whole lines),
+``{"image": entry}`` for each image as soon as its PNG is saved (the ``--json`` summary's
+entry: ``index``, ``file``, ``seed``, ``prompt``, ...; a grid cell's ``index`` is its number),
+and finally ``{"exit": code}``; ``{"error": text}`` is a refusal. ``resume`` is the list of
+``image`` entries an earlier try of the same request got: the worker makes only the others.
+No torch here: the client imports this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import stat
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlc
+from mlc.engine import UsageError
+from mlc.errors import WorkerError
+
+SOCKET = "engine.sock"
+LOCK = "start.lock"
+LOG = "worker.log"
+PIDFILE = "worker.pid"
+DEFAULT_IDLE = 600.0
+
+
+def private_dir(d: Path) -> Path:
+    """Create D (0700) or check it: a real folder owned by this user that no one else can use."""
+    with contextlib.suppress(FileExistsError, PermissionError):
+        os.mkdir(d, 0o700)
+    try:
+        st = os.lstat(d)
+    except OSError as err:
+        raise WorkerError(f"cannot create the engine worker folder {d}: {err.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise WorkerError(f"{d} is not a folder; remove it or set MLC_WORKER_DIR")
+    if st.st_uid != os.getuid():
+        raise WorkerError(
+            f"the engine worker folder {d} belongs to uid {st.st_uid}, not to you "
+            f"(uid {os.getuid()}); it cannot be used (set MLC_WORKER_DIR or use --no-worker)"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(d, 0o700)
+    return d
+
+
+def code_fingerprint() -> str:
+    """Which engine code a process runs: the package folder's identity, version, python."""
+    st = os.stat(Path(mlc.__file__).resolve().parent)
+    return f"{mlc.__version__}:{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}:{sys.executable}"
+
+
+def idle_seconds(text: str | None) -> float:
+    """Parse an idle time in seconds (``--idle``, ``MLC_WORKER_IDLE``); UsageError if bad."""
+    if text is None or text == "":
+        return DEFAULT_IDLE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"--idle must be a number of seconds >= 0, not {text!r}")
+    return value
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (None where unknown)."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, opt, 12))
+    return uid
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+def send(sock: socket.socket, message: dict[str, Any]) -> None:
+    """One JSON line."""
+    sock.sendall(json.dumps(message).encode() + b"\n")
+
+
+class Lines:
+    """JSON lines read from a socket; None at the end of the stream."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buf = sock, b""
+
+    def next(self) -> dict[str, Any] | None:
+        """The next message, or None when the peer closed (or the connection broke)."""
+        while b"\n" not in self.buf:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+
+def read_request(conn: socket.socket, limit: int = 4 << 20) -> dict[str, Any]:
+    """The one request a client sends (the worker's side); ConnectionError or ValueError."""
+    buf = b""
+    while b"\n" not in buf:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("the client closed before sending a request")
+        buf += chunk
+        if len(buf) > limit:
+            raise ConnectionError("request too large")
+    message = json.loads(buf.split(b"\n", 1)[0])
+    if not isinstance(message, dict):
+        raise ValueError("a request is a JSON object")
+    return message
