@@ -26,7 +26,7 @@ UNET_CONFIG: dict[str, Any] = {
     "sample_size": NATIVE_SIZE // VAE_FACTOR,
     "in_channels": 4,
     "out_channels": 4,
-    "block_out_channels": [32, 64, 64],
+    "block_out_channels": [16, 32, 32],
     "layers_per_block": 1,
     # cross-attention at 8x8 and 4x4 latents (SD v1 also has it at the highest level;
     # here that would double the cost for nothing the prompts need)

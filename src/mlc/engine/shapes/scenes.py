@@ -88,9 +88,9 @@ and each pair of words still appears in training, only these triples do not."""
 
 DEMO_PROMPT = "a photo of a pink cube, black background"
 
-MIN_BOX = 60  # the shape's box side, in pixels at SIZE
-MAX_BOX = 84
-JITTER = 12  # pixels: how far the box's centre may be from the image's, either way
+MIN_BOX = 68  # the shape's box side, in pixels at SIZE
+MAX_BOX = 76
+JITTER = 4  # pixels: how far the box's centre may be from the image's, either way
 CELL_SS = 8  # the sharp drawing's pixels per cell (its coverage steps are 1/64)
 CUBE_DEPTH = 0.3  # share of the box taken by the cube's top and side faces
 RING_HOLE = 0.5  # the ring's hole diameter as a share of its box

@@ -149,7 +149,8 @@ def thumbnail_init(vae: Any, *, exact_encoder: bool = False) -> Any:
     if exact_encoder:  # the latent reads the reserved channels only
         enc.conv_out.weight[: 2 * len(ID)] = 0.0
         for c in ID:
-            enc.conv_out.weight[c, c, *_centre(enc.conv_out)] = 1.0
+            i, j = _centre(enc.conv_out)
+            enc.conv_out.weight[c, c, i, j] = 1.0
     vae.quant_conv.weight.zero_()
     vae.quant_conv.bias.zero_()
     for c in range(2 * len(ID)):

@@ -1,10 +1,14 @@
 """Train the shapes model from a seed, on the CPU, and write it in the original layout.
 
-``python -m mlc.engine.shapes.train OUT [--seed N] [--threads N]`` trains in two phases:
-the autoencoder on drawn scenes (reconstruction + a small KL term), then the UNet and the
-text encoder together on the autoencoder's latents (SD v1's noise schedule, epsilon
-prediction, captions dropped to "" 10% of the time so classifier-free guidance works, an EMA
-of the weights is what gets saved). It writes ``OUT/mlc-shapes.safetensors`` (fp16,
+``python -m mlc.engine.shapes.train OUT [--seed N] [--threads N]`` sets the autoencoder up
+as an exact thumbnail autoencoder (``thumbnail.py``; ``--vae-steps`` would fine-tune its
+decoder, 0 by default), then trains the UNet and the text encoder together on the latents
+(SD v1's noise schedule, epsilon prediction, min-SNR weighting, captions dropped to "" 10%
+of the time so classifier-free guidance works, constant learning rate after a warmup, an EMA
+of the weights), then polishes the EMA weights with the plain loss (``--polish-steps``).
+With a constant learning rate, a checkpoint written by ``--save-every`` at step N is what
+``--unet-steps N`` trains, and ``--resume`` polishes such a checkpoint.
+It writes ``OUT/mlc-shapes.safetensors`` (fp16,
 ``model.diffusion_model.*`` / ``first_stage_model.*`` / ``cond_stage_model.transformer.*``),
 its sidecar config folder ``OUT/mlc-shapes.config/`` and ``OUT/mlc-shapes.json`` (recipe,
 times, losses and, unless ``--no-eval``, the judge's scores on the held-out prompts).
@@ -24,7 +28,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +49,24 @@ class Recipe:
     """Everything that decides the trained weights (written into the record)."""
 
     seed: int = 0
-    threads: int = 2
-    vae_steps: int = 200  # decoder fine-tuning steps after the thumbnail start
+    threads: int = 1  # one thread: on a shared 2-core machine two threads spin-wait and crawl
+    vae_steps: int = 0  # decoder fine-tuning steps after the thumbnail start (0: it is exact)
     vae_batch: int = 8
     vae_lr: float = 1e-4
     latent_noise: float = 0.05  # extra noise on the decoder's latents while it trains
     unet_steps: int = 3000
-    unet_batch: int = 64
+    unet_batch: int = 32
     unet_lr: float = 1e-3
     warmup: int = 100
     uncond_rate: float = 0.1  # share of captions replaced by "" (for guidance)
     min_snr: float = 5.0  # min-SNR loss weighting (0: plain MSE)
-    ema: float = 0.999
+    ema: float = 0.995
+    save_every: int = 0  # also write the EMA weights every this many steps (0: only at the end)
+    # the polish: from the EMA weights (rounded to fp16, as exported), more steps with the
+    # plain noise-prediction loss (every noise level weighted alike: the low noise levels,
+    # which min-SNR weighting neglects, decide how clean the last steps leave the image)
+    polish_steps: int = 300
+    polish_lr: float = 2e-4
     overrides: dict[str, Any] = field(default_factory=dict)  # config changes (smoke tests)
 
 
@@ -100,11 +110,11 @@ def load_tokenizer() -> Any:
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warmup, then cosine decay to a tenth of the peak."""
+    """Linear warmup, then constant: a run of N steps is the first N steps of a longer one
+    (so a checkpoint written at step N is what ``--unet-steps N`` trains)."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak
 
 
 class Losses:
@@ -215,7 +225,7 @@ def train_unet(
     recipe: Recipe,
     rng: np.random.Generator,
     log: Callable,
-    on_step: Callable[[int, Ema], None] | None = None,
+    on_step: Callable[[int, Ema, Losses], None] | None = None,
 ) -> tuple[Losses, Ema]:
     """Denoising training of the UNet and the text encoder together; returns the EMA.
 
@@ -270,7 +280,7 @@ def train_unet(
         if (step + 1) % losses.every == 0:
             log(f"unet {step + 1}/{recipe.unet_steps} loss {losses.last:.4f}")
         if on_step is not None:
-            on_step(step + 1, ema)
+            on_step(step + 1, ema, losses)
     losses.flush(recipe.unet_steps)
     return losses, ema
 
@@ -288,6 +298,55 @@ def export(unet: Any, vae: Any, text_encoder: Any, dest: Path, name: str) -> Pat
     state = to_original_state_dict(unet, vae, text_encoder)
     state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
     return save_checkpoint(state, path)
+
+
+def save_step(ema: Ema, vae: Any, losses: Losses, dest: Path, name: str) -> Path:
+    """The EMA weights so far, with the losses so far beside them (``<name>.json``)."""
+    path = export(ema.copies[0], vae, ema.copies[1], dest, name)
+    path.with_suffix(".json").write_text(json.dumps(losses.points) + "\n", encoding="utf-8")
+    return path
+
+
+def polish(
+    unet: Any,
+    text_encoder: Any,
+    vae: Any,
+    tokenizer: Any,
+    recipe: Recipe,
+    log: Callable[[str], None],
+    dest: Path,
+    name: str,
+    started: float,
+) -> tuple[Any, Any, list[tuple[int, float]]]:
+    """The second phase: from the first one's EMA weights rounded to fp16 (exactly what a
+    checkpoint written at that step holds), ``recipe.polish_steps`` more steps with the plain
+    loss, fresh draws from the seed, a fresh optimizer and EMA. Returns the new EMA weights."""
+    unet, text_encoder = (
+        copy.deepcopy(m).to(torch.float16).to(torch.float32).requires_grad_(True)
+        for m in (unet, text_encoder)
+    )
+    phase = replace(
+        recipe,
+        seed=recipe.seed + 1000,
+        unet_steps=recipe.polish_steps,
+        unet_lr=recipe.polish_lr,
+        min_snr=0.0,
+        warmup=min(recipe.warmup, max(recipe.polish_steps // 10, 1)),
+    )
+
+    def snapshot(step: int, ema: Ema, losses: Losses) -> None:
+        if recipe.save_every and step % recipe.save_every == 0 and step < phase.unet_steps:
+            where = save_step(ema, vae, losses, dest / "steps" / f"polish-{step:05d}", name)
+            log(f"polish step {step}: wrote {where} after {time.time() - started:.0f} s")
+
+    def tagged(message: str) -> None:
+        log(f"polish: {message}")
+
+    rng = np.random.default_rng(phase.seed)
+    losses, ema = train_unet(
+        unet, text_encoder, vae, tokenizer, phase, rng, tagged, on_step=snapshot
+    )
+    return ema.copies[0], ema.copies[1], losses.points
 
 
 def machine() -> dict[str, Any]:
@@ -309,6 +368,7 @@ def train(
     name: str = shapes_model.NAME,
     evaluate: bool = True,
     log: Callable[[str], None] = print,
+    resume: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train, export and (optionally) judge the model; returns the record it writes."""
     import diffusers
@@ -335,9 +395,31 @@ def train(
     vae_losses = train_vae(vae, recipe, rng, log)
     vae.register_to_config(scaling_factor=latent_scale(rng))
     t1 = time.time()
-    unet_losses, ema = train_unet(unet, text_encoder, vae, tokenizer, recipe, rng, log)
+
+    def snapshot(step: int, ema: Ema, losses: Losses) -> None:
+        if recipe.save_every and step % recipe.save_every == 0 and step < recipe.unet_steps:
+            where = save_step(ema, vae, losses, dest / "steps" / f"{step:05d}", name)
+            log(f"step {step}: wrote {where} after {time.time() - started:.0f} s")
+
+    if resume is None:
+        unet_losses, ema = train_unet(
+            unet, text_encoder, vae, tokenizer, recipe, rng, log, on_step=snapshot
+        )
+        ema_unet, ema_text = ema.copies
+        unet_points = unet_losses.points
+    else:  # the first phase's result, as written at step recipe.unet_steps
+        from mlc.engine.loading import load
+
+        loaded = load(resume)
+        ema_unet, vae, ema_text = loaded.unet, loaded.vae, loaded.text_encoder
+        unet_points = json.loads(Path(resume).with_suffix(".json").read_text("utf-8"))
+        record["resumed_from"] = str(resume)
+    polish_points: list[tuple[int, float]] = []
+    if recipe.polish_steps:
+        ema_unet, ema_text, polish_points = polish(
+            ema_unet, ema_text, vae, tokenizer, recipe, log, dest, name, started
+        )
     t2 = time.time()
-    ema_unet, ema_text = ema.copies
     path = export(ema_unet, vae, ema_text, dest, name)
     record.update(
         {
@@ -349,7 +431,7 @@ def train(
                 "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
             },
             "seconds": {"vae": round(t1 - t0, 1), "unet": round(t2 - t1, 1)},
-            "losses": {"vae": vae_losses.points, "unet": unet_losses.points},
+            "losses": {"vae": vae_losses.points, "unet": unet_points, "polish": polish_points},
             "file": path.name,
             "file_bytes": path.stat().st_size,
         }
@@ -387,16 +469,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-batch", type=int, default=defaults.vae_batch)
     parser.add_argument("--unet-batch", type=int, default=defaults.unet_batch)
     parser.add_argument(
+        "--save-every", type=int, default=0, help="also write the weights every N UNet steps"
+    )
+    parser.add_argument(
         "--name", default=shapes_model.NAME, help="file stem (default: %(default)s)"
+    )
+    parser.add_argument("--polish-steps", type=int, default=defaults.polish_steps)
+    parser.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="skip the first phase: polish a checkpoint that --save-every wrote at step "
+        "--unet-steps (what the full run would polish)",
     )
     parser.add_argument("--no-eval", action="store_true", help="skip judging the result")
     parser.add_argument(
         "--tiny", action="store_true", help="much smaller models (a smoke test of the trainer)"
     )
     args = parser.parse_args(argv)
-    for flag in ("threads", "vae_steps", "unet_steps", "vae_batch", "unet_batch"):
+    for flag in ("threads", "unet_steps", "vae_batch", "unet_batch"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if min(args.vae_steps, args.save_every, args.polish_steps) < 0:
+        parser.error("--vae-steps, --save-every and --polish-steps must not be negative")
     recipe = Recipe(
         seed=args.seed,
         threads=args.threads,
@@ -404,15 +498,20 @@ def main(argv: list[str] | None = None) -> int:
         unet_steps=args.unet_steps,
         vae_batch=args.vae_batch,
         unet_batch=args.unet_batch,
+        save_every=args.save_every,
+        polish_steps=args.polish_steps,
         warmup=min(defaults.warmup, max(args.unet_steps // 10, 1)),
         overrides=TINY if args.tiny else {},
     )
 
+    begun = time.time()
+
     def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        print(f"[{time.time() - begun:5.0f} s] {message}", file=sys.stderr, flush=True)
 
     try:
-        train(args.dest, recipe, name=args.name, evaluate=not args.no_eval, log=log)
+        evaluate = not args.no_eval
+        train(args.dest, recipe, name=args.name, evaluate=evaluate, log=log, resume=args.resume)
     except OSError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 1
