@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,29 @@ def test_training_command_rejects_bad_flags(tmp_path: Path):
     assert done.returncode == 2
     assert "--unet-steps must be at least 1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_saved_checkpoint_polished_later_equals_the_one_command(tmp_path: Path):
+    """How the shipped weights were made: a longer run's checkpoint at step N, polished with
+    --resume, is bit for bit what one command with --unet-steps N trains (tiny models)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mlc.engine.shapes import train
+
+    threads = torch.get_num_threads()
+    base = train.Recipe(seed=5, unet_batch=4, overrides=train.TINY, warmup=1, polish_steps=2)
+    quiet = {"evaluate": False, "log": lambda _: None}
+    try:
+        train.train(tmp_path / "one", replace(base, unet_steps=3), **quiet)
+        train.train(tmp_path / "long", replace(base, unet_steps=6, save_every=3), **quiet)
+        saved = tmp_path / "long" / "steps" / "00003" / f"{model.NAME}.safetensors"
+        train.train(tmp_path / "resumed", replace(base, unet_steps=3), resume=saved, **quiet)
+    finally:
+        torch.set_num_threads(threads)
+    one = load_file(str(tmp_path / "one" / f"{model.NAME}.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / f"{model.NAME}.safetensors"))
+    longer = load_file(str(tmp_path / "long" / f"{model.NAME}.safetensors"))
+    assert one.keys() == resumed.keys()
+    assert all(torch.equal(one[k], resumed[k]) for k in one)
+    assert not all(torch.equal(one[k], longer[k]) for k in one)  # the comparison can fail
