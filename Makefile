@@ -15,7 +15,7 @@ VENV := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/bin/python)
 # torch is pinned in the same pip command: unpinned, pip resolves a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-host python test test-fast lint format demo bench bench-seed bench-modes gpu-wheels clean
+.PHONY: install install-host python test test-fast lint format demo demo-model bench bench-seed bench-modes gpu-wheels clean
 
 install: $(VENV)  ## everything: host CLI, engine, test tools
 	$(PIP) install $(TORCH) -e '.[engine,serve,test,remote]'
@@ -48,6 +48,13 @@ test-fast:  ## without the Docker tests
 
 demo:  ## the main job end to end: engine, image, container, model, an image in the workspace
 	bash examples/quickstart.sh
+
+# The demo model (docs/models.md): retrained from its fixed seed on the CPU, judged on the
+# held-out prompts, and written over the shipped weights (review `git diff` before committing).
+DEMO_MODEL_DIR ?= src/mlc/engine/shapes/weights
+
+demo-model:  ## retrain the shipped demo model (tiny, synthetic shapes) from its fixed seed
+	$(PYTHON) -m mlc.engine.shapes.train $(DEMO_MODEL_DIR)
 
 # The seed's benchmark against plain diffusers, on a cached full-size SD v1.5 checkpoint with
 # random weights (built once, 4.3 GB, under $MLC_BENCH_DIR or ~/.cache/mlc/bench). Reduced for

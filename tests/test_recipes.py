@@ -64,7 +64,8 @@ def test_demo_recipe_is_generated_not_downloaded():
     demo = recipes.get_recipe("demo")
     assert demo.source == "generate" and demo.urls == ()
     assert demo.generator[:3] == ("python", "-m", "mlc.engine.demo")
-    assert demo.generator[3:] == ("--format", "ckpt", "--name", "demo")  # writes DEST/demo.ckpt
+    # writes DEST/demo.ckpt: the trained shapes model shipped inside the package
+    assert demo.generator[3:] == ("--shapes", "--format", "ckpt", "--name", "demo")
     assert demo.ckpt == "mlc-demo/demo.ckpt" and demo.unpack_to == "mlc-demo"
 
 

@@ -276,6 +276,25 @@ def schedule_of(source: ModelSource) -> dict[str, Any]:
     return {k: data[k] for k in keys if k in data}
 
 
+CLASSIC_SIZE = 512
+"""SD v1's image side in pixels: the default --H/--W for a model whose config names none."""
+
+
+def native_size(source: ModelSource) -> int:
+    """The side in pixels a model was trained at: its own config folder's UNet
+    ``sample_size`` times its VAE's downsampling factor; CLASSIC_SIZE for the bundled SD v1
+    config, an original YAML, or a config folder without those fields."""
+    if source.yaml is not None or source.config_dir == CONFIG_DIR:
+        return CLASSIC_SIZE
+    try:
+        unet = json.loads((source.config_dir / "unet" / "config.json").read_text("utf-8"))
+        vae = json.loads((source.config_dir / "vae" / "config.json").read_text("utf-8"))
+        size = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return CLASSIC_SIZE
+    return size if size > 0 else CLASSIC_SIZE
+
+
 def first_line(err: BaseException, *, skip_header: bool = False) -> str:
     """The first non-blank line of an error (SKIP_HEADER: of its details, for torch's
     "Error(s) in loading state_dict ...:" header line)."""

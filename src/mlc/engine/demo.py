@@ -6,7 +6,11 @@ so ``mlc-txt2img --ckpt DEST/<name>.safetensors`` runs with no ``--config``. The
 is the bundled CLIP one. The weights are random (the images are noise-like patterns),
 deterministic from a fixed seed: the same call writes the same bytes.
 
-CLI: ``python -m mlc.engine.demo DEST [--format safetensors|ckpt] [--name NAME]``.
+``install_shapes(dest_dir)`` writes the trained demo model instead (``mlc.engine.shapes``:
+a tiny model trained on synthetic shapes, shipped inside the package), in the same layout:
+what ``mlc setup NAME demo`` installs.
+
+CLI: ``python -m mlc.engine.demo DEST [--format safetensors|ckpt] [--name NAME] [--shapes]``.
 """
 
 from __future__ import annotations
@@ -121,17 +125,51 @@ def build_demo_checkpoint(
     return save_checkpoint(state, path)
 
 
+def install_shapes(
+    dest_dir: str | Path, *, name: str = DEMO_NAME, fmt: str = "safetensors"
+) -> Path:
+    """Write the trained shapes model that ships with mlc (``mlc.engine.shapes``) as
+    ``dest_dir/<name>.<fmt>`` plus ``<name>.config/``; return the file. Nothing is downloaded."""
+    from mlc.engine.export import save_checkpoint
+    from mlc.engine.shapes.model import shipped_checkpoint
+
+    if fmt not in ("safetensors", "ckpt"):
+        raise ValueError(f"fmt must be 'safetensors' or 'ckpt', not {fmt!r}")
+    source = shipped_checkpoint()
+    if not source.is_file():
+        raise OSError(f"the shipped shapes model is missing: {source}")
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{name}.{fmt}"
+    shutil.copytree(sidecar_dir(source), sidecar_dir(path), dirs_exist_ok=True)
+    if fmt == "safetensors":
+        shutil.copyfile(source, path)
+        return path
+    from safetensors.torch import load_file
+
+    return save_checkpoint(load_file(str(source)), path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m mlc.engine.demo DEST``: write the tiny demo model and print its path."""
     parser = argparse.ArgumentParser(
-        prog="python -m mlc.engine.demo", description="Write the tiny random-weight demo model."
+        prog="python -m mlc.engine.demo",
+        description="Write the tiny random-weight model, or (--shapes) the trained demo model.",
     )
     parser.add_argument("dest", help="directory to write into")
     parser.add_argument("--format", choices=["safetensors", "ckpt"], default="safetensors")
     parser.add_argument("--name", default=DEMO_NAME, help="file stem (default: %(default)s)")
+    parser.add_argument(
+        "--shapes",
+        action="store_true",
+        help="the trained shapes model shipped with mlc (draws the prompt's shape) instead",
+    )
     args = parser.parse_args(argv)
     try:
-        path = build_demo_checkpoint(args.dest, name=args.name, fmt=args.format)
+        if args.shapes:
+            path = install_shapes(args.dest, name=args.name, fmt=args.format)
+        else:
+            path = build_demo_checkpoint(args.dest, name=args.name, fmt=args.format)
     except OSError as err:
         print(f"mlc-demo: error: {err}", file=sys.stderr)
         return 1

@@ -96,8 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fixed_code", action="store_true", help="use the same starting code (seed) for every image")
     a("--ddim_eta", type=float, default=0.0, help="ddim eta (eta=0.0 is deterministic sampling)")
     a("--n_iter", type=int, default=2, help="sample this often")
-    a("--H", "--height", dest="H", type=int, default=512, help="image height, in pixel space")
-    a("--W", "--width", dest="W", type=int, default=512, help="image width, in pixel space")
+    a(
+        "--H",
+        "--height",
+        dest="H",
+        type=int,
+        default=None,
+        help="image height, in pixel space (default: the model's native size, 512 for SD v1)",
+    )
+    a(
+        "--W",
+        "--width",
+        dest="W",
+        type=int,
+        default=None,
+        help="image width, in pixel space (default: the model's native size, 512 for SD v1)",
+    )
     a(
         "--C",
         "--latent_channels",
@@ -253,7 +267,23 @@ def parse_args(
     parser = build_parser()
     if defaults:
         parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.H is None or args.W is None:
+        size = model_native_size(args.ckpt, args.config)
+        args.H = size if args.H is None else args.H
+        args.W = size if args.W is None else args.W
+    return args
+
+
+def model_native_size(ckpt: str, config: str | None) -> int:
+    """The default --H/--W: the model's native size from its config (512 for SD v1, and
+    when the checkpoint cannot be found: loading it reports that)."""
+    from mlc.engine.checkpoint import CLASSIC_SIZE, CheckpointError, native_size, resolve
+
+    try:
+        return native_size(resolve(ckpt, config))
+    except CheckpointError:
+        return CLASSIC_SIZE
 
 
 def parse(argv: list[str] | None) -> RunSpec:
