@@ -1,0 +1,169 @@
+"""One engine process per device on this machine (``--devices cpu,cpu`` / ``cuda:0,cuda:1``).
+
+Each device process is spawned (a fresh interpreter: CUDA cannot be forked), sees only its
+own GPU (``CUDA_VISIBLE_DEVICES``, so its model runs on ``cuda``, as a one-device run's
+does, and the metadata says the same), loads the model once (``scale.shard``) and then makes
+one image per job from its own task queue; results, and its failure, come back on one shared
+queue. A process that dies (killed, out of memory) is noticed by its exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import signal
+from typing import Any
+
+from mlc.engine.scale.dispatch import Event
+from mlc.engine.scale.plan import Job
+from mlc.engine.spec import RunSpec
+
+JOIN_S = 5.0  # how long a device process may take to leave after its last job
+
+
+def visible_device(device: str, environ: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """DEVICE (``cuda:N``) as the process will see it: (``cuda``, its CUDA_VISIBLE_DEVICES);
+    N counts the GPUs this process sees (an inherited CUDA_VISIBLE_DEVICES is kept in mind)."""
+    environ = dict(os.environ) if environ is None else environ
+    kind, _, index = device.partition(":")
+    if kind != "cuda":
+        return device, None
+    n = int(index or 0)
+    inherited = [v for v in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if "CUDA_VISIBLE_DEVICES" in environ and n < len(inherited):
+        return "cuda", inherited[n].strip()
+    return "cuda", str(n)
+
+
+def _serve(wid: int, spec: RunSpec, device: str, threads: int, tasks: Any, results: Any) -> None:
+    """A device process: load, say ready, then one image per job until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the run
+    from mlc.errors import describe
+
+    try:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        from mlc.engine.scale.shard import Shard
+
+        shard = Shard(spec, device)
+        results.put(Event("ready", wid, info=shard.load(), pid=os.getpid()))
+    except BaseException as exc:  # noqa: BLE001 - told to the driver, one line
+        results.put(Event("failed", wid, error=describe(exc, unforeseen_is_bug=False)))
+        return
+    while True:
+        job = tasks.get()
+        if job is None:
+            return
+        try:
+            results.put(Event("done", wid, made=shard.make(job)))
+        except BaseException as exc:  # noqa: BLE001 - out of memory and the like
+            results.put(Event("failed", wid, error=describe(exc, unforeseen_is_bug=False)))
+            return
+
+
+class Pool:
+    """The device processes of one run (back end of ``dispatch.run``)."""
+
+    def __init__(self, spec: RunSpec, devices: list[str]):
+        self.spec = spec
+        self.devices = devices
+        self.labels = labels(devices)
+        self.ctx = mp.get_context("spawn")
+        self.results: Any = self.ctx.Queue()
+        self.tasks: list[Any] = []
+        self.procs: list[Any] = []
+        self.gone: set[int] = set()
+
+    def start(self) -> None:
+        cpus = sum(1 for d in self.devices if d == "cpu")
+        threads = max(1, (os.cpu_count() or 1) // cpus) if cpus else 0
+        for wid, device in enumerate(self.devices):
+            seen, visible = visible_device(device)
+            tasks = self.ctx.Queue()
+            env = {"CUDA_VISIBLE_DEVICES": visible} if visible is not None else {}
+            with _environ(env):
+                proc = self.ctx.Process(
+                    target=_serve,
+                    args=(
+                        wid,
+                        self.spec,
+                        seen,
+                        threads if seen == "cpu" else 0,
+                        tasks,
+                        self.results,
+                    ),
+                    name=f"mlc-device-{self.labels[wid]}",
+                    daemon=True,
+                )
+                proc.start()
+            self.tasks.append(tasks)
+            self.procs.append(proc)
+
+    def submit(self, wid: int, job: Job) -> None:
+        self.tasks[wid].put(job)
+
+    def events(self, timeout: float) -> list[Event]:
+        """What happened since the last call (waits up to TIMEOUT for the first event)."""
+        out: list[Event] = []
+        with contextlib.suppress(queue.Empty):
+            out.append(self.results.get(timeout=timeout))
+            while True:
+                out.append(self.results.get_nowait())
+        self.gone.update(e.wid for e in out if e.kind == "failed")
+        for wid, proc in enumerate(self.procs):
+            if wid not in self.gone and proc.exitcode is not None:
+                self.gone.add(wid)
+                out.append(Event("failed", wid, error=(exit_text(proc.exitcode), 1)))
+        return out
+
+    def retire(self, wid: int) -> None:
+        """Stop device WID (it failed)."""
+        self.gone.add(wid)
+        proc = self.procs[wid]
+        if proc.exitcode is None:
+            proc.kill()
+
+    def close(self) -> None:
+        for wid, tasks in enumerate(self.tasks):
+            if self.procs[wid].exitcode is None:
+                with contextlib.suppress(Exception):
+                    tasks.put(None)
+        for proc in self.procs:
+            proc.join(JOIN_S)
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join(JOIN_S)
+        self.results.cancel_join_thread()
+
+
+def exit_text(code: int) -> str:
+    """A device process's exit code in words."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"its process was killed by {signal.Signals(-code).name}"
+        return f"its process was killed by signal {-code}"
+    return f"its process exited with code {code}"
+
+
+def labels(devices: list[str]) -> list[str]:
+    """Each device's name in progress lines: itself, or ``cpu#1`` when named twice."""
+    return [d if devices.count(d) == 1 else f"{d}#{i}" for i, d in enumerate(devices)]
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """os.environ with VALUES while a child process is started (spawn copies it)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
