@@ -3,8 +3,8 @@
 Each device process is spawned (a fresh interpreter: CUDA cannot be forked), sees only its
 own GPU (``CUDA_VISIBLE_DEVICES``, so its model runs on ``cuda``, as a one-device run's
 does, and the metadata says the same), loads the model once (``scale.shard``) and then makes
-one image per job from its own task queue; results, and its failure, come back on one shared
-queue. A process that dies (killed, out of memory) is noticed by its exit code.
+one image per job, each job and its result over the process's own pipe. A process that dies
+(killed, out of memory) is noticed by its pipe closing, and named by its exit code.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import queue
 import signal
+from multiprocessing import connection
 from typing import Any
 
 from mlc.engine.scale.dispatch import Event
@@ -37,7 +37,7 @@ def visible_device(device: str, environ: dict[str, str] | None = None) -> tuple[
     return "cuda", str(n)
 
 
-def _serve(wid: int, spec: RunSpec, device: str, threads: int, tasks: Any, results: Any) -> None:
+def _serve(wid: int, spec: RunSpec, device: str, threads: int, conn: Any) -> None:
     """A device process: load, say ready, then one image per job until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the run
     from mlc.errors import describe
@@ -50,31 +50,34 @@ def _serve(wid: int, spec: RunSpec, device: str, threads: int, tasks: Any, resul
         from mlc.engine.scale.shard import Shard
 
         shard = Shard(spec, device)
-        results.put(Event("ready", wid, info=shard.load(), pid=os.getpid()))
+        conn.send(Event("ready", wid, info=shard.load(), pid=os.getpid()))
     except BaseException as exc:  # noqa: BLE001 - told to the driver, one line
-        results.put(Event("failed", wid, error=describe(exc, unforeseen_is_bug=False)))
+        conn.send(Event("failed", wid, error=describe(exc, unforeseen_is_bug=False)))
         return
     while True:
-        job = tasks.get()
+        try:
+            job = conn.recv()
+        except EOFError:  # the driver is gone
+            return
         if job is None:
             return
         try:
-            results.put(Event("done", wid, made=shard.make(job)))
+            conn.send(Event("done", wid, made=shard.make(job)))
         except BaseException as exc:  # noqa: BLE001 - out of memory and the like
-            results.put(Event("failed", wid, error=describe(exc, unforeseen_is_bug=False)))
+            conn.send(Event("failed", wid, error=describe(exc, unforeseen_is_bug=False)))
             return
 
 
 class Pool:
-    """The device processes of one run (back end of ``dispatch.run``)."""
+    """The device processes of one run (back end of ``dispatch.run``). Each has its own pipe
+    (no lock shared between processes: a killed one cannot block the others)."""
 
     def __init__(self, spec: RunSpec, devices: list[str]):
         self.spec = spec
         self.devices = devices
         self.labels = labels(devices)
         self.ctx = mp.get_context("spawn")
-        self.results: Any = self.ctx.Queue()
-        self.tasks: list[Any] = []
+        self.conns: list[Any] = []
         self.procs: list[Any] = []
         self.gone: set[int] = set()
 
@@ -83,41 +86,38 @@ class Pool:
         threads = max(1, (os.cpu_count() or 1) // cpus) if cpus else 0
         for wid, device in enumerate(self.devices):
             seen, visible = visible_device(device)
-            tasks = self.ctx.Queue()
+            ours, theirs = self.ctx.Pipe()
             env = {"CUDA_VISIBLE_DEVICES": visible} if visible is not None else {}
             with _environ(env):
                 proc = self.ctx.Process(
                     target=_serve,
-                    args=(
-                        wid,
-                        self.spec,
-                        seen,
-                        threads if seen == "cpu" else 0,
-                        tasks,
-                        self.results,
-                    ),
+                    args=(wid, self.spec, seen, threads if seen == "cpu" else 0, theirs),
                     name=f"mlc-device-{self.labels[wid]}",
                     daemon=True,
                 )
                 proc.start()
-            self.tasks.append(tasks)
+            theirs.close()
+            self.conns.append(ours)
             self.procs.append(proc)
 
     def submit(self, wid: int, job: Job) -> None:
-        self.tasks[wid].put(job)
+        with contextlib.suppress(OSError):  # a dead device: its exit is reported next
+            self.conns[wid].send(job)
 
     def events(self, timeout: float) -> list[Event]:
         """What happened since the last call (waits up to TIMEOUT for the first event)."""
+        live = {self.conns[w]: w for w in range(len(self.conns)) if w not in self.gone}
         out: list[Event] = []
-        with contextlib.suppress(queue.Empty):
-            out.append(self.results.get(timeout=timeout))
-            while True:
-                out.append(self.results.get_nowait())
+        for conn in connection.wait(list(live), timeout) if live else []:
+            wid = live[conn]
+            try:
+                while conn.poll():
+                    out.append(conn.recv())
+            except (EOFError, OSError):  # its end closed: the process is gone
+                self.procs[wid].join(JOIN_S)
+                code = self.procs[wid].exitcode
+                out.append(Event("failed", wid, error=(exit_text(code), 1)))
         self.gone.update(e.wid for e in out if e.kind == "failed")
-        for wid, proc in enumerate(self.procs):
-            if wid not in self.gone and proc.exitcode is not None:
-                self.gone.add(wid)
-                out.append(Event("failed", wid, error=(exit_text(proc.exitcode), 1)))
         return out
 
     def retire(self, wid: int) -> None:
@@ -128,20 +128,23 @@ class Pool:
             proc.kill()
 
     def close(self) -> None:
-        for wid, tasks in enumerate(self.tasks):
+        for wid, conn in enumerate(self.conns):
             if self.procs[wid].exitcode is None:
-                with contextlib.suppress(Exception):
-                    tasks.put(None)
+                with contextlib.suppress(OSError):
+                    conn.send(None)
         for proc in self.procs:
             proc.join(JOIN_S)
             if proc.exitcode is None:
                 proc.kill()
                 proc.join(JOIN_S)
-        self.results.cancel_join_thread()
+        for conn in self.conns:
+            conn.close()
 
 
-def exit_text(code: int) -> str:
+def exit_text(code: int | None) -> str:
     """A device process's exit code in words."""
+    if code is None:
+        return "its process stopped answering"
     if code < 0:
         with contextlib.suppress(ValueError):
             return f"its process was killed by {signal.Signals(-code).name}"
