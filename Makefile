@@ -18,7 +18,7 @@ TORCH ?= torch==2.13.0
 .PHONY: install install-host python test test-fast lint format demo bench bench-seed bench-modes gpu-wheels clean
 
 install: $(VENV)  ## everything: host CLI, engine, test tools
-	$(PIP) install $(TORCH) -e '.[engine,test,remote]'
+	$(PIP) install $(TORCH) -e '.[engine,test,remote,cluster]'
 	@$(if $(VENV),echo "mlc is installed in .venv: add $$PWD/.venv/bin to PATH (or source .venv/bin/activate)")
 
 install-host: $(VENV)  ## host CLI only (no torch)

@@ -250,3 +250,46 @@ def test_flag_conflicts_are_one_line(extra, message):
         parse(["--prompt", "p", *extra])
     spec = parse(["--prompt", "p"])
     assert not spec.scaled
+
+
+# -- Ray --------------------------------------------------------------------------------------
+
+
+def test_ray_local_gives_the_one_device_files(tiny, prompts, reference, tmp_path):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("ray is missing (CI is set: make install installs the cluster extra)")
+        pytest.skip("ray is not installed (pip install 'mlc-toolkit[cluster]')")
+    out = tmp_path / "out"
+    args = flags(tiny, prompts, out, "--ray", "local", "--ray_workers", "2", "--json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    r = subprocess.run(
+        [sys.executable, "-m", "mlc.engine.txt2img", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,  # the local cluster is started and stopped by the run itself
+    )
+    assert r.returncode == 0, r.stderr
+    assert samples(out) == reference
+    import json
+
+    summary = json.loads(r.stdout)
+    assert [d["device"] for d in summary["devices"]] == ["ray-cpu#0", "ray-cpu#1"]
+    assert sum(d["made"] for d in summary["devices"]) == 12
+
+
+def test_ray_missing_is_one_line(tiny, prompts, tmp_path):
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "ray.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    path = os.pathsep.join([str(hide), os.environ["PYTHONPATH"]])
+    r = run_cli(*flags(tiny, prompts, tmp_path / "out", "--ray", "local"), env={"PYTHONPATH": path})
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "mlc-txt2img: error: --ray needs Ray, which is not installed here "
+        "(pip install 'mlc-toolkit[cluster]')"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -274,8 +274,13 @@ class Driver:
 def run(spec: RunSpec, backend: Backend) -> dict[str, Any]:
     """SPEC's images over BACKEND's devices; the ``--json`` summary (as ``run.execute``'s,
     with ``devices`` and ``failed``). Failed images are an EngineError after the summary line."""
-    driver = Driver(spec, backend, [Device(label) for label in backend.labels])
-    backend.start()
+    t0 = time.perf_counter()
+    try:
+        backend.start()  # the devices start loading; their labels are known from here
+    except BaseException:
+        backend.close()
+        raise
+    driver = Driver(spec, backend, [Device(label) for label in backend.labels], t0=t0)
     try:
         driver.loop()
     except KeyboardInterrupt:
