@@ -74,14 +74,15 @@ bench-modes:  ## each speed mode against the exact image: speed-up and deviation
 # Scaling: one bulk run on 1 device and on $(SCALE_DEVICES) (one engine process each), images/s
 # and whether both wrote the same files. Here on the tiny demo model; on a GPU server:
 # make bench-scale SCALE_DEVICES=all SCALE_CKPT=$$($(PYTHON) -m mlc.engine.fullsize) \
-#   SCALE_FLAGS='--H 512 --W 512 --ddim_steps 20 --n_iter 64'
+#   SCALE_FLAGS='--H 512 --W 512 --ddim_steps 20 --n_samples 1 --n_iter 64' SCALE_THREADS='
 SCALE_DEVICES ?= cpu,cpu
 SCALE_CKPT ?=
-SCALE_FLAGS ?= --H 64 --W 64 --ddim_steps 10 --n_iter 24
+SCALE_FLAGS ?= --H 64 --W 64 --ddim_steps 10 --n_samples 1 --n_iter 24
+SCALE_THREADS ?= 1
 
 bench-scale:  ## images/s with 1 and with several devices (JSON in $(BENCH_OUT)/bench-scale.json)
 	ckpt="$(SCALE_CKPT)"; [ -n "$$ckpt" ] || ckpt=$$($(PYTHON) -m mlc.engine.demo $(BENCH_OUT)/demo-model) && \
-	$(PYTHON) -m mlc.engine.scale.bench --devices $(SCALE_DEVICES) --json $(BENCH_OUT)/bench-scale.json \
+	$(if $(SCALE_THREADS),OMP_NUM_THREADS=$(SCALE_THREADS)) $(PYTHON) -m mlc.engine.scale.bench --devices $(SCALE_DEVICES) --json $(BENCH_OUT)/bench-scale.json \
 		--ckpt "$$ckpt" --prompt "a red cube on a table" $(SCALE_FLAGS)
 
 # For a lent GPU machine (torch with CUDA, no network, no diffusers): fetch diffusers' wheel

@@ -6,7 +6,10 @@ folder, with ``--devices D0`` and with ``--devices D0,...,Dn`` (each device its 
 process), and reports images per second over the generation (from the plan to the last saved
 image: model loading excluded), the wall time of the command, the speed-up and that both
 runs wrote the same files (byte for byte). Engine flags pass through (``--ckpt``, ``--H``,
-``--n_iter``, ...).
+``--n_iter``, ...). On CPU, give every process one thread (``OMP_NUM_THREADS=1``, as ``make
+bench-scale`` does): CPU kernels round differently with another thread count, so the files
+of a 1-process and a 2-process run only match with the same count, and several processes
+each with every core slow each other down.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-DEFAULT_FLAGS = ["--H", "64", "--W", "64", "--ddim_steps", "10", "--n_samples", "1"]
 
 
 def run_once(devices: str, flags: list[str], outdir: Path) -> dict[str, Any]:
@@ -57,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", default="cpu,cpu", help="the devices of the N-device run")
     parser.add_argument("--json", dest="out", default=None, help="write the rows to this file")
     args, flags = parser.parse_known_args(argv)
-    flags = [*DEFAULT_FLAGS, *flags]
     devices = args.devices.split(",")
     with tempfile.TemporaryDirectory(prefix="mlc-scale-bench-") as tmp:
         rows = []

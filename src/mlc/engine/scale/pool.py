@@ -37,16 +37,15 @@ def visible_device(device: str, environ: dict[str, str] | None = None) -> tuple[
     return "cuda", str(n)
 
 
-def _serve(wid: int, spec: RunSpec, device: str, threads: int, conn: Any) -> None:
-    """A device process: load, say ready, then one image per job until told to stop."""
+def _serve(wid: int, spec: RunSpec, device: str, conn: Any) -> None:
+    """A device process: load, say ready, then one image per job until told to stop.
+
+    A CPU process keeps torch's default thread count, as a one-device run does: CPU kernels
+    round differently with another count, and the pixels must be the same."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the run
     from mlc.errors import describe
 
     try:
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
         from mlc.engine.scale.shard import Shard
 
         shard = Shard(spec, device)
@@ -82,8 +81,6 @@ class Pool:
         self.gone: set[int] = set()
 
     def start(self) -> None:
-        cpus = sum(1 for d in self.devices if d == "cpu")
-        threads = max(1, (os.cpu_count() or 1) // cpus) if cpus else 0
         for wid, device in enumerate(self.devices):
             seen, visible = visible_device(device)
             ours, theirs = self.ctx.Pipe()
@@ -91,7 +88,7 @@ class Pool:
             with _environ(env):
                 proc = self.ctx.Process(
                     target=_serve,
-                    args=(wid, self.spec, seen, threads if seen == "cpu" else 0, theirs),
+                    args=(wid, self.spec, seen, theirs),
                     name=f"mlc-device-{self.labels[wid]}",
                     daemon=True,
                 )
