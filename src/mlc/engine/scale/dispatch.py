@@ -283,13 +283,13 @@ def run(spec: RunSpec, backend: Backend) -> dict[str, Any]:
     driver = Driver(spec, backend, [Device(label) for label in backend.labels], t0=t0)
     try:
         driver.loop()
+        t_saved = time.perf_counter()  # the last image saved (the devices' exit not counted)
     except KeyboardInterrupt:
         n = sum(d.made for d in driver.devices)
         say(f"note: interrupted: {n} image(s) made by this run kept; --resume makes the rest")
         raise
     finally:
         backend.close()
-    t_saved = time.perf_counter()
     grid = make_grid(driver) if not driver.failed else None
     t_end = time.perf_counter()
     say(driver.summary_line())
