@@ -15,10 +15,10 @@ VENV := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/bin/python)
 # torch is pinned in the same pip command: unpinned, pip resolves a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-host python test test-fast lint format demo demo-model bench bench-seed bench-modes gpu-wheels clean
+.PHONY: install install-host python test test-fast lint format demo demo-model bench bench-seed bench-modes bench-scale gpu-wheels clean
 
 install: $(VENV)  ## everything: host CLI, engine, test tools
-	$(PIP) install $(TORCH) -e '.[engine,serve,test,remote]'
+	$(PIP) install $(TORCH) -e '.[engine,serve,test,remote,cluster]'
 	@$(if $(VENV),echo "mlc is installed in .venv: add $$PWD/.venv/bin to PATH (or source .venv/bin/activate)")
 
 install-host: $(VENV)  ## host CLI only (no torch)
@@ -77,6 +77,20 @@ bench-modes:  ## each speed mode against the exact image: speed-up and deviation
 	ckpt=$$($(PYTHON) -m mlc.engine.fullsize) && \
 	$(PYTHON) -m mlc.engine.txt2img --bench --bench_modes --ckpt "$$ckpt" \
 		--outdir $(BENCH_OUT) --bench_json $(BENCH_OUT)/bench-modes.json $(MODES_FLAGS)
+
+# Scaling: one bulk run on 1 device and on $(SCALE_DEVICES) (one engine process each), images/s
+# and whether both wrote the same files. Here on the tiny demo model; on a GPU server:
+# make bench-scale SCALE_DEVICES=all SCALE_CKPT=$$($(PYTHON) -m mlc.engine.fullsize) \
+#   SCALE_FLAGS='--H 512 --W 512 --ddim_steps 20 --n_samples 1 --n_iter 64' SCALE_THREADS='
+SCALE_DEVICES ?= cpu,cpu
+SCALE_CKPT ?=
+SCALE_FLAGS ?= --H 64 --W 64 --ddim_steps 10 --n_samples 1 --n_iter 24
+SCALE_THREADS ?= 1
+
+bench-scale:  ## images/s with 1 and with several devices (JSON in $(BENCH_OUT)/bench-scale.json)
+	ckpt="$(SCALE_CKPT)"; [ -n "$$ckpt" ] || ckpt=$$($(PYTHON) -m mlc.engine.demo $(BENCH_OUT)/demo-model) && \
+	$(if $(SCALE_THREADS),OMP_NUM_THREADS=$(SCALE_THREADS)) $(PYTHON) -m mlc.engine.scale.bench --devices $(SCALE_DEVICES) --json $(BENCH_OUT)/bench-scale.json \
+		--ckpt "$$ckpt" --prompt "a red cube on a table" $(SCALE_FLAGS)
 
 # For a lent GPU machine (torch with CUDA, no network, no diffusers): fetch diffusers' wheel
 # here into .whl/ (git-ignored), carry it, and run tests/support/gpu-check.sh there.

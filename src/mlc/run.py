@@ -14,7 +14,7 @@ from typing import Any
 
 import docker
 
-from mlc import containers, host, paths, provision, results
+from mlc import containers, host, paths, provision, results, scaleout
 from mlc.containers import Container
 from mlc.containers.labels import Mount
 from mlc.errors import MlcError
@@ -120,6 +120,9 @@ def txt2img(
     dc = dc or containers.client()
     remote_host = containers.remote_host()
     c = containers.find(dc, name, host.current_user())
+    flags, scaled = scaleout.engine_flags(flags, c.gpus, f"container '{name}'")
+    if scaled:  # --gpus/--devices/--ray: the engine starts its own device processes
+        flags = [*flags, "--no-worker"]
     containers.start(c)
     try:
         inv = plan(name, provision.load_state(c), c.mounts, flags, remote=bool(remote_host))

@@ -145,7 +145,8 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
     model stays loaded in a worker inside the container between calls (it exits after
     --idle SECONDS, default 600 or $MLC_WORKER_IDLE); --no-worker runs one-shot;
     --stop-worker stops the worker. --fetch-outputs DIR copies the run's new files to DIR on
-    this machine (for a remote engine, whose workspace is on its host).
+    this machine (for a remote engine, whose workspace is on its host). --gpus all|N|ID,ID
+    shares the run over the container's GPUs, one engine per GPU (docs/scale-out.md).
 
     Example: [bold]mlc txt2img sd --prompt "a photo of a pink cube" --plms --n_samples 1[/]
     """

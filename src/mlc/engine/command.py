@@ -53,7 +53,12 @@ def _main(argv: list[str] | None, run: Execute) -> int:
 
         return run_bench(argv)
     spec = validate(args)
-    summary = run(spec)
+    if spec.scaled:  # several devices, Ray or --resume: mlc.engine.scale
+        from mlc.engine.scale import run_scaled
+
+        summary = run_scaled(spec)
+    else:
+        summary = run(spec)
     print_summary(spec, summary)
     return 0
 

@@ -36,6 +36,7 @@ from mlc.engine.env import (  # noqa: F401
     worker_idle,
 )
 from mlc.engine.samplers import SAMPLERS, get_sampler
+from mlc.engine.scale import flags as scale_flags
 from mlc.engine.spec import (
     DEFAULT_OUTDIR,
     DEFAULT_PROMPT,
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"most images (or grid cells) per run (default: $MLC_MAX_IMAGES, else {MAX_IMAGES})",
     )
     lim("--no_limits", action="store_true", help="no limit on pixels, steps or images")
+    scale_flags.add_flags(p)  # --devices, --resume, --ray (mlc.engine.scale)
     # the seed's benchmark (mlc.engine.bench; docs/benchmarks.md)
     a("--bench", action="store_true", help="run the seed's benchmark (flags override its defaults)")
     a("--baseline", choices=["diffusers"], default=None, help="--bench: also time plain diffusers")
@@ -432,7 +434,7 @@ def validate(args: argparse.Namespace) -> RunSpec:
     if any(v is not None for v in axis_flags.values()):
         spec = with_axes(spec, axis_flags, from_file=bool(args.from_file))
     limits(args).check(spec)
-    return spec
+    return scale_flags.apply(args, spec)
 
 
 def limits(args: argparse.Namespace) -> Limits:

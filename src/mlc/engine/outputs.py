@@ -2,8 +2,9 @@
 
 Layout (as the classic script): ``<outdir>/samples/NNNNN.png`` and ``<outdir>/grid-NNNN.png``.
 Numbers continue after the highest existing one (only names of that form count: a stray
-``2024-vacation.jpg`` does not shift them), and each name is claimed atomically
-(``O_CREAT | O_EXCL``) before the image is written beside it and renamed over the claim,
+``2024-vacation.jpg`` does not shift them; the range a sharded run reserved with a hidden
+``.reserved-FIRST-LAST`` file does, see ``mlc.engine.scale.plan``), and each name is claimed
+atomically (``O_CREAT | O_EXCL``) before the image is written beside it and renamed over the claim,
 so concurrent runs sharing an outdir never overwrite each other's files.
 """
 
@@ -28,6 +29,7 @@ PARAMETERS_KEY = "parameters"  # A1111's text chunk
 JSON_KEY = "mlc"  # our JSON chunk
 SAMPLE_PATTERN = re.compile(r"^(\d{5,})\.png$")  # only the engine's own names count
 GRID_PATTERN = re.compile(r"^grid-(\d{4,})\.png$")
+RESERVED_PATTERN = re.compile(r"^\.reserved-(\d+)-(\d+)$")  # a sharded run's numbers (scale.plan)
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Numbering:
                 match = self.pattern.match(name)
                 if match:
                     best = max(best, int(match.group(1)))
+                elif reserved := RESERVED_PATTERN.match(name):
+                    best = max(best, int(reserved.group(2)))
         return best
 
     def claim(self) -> Path:

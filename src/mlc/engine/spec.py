@@ -226,6 +226,16 @@ class RunSpec:
     notes: list[str] = field(default_factory=list)
     axes: list[Axis] = field(default_factory=list)  # --x, --y, --z
     quiet: bool = False  # no progress lines of its own (a grid cell: the grid's loop says them)
+    # scale-out (mlc.engine.scale): devices to share the run, a Ray cluster, --resume
+    devices: list[str] = field(default_factory=list)
+    ray: str | None = None
+    ray_workers: int | None = None
+    resume: bool = False
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the run goes through ``mlc.engine.scale`` (devices, Ray or --resume)."""
+        return bool(self.devices or self.ray or self.resume)
 
     @property
     def n_images(self) -> int:
