@@ -31,6 +31,10 @@ The capture follows PyTorch's recipe: warm-up calls on a side stream (lazy initi
 cuDNN/cuBLAS heuristics, a ``--compile`` of this shape), then the capture, then a replay for the
 step at hand. The graph backend is an interface (``GraphBackend``): ``CudaGraphs`` is the real
 one; tests drive the bookkeeping with a recording stand-in.
+
+Why one module of ~480 lines: the step, its key, the capture and the replay share one memory
+pool and one set of invariants (what a graph may depend on); split, each part would need the
+others' internals.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ times, losses and, unless ``--no-eval``, the judge's scores on the held-out prom
 
 Every random draw comes from the seed: the same command on the same machine and thread
 count trains the same weights.
+
+Why one module of ~530 lines: it is the whole recipe in the order it runs (data, losses, the
+two training phases, the polish, export, the command line); split, a reader who retrains the
+model would follow it across files for no reuse (nothing else imports its parts).
 """
 
 from __future__ import annotations
