@@ -2,11 +2,14 @@
 peer check and the newline-delimited JSON messages.
 
 The folder is ``env.worker_dir()`` (``$MLC_WORKER_DIR``, default ``/tmp/mlc-<uid>/``),
-mode 0700, owned by the user; it holds ``engine.sock`` (0600), ``start.lock``, ``worker.log``
-and ``worker.pid``. Both ends check the peer's uid (SO_PEERCRED). The worker greets with
+mode 0700, owned by the user; it holds ``engine.sock`` (0600), ``start.lock``, ``worker.log``,
+``worker.pid`` and ``status.json`` (``{state, model, pid, served, busy}``; state ``starting``,
+``loading``, ``ready`` or ``idle``: whether the worker holds a model, and which). Both ends check the peer's uid (SO_PEERCRED). The worker greets with
 ``{"hello": {pid, uid, code, idle}}``; the client sends one request ``{"op": "run", "argv",
 "cwd", "env", "umask", "idle", "tag", "resume"}`` (or ``stop`` (``"cancel": true``: cancel
-everything and exit now; without: exit after the queue), ``cancel`` (``"tag"``), ``ping``)
+everything and exit now; without: exit after the queue), ``cancel`` (``"tag"``), ``ping``,
+``status`` (the reply's ``status`` is what ``status.json`` holds), ``warm`` (``"argv"``,
+``"cwd"``, ``"env"``: load that command line's model now, before any request; answered at once))
 and reads ``{"queued": n}``, ``{"out": text}`` and ``{"err": text}`` (whole lines),
 ``{"image": entry}`` for each image as soon as its PNG is saved (the ``--json`` summary's
 entry: ``index``, ``file``, ``seed``, ``prompt``, ...; a grid cell's ``index`` is its number),
@@ -35,6 +38,7 @@ SOCKET = "engine.sock"
 LOCK = "start.lock"
 LOG = "worker.log"
 PIDFILE = "worker.pid"
+STATUS = "status.json"
 DEFAULT_IDLE = 600.0
 
 
