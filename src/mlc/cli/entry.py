@@ -1,5 +1,8 @@
 """The `mlc` and `mlc-VERB` entry points: AIME's argument spellings, then the app, with every
-failure reported as one line through :func:`mlc.errors.report`."""
+failure reported as one line through :func:`mlc.errors.report`.
+
+Light on purpose: the Typer app (and with it the Docker SDK and rich) is imported only when a
+command needs it; `mlc txt2img` first tries :mod:`mlc.fastpath` (a warm worker's socket)."""
 
 from __future__ import annotations
 
@@ -7,11 +10,8 @@ import re
 import sys
 from collections.abc import Callable
 
-import typer
-
 from mlc import errors
 from mlc.cli import signals
-from mlc.cli.app import app
 
 _SHORT_WITH_VALUE = re.compile(r"^(-[wdmg])=(.*)$")
 
@@ -32,6 +32,12 @@ def normalise(argv: list[str]) -> list[str]:
 def run(args: list[str]) -> int:
     """Run the app on ARGS; the exit code (every failure reported as one line on stderr)."""
     try:
+        import typer
+
+        from mlc.cli.app import app
+    except (Exception, KeyboardInterrupt) as exc:
+        return errors.report(exc, "mlc")
+    try:
         code = app(args=args, prog_name="mlc", standalone_mode=False)
     except typer.Abort:  # click's EOF or Ctrl-C at a prompt: no exit_code of its own
         return errors.report(KeyboardInterrupt(), "mlc")
@@ -45,7 +51,14 @@ def run(args: list[str]) -> int:
 def main(argv: list[str] | None = None, prefix: list[str] | None = None) -> None:
     """`mlc`: run and exit with the command's code (SIGTERM and SIGHUP taken like Ctrl-C)."""
     signals.install()
-    sys.exit(run(normalise((prefix or []) + list(sys.argv[1:] if argv is None else argv))))
+    args = normalise((prefix or []) + list(sys.argv[1:] if argv is None else argv))
+    if args[:1] == ["txt2img"]:
+        from mlc import fastpath
+
+        code = fastpath.txt2img(args[1:])
+        if code is not None:
+            sys.exit(code)
+    sys.exit(run(args))
 
 
 def _verb(verb: str) -> Callable[[], None]:

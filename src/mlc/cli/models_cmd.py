@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mlc import containers, host, models, recipes, run
-from mlc.cli.options import JsonOpt, NameArg
+from mlc.cli.options import JsonOpt, NameArg, NoPrewarmOpt
 from mlc.cli.output import err, say, show, show_json, show_table, table
 from mlc.errors import MlcError
 from mlc.progress import RichProgress, human_size
@@ -46,10 +46,12 @@ def setup(
         bool,
         typer.Option("--force", help="Fetch again even when installed (from the same --url too)."),
     ] = False,
+    no_prewarm: NoPrewarmOpt = False,
 ) -> None:
     """Make NAME ready to generate: packages, the bundled engine, and the RECIPE's weights.
 
-    Safe to re-run: what is done is skipped.
+    Safe to re-run: what is done is skipped. At the end the engine worker starts loading the
+    model in the background (unless --no-prewarm or MLC_PREWARM=0).
 
     Example: [bold]mlc setup sd[/] or [bold]mlc setup sd demo[/]
     """
@@ -73,6 +75,10 @@ def setup(
                 force=force,
                 progress=progress,
             )
+        run.forget(c)  # the fast path plans from what this setup recorded
+        model = run.prewarm(c, not no_prewarm)
+        if model:
+            say(f"[{name}] engine worker: loading {model} in the background")
     finally:
         if started:
             containers.stop_if_idle(dc, c)

@@ -4,7 +4,8 @@ peer check and the newline-delimited JSON messages.
 The folder is ``env.worker_dir()`` (``$MLC_WORKER_DIR``, default ``/tmp/mlc-<uid>/``),
 mode 0700, owned by the user; it holds ``engine.sock`` (0600), ``start.lock``, ``worker.log``,
 ``worker.pid`` and ``status.json`` (``{state, model, pid, served, busy}``; state ``starting``,
-``loading``, ``ready`` or ``idle``: whether the worker holds a model, and which). Both ends check the peer's uid (SO_PEERCRED). The worker greets with
+``loading``, ``ready`` or ``idle``: whether the worker holds a model, and which). Both ends
+check the peer's uid (SO_PEERCRED). The worker greets with
 ``{"hello": {pid, uid, code, idle}}``; the client sends one request ``{"op": "run", "argv",
 "cwd", "env", "umask", "idle", "tag", "resume"}`` (or ``stop`` (``"cancel": true``: cancel
 everything and exit now; without: exit after the queue), ``cancel`` (``"tag"``), ``ping``,

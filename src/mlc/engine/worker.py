@@ -41,8 +41,8 @@ from typing import Any
 from mlc.engine import report_error
 from mlc.engine.command import execute
 from mlc.engine.command import main as run_command
-from mlc.engine.options import parse_args, validate
 from mlc.engine.env import apply_request_env, worker_dir, worker_idle
+from mlc.engine.options import parse_args, validate
 from mlc.engine.protocol import (
     DEFAULT_IDLE,
     PIDFILE,
