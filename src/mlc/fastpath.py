@@ -39,6 +39,12 @@ def enabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
     engine's workers are on its host)."""
     if environ.get("MLC_FASTPATH", "1").lower() in ("0", "off", "no", "false"):
         return False
+    return local_engine(environ)
+
+
+def local_engine(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """Whether mlc surely talks to the local Docker socket (no DOCKER_HOST other than a unix
+    socket, no DOCKER_CONTEXT, the docker CLI's default context); when unsure, False."""
     host = environ.get("DOCKER_HOST", "")
     if (host and not host.startswith("unix://")) or environ.get("DOCKER_CONTEXT"):
         return False
@@ -95,7 +101,7 @@ def _request(name: str, route: dict[str, Any], flags: list[str]) -> dict[str, An
     return {
         "op": "run",
         "argv": inv.flags,
-        "cwd": WORKDIR,
+        "cwd": str(route.get("workdir") or WORKDIR),
         "env": {k: env[k] for k in warmpath.REQUEST_ENV if k in env},
         "umask": UMASK,
         "idle": None,

@@ -186,6 +186,7 @@ def write_route(
     state: Mapping[str, Any],
     mounts: Sequence[tuple[Path, PurePosixPath]],
     container_env: Sequence[str],
+    workdir: str = "/workspace",
 ) -> None:
     """What the fast path needs to plan `mlc txt2img` for this container, written whole into
     D (private; skipped when D is not)."""
@@ -198,6 +199,7 @@ def write_route(
                   if k in state},
         "mounts": [[str(o), str(i)] for o, i in mounts],
         "env": {k: env[k] for k in REQUEST_ENV if k in env},
+        "workdir": workdir,
     }  # fmt: skip
     tmp = d / f".{ROUTE}.{os.getpid()}"
     with contextlib.suppress(OSError):

@@ -6,12 +6,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from mlc import containers, host, provision, run, warmpath
+from mlc import containers, host, warmpath
+from mlc.cli import output
 from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt, NameArg, NoPrewarmOpt
-from mlc.cli.output import confirm, err, say, show, show_json, show_table, table
-from mlc.progress import RichProgress, human_size
+from mlc.cli.output import confirm, say, show, show_json, show_table, table
+from mlc.containers.spec import DEFAULT_ULIMITS
+
+# Each command imports what it runs on (the Docker SDK, rich) itself: `mlc --help` and the
+# commands that do not need them start without them.
 
 FOLDERS = "Folders"
 LIMITS = "GPUs and limits"
@@ -69,7 +72,7 @@ def create(
             help="NAME=SOFT[:HARD],... or none.",
             rich_help_panel=LIMITS,
         ),
-    ] = containers.DEFAULT_ULIMITS,
+    ] = DEFAULT_ULIMITS,
     no_forward: Annotated[
         bool,
         typer.Option(
@@ -101,13 +104,15 @@ def create(
 
     Example: [bold]mlc create sd Pytorch 2.9.1 -w ~/sd -m ~/models[/]
     """
+    from mlc.progress import RichProgress
+
     spec = containers.new_spec(
         name, framework, version, workspace=workspace, data=data, models=models, gpus=gpus,
         arch=arch, ulimits=ulimit, forward_network=not no_forward, build=build,
         catalog_path=catalog_path, remote_host=containers.remote_host(),
         prewarm=not no_prewarm,
     )  # fmt: skip
-    with RichProgress(console=err, transient=True) as progress:
+    with RichProgress(console=output.err, transient=True) as progress:
         c = containers.create(containers.client(), spec, progress)
     e = spec.entry
     on = f" on host {spec.remote_host}" if spec.remote_host else ""
@@ -131,6 +136,8 @@ def open_(
 
     Example: [bold]mlc open sd[/] or [bold]mlc open sd -- python train.py[/]
     """
+    from mlc import provision
+
     dc = containers.client()
     c = containers.find(dc, name, host.current_user())
     if containers.start(c):
@@ -159,6 +166,10 @@ def list_(
 
     Example: [bold]mlc list[/] or [bold]mlc list --json[/]
     """
+    from rich.markup import escape
+
+    from mlc import run
+
     found = containers.mine(containers.client(), host.current_user(), all_users)
     workers = {c.docker_name: run.worker_status(c) for c in found}
     if as_json:
@@ -198,6 +209,8 @@ def start(name: NameArg, no_prewarm: NoPrewarmOpt = False) -> None:
 
 def _prewarm(c: containers.Container, asked: bool) -> None:
     """Pre-warm C's engine worker (see :func:`mlc.run.prewarm`) and say so."""
+    from mlc import run
+
     model = run.prewarm(c, asked)
     if model:
         say(f"[{c.name}] engine worker: loading {model} in the background")
@@ -239,6 +252,11 @@ def stats(as_json: JsonOpt = False) -> None:
 
     Example: [bold]mlc stats[/]
     """
+    from rich.markup import escape
+
+    from mlc import run
+    from mlc.progress import human_size
+
     found = containers.mine(containers.client(), host.current_user())
     running = [c for c in found if c.status == "running"]
     rows = containers.stats(running)

@@ -29,6 +29,18 @@ def normalise(argv: list[str]) -> list[str]:
     return fixed
 
 
+def skip_ssh_transport(args: list[str]) -> None:
+    """When mlc surely talks to the local Docker socket, keep the Docker SDK from importing
+    paramiko for its ssh:// transport (a third of its import time), which only a remote
+    engine uses: ``--context``, DOCKER_HOST, DOCKER_CONTEXT or a docker CLI context leave it."""
+    from mlc import fastpath
+
+    if "paramiko" in sys.modules or any(a.partition("=")[0] == "--context" for a in args):
+        return
+    if fastpath.local_engine():
+        sys.modules["paramiko"] = None  # type: ignore[assignment]  # import paramiko: ImportError
+
+
 def run(args: list[str]) -> int:
     """Run the app on ARGS; the exit code (every failure reported as one line on stderr)."""
     try:
@@ -58,6 +70,7 @@ def main(argv: list[str] | None = None, prefix: list[str] | None = None) -> None
         code = fastpath.txt2img(args[1:])
         if code is not None:
             sys.exit(code)
+    skip_ssh_transport(args)
     sys.exit(run(args))
 
 
