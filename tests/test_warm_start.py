@@ -127,7 +127,7 @@ def test_prewarm_and_the_fast_path(mlc, name, tmp_path, torch_catalog, docker_cl
         r = mlc("start", name, *args, env={**env, **extra})
         assert r.code == 0 and "engine worker" not in r.err, r.err
         assert _worker(mlc, name, env) is None
-    r = mlc("open", name, "--no-prewarm", "--", "true", env=env)
+    r = mlc("open", "--no-prewarm", name, "--", "true", env=env)
     assert r.code == 0 and "engine worker" not in r.err
 
 

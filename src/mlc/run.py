@@ -143,6 +143,10 @@ def prewarm(c: Container, asked: bool = True) -> str | None:
     state = provision.load_state(c)
     if not state.get("ckpt") or not (state.get("engine") or {}).get("worker"):
         return None
+    found = worker_status(c)
+    if found and found.get("state") in ("loading", "ready") and found.get("model") == state["ckpt"]:
+        remember(c, state)
+        return None  # it holds (or loads) the model already
     inv = plan(c.name, state, c.mounts, [], remote=bool(containers.remote_host()))
     if inv.one_shot:
         return None

@@ -54,8 +54,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "app":
+    if name == "app":  # the Typer app (importing the submodule bound the module's name here)
         from mlc.cli.app import app
 
+        globals()["app"] = app
         return app
     raise AttributeError(f"module 'mlc.cli' has no attribute {name!r}")

@@ -47,6 +47,8 @@ def run(args: list[str]) -> int:
         import typer
 
         from mlc.cli.app import app
+
+        sys.modules["mlc.cli"].app = app  # type: ignore[attr-defined]  # not the submodule
     except (Exception, KeyboardInterrupt) as exc:
         return errors.report(exc, "mlc")
     try:
