@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ pytestmark = pytest.mark.docker
 
 FLAGS = ("--H", "64", "--W", "64", "--ddim_steps", "2", "--n_samples", "1", "--n_iter", "1",
          "--skip_grid", "--json")  # fmt: skip
+TEST_USER_PYTHON = os.environ.get("MLC_TEST_USER_PYTHON", "/home/mlctester/venv/bin/python")
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 """The slow path cannot reach Docker with this: a call that succeeds took the fast path."""
 
@@ -159,13 +159,16 @@ def test_no_prewarm_container_and_another_user(
     for parent in list(mlc.home.parents)[:-2]:
         if parent.stat().st_uid == os.getuid():
             os.chmod(parent, parent.stat().st_mode | 0o005)
-    probe = (
-        "import socket,sys\n"
+    probe = (  # a socket path is short: reach it from its folder's parent (if one may)
+        "import os, socket, sys\n"
         "s = socket.socket(socket.AF_UNIX)\n"
-        "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    print('EACCES')\n"
+        "try:\n"
+        "    os.chdir(os.path.dirname(os.path.dirname(sys.argv[1])))\n"
+        "    s.connect(os.path.relpath(sys.argv[1]))\n"
+        "except PermissionError:\n    print('EACCES')\n"
         "else:\n    print('CONNECTED')\n"
     )
-    p = subprocess.run(["runuser", "-u", test_user.pw_name, "--", sys.executable, "-c", probe,
+    p = subprocess.run(["runuser", "-u", test_user.pw_name, "--", TEST_USER_PYTHON, "-c", probe,
                         str(sock)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert p.stdout.strip() == "EACCES", p.stderr
     # The other user's `mlc txt2img NAME` looks in their own folder only: the slow path
