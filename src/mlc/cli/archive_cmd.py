@@ -11,7 +11,7 @@ from mlc import containers, host
 from mlc.cli import output
 from mlc.cli.options import NameArg
 from mlc.cli.output import say, show
-from mlc.containers.labels import validate_name
+from mlc.containers.labels import DEFAULT_ULIMITS, validate_name
 
 # Each command imports what it runs on (the Docker SDK, rich) itself: `mlc --help` starts
 # without them.
@@ -123,7 +123,7 @@ def import_(
     ] = None,
     ulimit: Annotated[
         str, typer.Option("--ulimit", envvar="MLC_ULIMITS", help="As for create.")
-    ] = containers.DEFAULT_ULIMITS,
+    ] = DEFAULT_ULIMITS,
     no_forward: Annotated[
         bool,
         typer.Option(

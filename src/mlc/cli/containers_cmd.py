@@ -11,7 +11,7 @@ from mlc import containers, host, warmpath
 from mlc.cli import output
 from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt, NameArg, NoPrewarmOpt
 from mlc.cli.output import confirm, say, show, show_json, show_table, table
-from mlc.containers.spec import DEFAULT_ULIMITS
+from mlc.containers.labels import DEFAULT_ULIMITS
 
 # Each command imports what it runs on (the Docker SDK, rich) itself: `mlc --help` and the
 # commands that do not need them start without them.

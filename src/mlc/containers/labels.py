@@ -26,6 +26,9 @@ NAME_MAX = 64
 """The longest name: it is also the container's host name, which the kernel caps at 64 bytes
 (runc refuses to start a container with a longer one)."""
 
+DEFAULT_ULIMITS = "memlock=-1,stack=67108864"
+"""The ulimits `mlc create` gives a container (AIME's; ``--ulimit`` replaces them)."""
+
 TABLE: dict[str, str] = {
     "owner": PREFIX,
     "name": f"{PREFIX}.NAME",

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from mlc import catalog, host, warmpath
 from mlc.catalog import Entry
-from mlc.containers.labels import Labels, new_labels, validate_name
+from mlc.containers.labels import DEFAULT_ULIMITS, Labels, new_labels, validate_name
 from mlc.errors import MlcError, UsageError
 
-DEFAULT_ULIMITS = "memlock=-1,stack=67108864"
 GPU_DRIVER_ERRORS = ("could not select device driver", "nvidia-container-cli")
 _GPU_ID = re.compile(r"^([0-9]+|(GPU|MIG)-[A-Za-z0-9-]+)$")
 
