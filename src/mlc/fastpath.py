@@ -15,6 +15,7 @@ flag the slow path handles itself, ``MLC_FASTPATH=0``); `mlc` then runs the full
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -30,6 +31,10 @@ SLOW_FLAGS = frozenset(
      "--fetch-outputs")
 )  # fmt: skip
 """Flags the slow path (or the in-container client) reads itself: never the fast path's."""
+GRACE_S = 10.0
+"""How long an interrupted call waits for the worker to stop its request (it stops after the
+current denoising step; a second Ctrl-C leaves at once), so the next call is not queued
+behind it, as after the slow path's cancel."""
 WORKDIR = "/workspace"  # the exec's folder, which the in-container client sends as its cwd
 UMASK = 0o022  # docker exec's
 
@@ -115,6 +120,23 @@ def _write(stream: Any, text: str) -> None:
     stream.flush()
 
 
+def _leave(conn: warmpath.Connection, grace: float = GRACE_S) -> None:
+    """Cancel the request (the worker sees its client leave) and wait, at most GRACE seconds,
+    until the worker has stopped it; what it still says is dropped."""
+    import socket
+    import time
+
+    with contextlib.suppress(OSError):
+        conn.sock.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + grace
+    with contextlib.suppress(Exception, KeyboardInterrupt):
+        while (left := deadline - time.monotonic()) > 0:
+            conn.sock.settimeout(left)
+            if conn.next() is None:
+                break
+    conn.close()
+
+
 def _run(conn: warmpath.Connection, hello: dict[str, Any], request: dict[str, Any]) -> int | None:
     """Send REQUEST, stream the answer; None when the worker went away before it answered."""
     from mlc import errors
@@ -145,10 +167,10 @@ def _run(conn: warmpath.Connection, hello: dict[str, Any], request: dict[str, An
                 return errors.report(errors.WorkerError(str(message["error"])), PROG)
             answered = True
     except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM, SIGHUP: leaving cancels it
-        conn.close()
+        _leave(conn)
         return errors.report(interrupt, "mlc")
     except BrokenPipeError as exc:  # our output is gone (`| head`): leaving cancels it
-        conn.close()
+        _leave(conn)
         return errors.report(exc, "mlc")
     finally:
         conn.close()
