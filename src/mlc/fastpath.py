@@ -70,12 +70,21 @@ def _flag_name(arg: str) -> str:
     return arg.partition("=")[0]
 
 
+def _plain_name(name: str) -> bool:
+    """Whether NAME is a valid container name (never a path out of the workers folder)."""
+    from mlc.containers.labels import NAME_MAX, NAME_RE, SEP
+
+    return len(name) <= NAME_MAX and SEP not in name and bool(NAME_RE.match(name))
+
+
 def txt2img(args: list[str]) -> int | None:
     """`mlc txt2img` ARGS (NAME first) through a warm worker's socket: its exit code, or None
     when the full CLI must run it (nothing was sent or printed then)."""
     if not args or args[0].startswith("-") or not enabled():
         return None
     name, flags = args[0], args[1:]
+    if not _plain_name(name):  # a name `mlc create` refuses: the full CLI says why
+        return None
     if any(_flag_name(f) in SLOW_FLAGS for f in flags) or os.environ.get("MLC_WORKER_IDLE"):
         return None
     d = warmpath.host_dir(name)

@@ -226,3 +226,11 @@ def test_fastpath_enabled_reads_only_the_environment_and_the_docker_config(tmp_p
     assert fastpath.enabled({**base, "DOCKER_HOST": "unix:///var/run/docker.sock"})
     assert not fastpath.enabled({**base, "DOCKER_HOST": "tcp://gpu1:2376"})
     assert not fastpath.enabled({**base, "MLC_FASTPATH": "0"})
+
+
+def test_a_name_mlc_would_refuse_never_becomes_a_path(box: Box, monkeypatch):
+    box.route()
+    monkeypatch.setenv("XDG_STATE_HOME", str(box.state))
+    monkeypatch.setenv("DOCKER_CONFIG", str(box.root))
+    for name in (f"../workers/{NAME}", f"{NAME}/", f"{NAME}._.0", ""):
+        assert fastpath.txt2img([name, *FLAGS]) is None
