@@ -687,3 +687,30 @@ def test_ca_bundle_is_mounted_alone(mlc, name, tmp_path, docker_client):
     sources = {m["Source"]: m for m in _container(docker_client, name).attrs["Mounts"]}
     assert str(home) not in sources
     assert sources[str(bundle)]["RW"] is False
+
+
+@pytest.mark.docker
+def test_interrupted_while_docker_starts_it_leaves_no_container(
+    name, tmp_path, catalog_file, docker_client, monkeypatch
+):
+    """Ctrl-C or SIGTERM that lands while Docker starts the new container: it is removed (and
+    the folders create made), as for any other failure of create."""
+    from docker.models.containers import Container as DockerContainer
+
+    from mlc import containers
+
+    real_start = DockerContainer.start
+
+    def start_then_interrupted(self, *args, **kwargs):
+        real_start(self, *args, **kwargs)
+        raise KeyboardInterrupt  # the signal arrives just as the start returns
+
+    monkeypatch.setattr(DockerContainer, "start", start_then_interrupted)
+    ws = tmp_path / "ws"
+    spec = containers.new_spec(
+        name, "Pytorch", "test", workspace=ws, gpus="none", catalog_path=str(catalog_file)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        containers.create(docker_client, spec)
+    assert not docker_client.containers.list(all=True, filters={"name": name})
+    assert not ws.exists()

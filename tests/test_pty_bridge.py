@@ -254,3 +254,19 @@ def test_closed_terminal_ends_the_bridged_shell(mlc, name, tmp_path, docker_clie
     _wait(lambda: not child.ptyproc.isalive(), "mlc to end")
     assert child.ptyproc.exitstatus == 129, child.ptyproc.signalstatus
     _wait(lambda: _status(docker_client, name) == "exited", "the container to stop")
+
+
+@pytest.mark.docker
+def test_invalid_pty_mode_is_refused_before_the_container_starts(
+    mlc, name, tmp_path, docker_client
+):
+    """A typo in MLC_PTY costs one line and exit 2, not a started container left running."""
+    _create(mlc, name, tmp_path / "ws")
+    assert _status(docker_client, name) == "exited"
+    p = subprocess.run(
+        [sys.executable, "-m", "mlc", "open", name], capture_output=True, text=True,
+        env={**mlc.env, "MLC_PTY": "dockerpty"}, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == "mlc: error: invalid MLC_PTY=dockerpty (use cli, sdk or auto)\n"
+    assert _status(docker_client, name) == "exited"

@@ -133,11 +133,13 @@ def test_txt2img_ended_by_a_signal_and_the_idle_stop(
     for sig in (signal.SIGTERM, signal.SIGHUP):
         code, rest = _interrupt(mlc, env, name, sig, "--outdir", f"killed-{sig.name}")
         assert (code, rest) == (128 + sig, f"mlc: interrupted ({sig.name})\n")
+        samples = ws / f"killed-{sig.name}" / "samples"
+        kept = len(list(samples.iterdir()))
         r = mlc("txt2img", name, *FLAGS, env=env, timeout=600)
         assert r.code == 0, r.err
-        assert "ahead" not in r.err  # not queued behind the interrupted request
-        kept = list((ws / f"killed-{sig.name}" / "samples").iterdir())
-        assert 1 <= len(kept) < 300
+        # the cancel took effect within the step under way (on a loaded machine the next call
+        # may still wait for that one step: "1 request ahead"), not after the 300 images
+        assert 1 <= kept <= len(list(samples.iterdir())) <= kept + 1 < 300
 
     code, rest = _interrupt(mlc, env, name, signal.SIGTERM, "--no-worker", "--outdir", "one")
     assert (code, rest) == (143, "mlc: interrupted (SIGTERM)\n")

@@ -138,6 +138,8 @@ def open_(
     """
     from mlc import provision
 
+    if not command:
+        containers.pty_mode()  # an invalid MLC_PTY is refused before anything starts
     dc = containers.client()
     c = containers.find(dc, name, host.current_user())
     if containers.start(c):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mlc.containers.container import Container, client, find, mine
     from mlc.containers.creation import create
-    from mlc.containers.execute import exec_stream, shell
+    from mlc.containers.execute import exec_stream, pty_mode, shell
     from mlc.containers.labels import SEP, Labels, tag, validate_name
     from mlc.containers.lifecycle import busy, remove, start, stop, stop_if_idle
     from mlc.containers.remote import remote_host
@@ -32,6 +32,7 @@ _WHERE = {
     "mine": "container",
     "create": "creation",
     "exec_stream": "execute",
+    "pty_mode": "execute",
     "shell": "execute",
     "SEP": "labels",
     "Labels": "labels",
@@ -70,6 +71,7 @@ __all__ = [
     "new_spec",
     "remote_host",
     "remove",
+    "pty_mode",
     "shell",
     "start",
     "stats",

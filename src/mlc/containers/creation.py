@@ -193,6 +193,10 @@ def _create_and_start(
         try:
             raw.start()
             break
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM while Docker starts it: nothing is left
+            with contextlib.suppress(Exception):
+                raw.remove(force=True)
+            raise
         except APIError as exc:
             raw.remove(force=True)
             reason = str(exc.explanation or exc)
