@@ -144,7 +144,7 @@ def open_(
     c = containers.find(dc, name, host.current_user())
     if containers.start(c):
         say(f"[{name}] starting container")
-    _prewarm(c, not no_prewarm)
+    prewarm(c, not no_prewarm)
     try:
         if command:
             env = provision.engine_env(provision.load_state(c))
@@ -205,15 +205,20 @@ def start(name: NameArg, no_prewarm: NoPrewarmOpt = False) -> None:
     c = containers.find(containers.client(), name, host.current_user())
     if not containers.start(c, keep_running=True):
         say(f"[{name}] was already running")
-    _prewarm(c, not no_prewarm)
+    prewarm(c, not no_prewarm)
     show(f"[{name}] running. Open a shell with: mlc open {name}")
 
 
-def _prewarm(c: containers.Container, asked: bool) -> None:
-    """Pre-warm C's engine worker (see :func:`mlc.run.prewarm`) and say so."""
-    from mlc import run
+def prewarm(c: containers.Container, asked: bool) -> None:
+    """Pre-warm C's engine worker (see :func:`mlc.run.prewarm`) and say so; best effort: a
+    failure is one warning line, never the command's failure."""
+    from mlc import errors, run
 
-    model = run.prewarm(c, asked)
+    try:
+        model = run.prewarm(c, asked)
+    except Exception as exc:  # noqa: BLE001 - `mlc txt2img` starts the worker anyway
+        say(f"[{c.name}] warning: engine worker not pre-warmed: {errors.describe(exc)[0]}")
+        return
     if model:
         say(f"[{c.name}] engine worker: loading {model} in the background")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mlc import containers, host
-from mlc.cli import output
+from mlc.cli import containers_cmd, output
 from mlc.cli.options import JsonOpt, NameArg, NoPrewarmOpt
 from mlc.cli.output import say, show, show_json, show_table, table
 from mlc.errors import MlcError
@@ -82,9 +82,7 @@ def setup(
                 progress=progress,
             )
         run.forget(c)  # the fast path plans from what this setup recorded
-        model = run.prewarm(c, not no_prewarm)
-        if model:
-            say(f"[{name}] engine worker: loading {model} in the background")
+        containers_cmd.prewarm(c, not no_prewarm)
     finally:
         if started:
             containers.stop_if_idle(dc, c)
