@@ -578,7 +578,7 @@ def test_warm_with_a_missing_model_leaves_an_idle_worker(workers: Workers):
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     workers.note_pid()
-    deadline = time.monotonic() + 300  # a generous bound: imports alone can take minutes on a loaded machine
+    deadline = time.monotonic() + 300  # imports alone: minutes when loaded
     while (status := _status(workers.dir))["state"] != "idle" or status["model"]:
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
