@@ -183,3 +183,17 @@ def test_old_mlc_gpu_zero_lists_as_none():
     ):
         c = Container(docker_container("z._.1", {"aime.mlc.GPUS": label}, devices=devices))
         assert (c.gpus, c.has_gpus) == (shown, devices is not None)
+
+
+def test_the_worker_folder_and_prewarm_labels():
+    lab = labels.new_labels(
+        name="sd", user="alice", framework="Pytorch-2.9.1", gpus="all", arch="CUDA_ADA",
+        workspace=Path("/home/alice/ws"), data=None, models=None, image="img:1",
+        worker=Path("/home/alice/.local/state/mlc/workers/sd"), prewarm=False,
+    )  # fmt: skip
+    out = lab.as_dict()
+    assert out["mlc.worker"] == "/home/alice/.local/state/mlc/workers/sd"
+    assert out["mlc.prewarm"] == "off" and not lab.prewarms
+    assert Labels.read(out) == lab
+    assert written().prewarms and "mlc.prewarm" not in written().as_dict()
+    assert Labels.read(AIME_LABELS).prewarms and Labels.read(AIME_LABELS).worker is None

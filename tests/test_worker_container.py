@@ -34,7 +34,7 @@ def test_txt2img_reuses_the_worker(mlc, name, tmp_path, torch_catalog):
         "create", name, "Pytorch", "2.13.0-cpu", "-w", str(ws), "-m", str(tmp_path / "m"), env=env
     )
     assert r.code == 0, r.err
-    r = mlc("setup", name, "demo", env=env, timeout=600)
+    r = mlc("setup", name, "demo", "--no-prewarm", env=env, timeout=600)  # the 1st call loads
     assert r.code == 0, r.err
 
     r = mlc("txt2img", name, *FLAGS, "--seed", "1", env=env, timeout=600)

@@ -21,6 +21,7 @@ from mlc import containers
 from mlc.containers import Container
 from mlc.errors import MlcError
 from mlc.host import version_key
+from mlc.invocation import engine_env
 from mlc.progress import Progress
 from mlc.recipes import Recipe
 
@@ -290,13 +291,3 @@ def profile(env: dict[str, str]) -> str:
     """ENV as a login-shell profile (``/etc/profile.d``), each value quoted for sh: a models
     folder may hold ``'``, ``$`` or spaces."""
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-
-
-def engine_env(state: dict[str, Any]) -> dict[str, str]:
-    """The engine's defaults that `mlc setup` recorded, as environment variables."""
-    env = {
-        "MLC_CKPT": state.get("ckpt"),
-        "MLC_CACHE_DIR": state.get("cache_dir"),
-        "MLC_TINY_VAE": state.get("tiny_vae"),
-    }
-    return {k: v for k, v in env.items() if v}

@@ -7,80 +7,31 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import docker
 
-from mlc import containers, host, paths, provision, results, scaleout
+from mlc import containers, host, provision, results, scaleout, warmpath
 from mlc.containers import Container
-from mlc.containers.labels import Mount
-from mlc.errors import MlcError
+from mlc.invocation import CLIENT, HOST_FLAGS, ONE_SHOT, Invocation, plan
 
-ONE_SHOT = "mlc.engine.txt2img"
-CLIENT = "mlc.engine.client"
-HOST_FLAGS = ("--no-worker",)  # read here, never passed to the engine
+__all__ = [
+    "CLIENT",
+    "HOST_FLAGS",
+    "ONE_SHOT",
+    "Invocation",
+    "engine_help",
+    "plan",
+    "prewarm",
+    "txt2img",
+    "worker_status",
+]
+
 ENGINE_PARSERS = ("mlc.engine.options", "mlc.engine.txt2img")
 """Where the engine's argparse parser is built (``build_parser()``), newest layout first: light
 modules, so the host reads the engine's flags without torch and without a container."""
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """One engine command inside the container: ``python -m module *flags`` with env."""
-
-    python: str
-    module: str
-    flags: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    tag: str = ""
-
-    @property
-    def one_shot(self) -> bool:
-        return self.module == ONE_SHOT
-
-    @property
-    def argv(self) -> list[str]:
-        return [self.python, "-m", self.module, *self.flags]
-
-
-def plan(
-    name: str,
-    state: Mapping[str, Any],
-    mounts: Sequence[Mount],
-    flags: Sequence[str],
-    *,
-    environ: Mapping[str, str] | None = None,
-    tag: str | None = None,
-    remote: bool = False,
-) -> Invocation:
-    """The engine command for `mlc txt2img NAME FLAGS` in a container with the setup STATE and
-    MOUNTS: host paths translated, --ckpt defaulted, worker unless --no-worker (or an engine
-    copied before the worker existed). ENVIRON is the caller's (default: os.environ)."""
-    environ = os.environ if environ is None else environ
-    flags = list(flags)
-    one_shot = "--no-worker" in flags
-    flags = [f for f in flags if f not in HOST_FLAGS]
-    if "engine" not in state:
-        raise MlcError(f"the engine is not set up in '{name}'", hint=f"run: mlc setup {name}")
-    flags = paths.translate_paths(mounts, flags, name, remote=remote)
-    if state.get("ckpt") and not any(f == "--ckpt" or f.startswith("--ckpt=") for f in flags):
-        flags = ["--ckpt", state["ckpt"], *flags]
-    if not state["engine"].get("worker"):  # an engine copied before the warm worker
-        one_shot = True
-    tag = tag or uuid.uuid4().hex
-    env = {"PYTHONUNBUFFERED": "1", "MLC_REQUEST_TAG": tag, **provision.engine_env(dict(state))}
-    if environ.get("MLC_WORKER_IDLE"):
-        env["MLC_WORKER_IDLE"] = environ["MLC_WORKER_IDLE"]
-    return Invocation(
-        python=state.get("python", "python3"),
-        module=ONE_SHOT if one_shot else CLIENT,
-        flags=flags,
-        env=env,
-        tag=tag,
-    )
 
 
 def engine_help(prog: str = "mlc txt2img NAME") -> str | None:
@@ -125,7 +76,10 @@ def txt2img(
         flags = [*flags, "--no-worker"]
     containers.start(c)
     try:
-        inv = plan(name, provision.load_state(c), c.mounts, flags, remote=bool(remote_host))
+        state = provision.load_state(c)
+        inv = plan(name, state, c.mounts, flags, remote=bool(remote_host))
+        if not remote_host:
+            remember(c, state)
         mark = results.mark(c, inv.tag) if fetch_to or remote_host else None
         try:
             code = containers.exec_stream(dc, c, inv.argv, env=inv.env, tag=inv.tag)
@@ -144,3 +98,72 @@ def cancel(c: Container, inv: Invocation) -> None:
     """Ask the worker to cancel the request (docker exec passes no signal on)."""
     with contextlib.suppress(Exception):  # best effort while interrupted
         c.exec_run([inv.python, "-m", CLIENT, "--cancel", inv.tag], user=c.exec_user)
+
+
+# -- the warm worker: pre-warm, the fast path's route, its status -----------------------------
+
+
+def worker_folder(c: Container) -> Path | None:
+    """The host folder of C's worker (a container made before mlc had one, or one on a remote
+    engine: None)."""
+    worker = c.labels.worker
+    if not worker or containers.remote_host():
+        return None
+    return Path(worker)
+
+
+def remember(c: Container, state: dict[str, Any]) -> None:
+    """Leave the fast path (:mod:`mlc.fastpath`) what it needs to plan a request for C."""
+    d = worker_folder(c)
+    if d is not None:
+        env = c.raw.attrs.get("Config", {}).get("Env") or []
+        warmpath.write_route(d, container_id=c.id, state=state, mounts=c.mounts, container_env=env)
+
+
+def forget(c: Container) -> None:
+    """C's engine or model changed: the fast path waits for the next slow call's route."""
+    d = worker_folder(c)
+    if d is not None:
+        warmpath.forget_route(d)
+
+
+def prewarm_wanted(c: Container, asked: bool = True) -> bool:
+    """Whether to pre-warm C: not opted out per call (ASKED false, ``MLC_PREWARM=0``) nor when
+    it was made (``mlc create --no-prewarm``)."""
+    env = os.environ.get("MLC_PREWARM", "1").strip().lower()
+    return asked and env not in ("0", "off", "no", "false") and c.labels.prewarms
+
+
+def prewarm(c: Container, asked: bool = True) -> str | None:
+    """Start C's engine worker in the background (a detached exec as its user, the worker's
+    own start path) and have it load the installed model now; the model's file name, or None
+    when there is nothing to do (opted out, no model or engine installed, not running)."""
+    if not prewarm_wanted(c, asked):
+        return None
+    c.reload()
+    if c.status != "running":
+        return None
+    state = provision.load_state(c)
+    if not state.get("ckpt") or not (state.get("engine") or {}).get("worker"):
+        return None
+    found = worker_status(c)
+    if found and found.get("state") in ("loading", "ready") and found.get("model") == state["ckpt"]:
+        remember(c, state)
+        return None  # it holds (or loads) the model already
+    inv = plan(c.name, state, c.mounts, [], remote=bool(containers.remote_host()))
+    if inv.one_shot:
+        return None
+    remember(c, state)
+    env = {k: v for k, v in inv.env.items() if k != "MLC_REQUEST_TAG"}
+    argv = [inv.python, "-m", CLIENT, "--warm", *inv.flags]
+    c.exec_run(argv, user=c.exec_user, environment=env, workdir="/workspace", detach=True)
+    return PurePosixPath(state["ckpt"]).name
+
+
+def worker_status(c: Container) -> dict[str, Any] | None:
+    """What C's worker says it does (``state``, ``model``, ...), asked on its socket from the
+    host; None when it has none listening (or its folder is not reachable from here)."""
+    d = worker_folder(c)
+    if d is None or c.status != "running":
+        return None
+    return warmpath.status(d)

@@ -523,3 +523,63 @@ def test_the_client_imports_no_torch():
     code += "('torch', 'diffusers', 'transformers', 'numpy', 'PIL')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def _status(d: Path) -> dict:
+    """The worker's own answer to a ``status`` request (None-state when none listens)."""
+    import socket
+
+    from mlc.engine.protocol import Lines, send
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(d / SOCKET))
+        lines = Lines(sock)
+        assert "hello" in (lines.next() or {})
+        send(sock, {"op": "status"})
+        return (lines.next() or {})["status"]
+
+
+def test_warm_loads_before_the_first_request_which_waits_for_it(workers: Workers):
+    """`--warm` returns at once; the worker says `loading` then `ready MODEL` (status request
+    and status.json agree); a request sent while it loads waits and does not load again."""
+    from mlc.engine.protocol import STATUS
+
+    ckpt = str(workers.tiny.safetensors)
+    p = subprocess.run(
+        [sys.executable, "-m", "mlc.engine.client", "--warm", "--ckpt", ckpt],
+        capture_output=True, text=True, env=workers.env(), cwd=workers.cwd, timeout=300,
+    )  # fmt: skip
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+    workers.note_pid()
+    first = _status(workers.dir)
+    assert first["state"] in ("starting", "idle", "loading", "ready")
+    # A request right away: queued behind the load (no "ahead" line), served on that model.
+    summary = workers.json("--outdir", "warm")
+    assert summary["timings"]["load_s"] == 0, (workers.dir / LOG).read_text()
+    assert summary["worker"]["pid"] == first["pid"]
+    status = _status(workers.dir)
+    assert status["state"] == "ready" and status["model"] == ckpt and status["busy"] is False
+    on_disk = json.loads((workers.dir / STATUS).read_text())
+    assert (on_disk["state"], on_disk["model"], on_disk["pid"]) == ("ready", ckpt, first["pid"])
+    # After the idle exit the status file is gone with the worker.
+    subprocess.run(
+        [sys.executable, "-m", "mlc.engine.client", "--stop-worker"],
+        capture_output=True, env=workers.env(), timeout=60,
+    )  # fmt: skip
+    assert _wait_gone(first["pid"])
+    assert not (workers.dir / STATUS).exists()
+
+
+def test_warm_with_a_missing_model_leaves_an_idle_worker(workers: Workers):
+    missing = str(workers.cwd / "missing.safetensors")
+    p = subprocess.run(
+        [sys.executable, "-m", "mlc.engine.client", "--warm", "--ckpt", missing],
+        capture_output=True, text=True, env=workers.env(), cwd=workers.cwd, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    workers.note_pid()
+    deadline = time.monotonic() + 300  # imports alone: minutes when loaded
+    while (status := _status(workers.dir))["state"] != "idle" or status["model"]:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert "pre-warm failed" in (workers.dir / LOG).read_text()

@@ -6,9 +6,16 @@ entry points, AIME's spellings, the one error report), :mod:`.options` (shared o
 :mod:`.output` (stdout/stderr), :mod:`.signals` (Ctrl-C, SIGTERM and SIGHUP), and one module
 per command group: :mod:`.containers_cmd`, :mod:`.archive_cmd`, :mod:`.models_cmd`,
 :mod:`.images_cmd`.
+
+Importing this package is cheap: the entry points are light (:mod:`.entry`), and ``app``
+(Typer, rich, the Docker SDK) is loaded on first use, so `mlc txt2img` with a warm worker
+(:mod:`mlc.fastpath`) starts without them.
 """
 
-from mlc.cli.app import app
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from mlc.cli.entry import (
     main,
     main_create,
@@ -24,6 +31,9 @@ from mlc.cli.entry import (
     normalise,
     run,
 )
+
+if TYPE_CHECKING:
+    from mlc.cli.app import app
 
 __all__ = [
     "app",
@@ -41,3 +51,12 @@ __all__ = [
     "normalise",
     "run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the Typer app (importing the submodule bound the module's name here)
+        from mlc.cli.app import app
+
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module 'mlc.cli' has no attribute {name!r}")

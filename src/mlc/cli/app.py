@@ -11,7 +11,6 @@ from mlc.cli import archive_cmd, containers_cmd, images_cmd, models_cmd, serve_c
 from mlc.cli.options import CONTAINERS, IMAGES, MODELS
 from mlc.cli.output import show
 from mlc.cli.signals import interruptible
-from mlc.containers import remote
 
 HELP = "Per-user GPU containers from pinned images, one-shot model setup, and Stable Diffusion."
 
@@ -54,6 +53,8 @@ def _root(
 
     Example: [bold]mlc create sd Pytorch 2.9.1 -w ~/sd[/] then [bold]mlc open sd[/].
     """
+    from mlc.containers import remote  # the Docker SDK: only for a command, never for --help
+
     remote.use_context(context)
 
 

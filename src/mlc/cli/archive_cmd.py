@@ -7,11 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mlc import archive, containers, host
+from mlc import containers, host
+from mlc.cli import output
 from mlc.cli.options import NameArg
-from mlc.cli.output import err, say, show
-from mlc.containers.labels import validate_name
-from mlc.progress import RichProgress, human_size
+from mlc.cli.output import say, show
+from mlc.containers.labels import DEFAULT_ULIMITS, validate_name
+
+# Each command imports what it runs on (the Docker SDK, rich) itself: `mlc --help` starts
+# without them.
 
 CARRY = "What the file carries"
 FOLDERS = "Folders"
@@ -52,7 +55,10 @@ def export(
     dc = containers.client()
     c = containers.find(dc, name, host.current_user())
     carried = ("workspace",) * with_workspace + ("data",) * with_data + ("models",) * with_models
-    with RichProgress(console=err, transient=True) as progress:
+    from mlc import archive
+    from mlc.progress import RichProgress, human_size
+
+    with RichProgress(console=output.err, transient=True) as progress:
         done = archive.export_container(
             dc, c, file, with_folders=carried, with_base=with_base, progress=progress
         )
@@ -117,7 +123,7 @@ def import_(
     ] = None,
     ulimit: Annotated[
         str, typer.Option("--ulimit", envvar="MLC_ULIMITS", help="As for create.")
-    ] = containers.DEFAULT_ULIMITS,
+    ] = DEFAULT_ULIMITS,
     no_forward: Annotated[
         bool,
         typer.Option(
@@ -130,7 +136,10 @@ def import_(
 
     Example: [bold]mlc import sd.mlc.tar.gz sd2 -w ~/sd2[/]
     """  # fmt: skip
-    with RichProgress(console=err, transient=True) as progress:
+    from mlc import archive
+    from mlc.progress import RichProgress
+
+    with RichProgress(console=output.err, transient=True) as progress:
         done = archive.import_container(
             containers.client(), file, new_name, workspace=workspace, data=data, models=models,
             gpus=gpus, ulimits=ulimit, forward_network=not no_forward, progress=progress,

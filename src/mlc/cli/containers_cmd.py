@@ -6,12 +6,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from mlc import containers, host, provision
-from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt, NameArg
-from mlc.cli.output import confirm, err, say, show, show_json, show_table, table
-from mlc.progress import RichProgress, human_size
+from mlc import containers, host, warmpath
+from mlc.cli import output
+from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt, NameArg, NoPrewarmOpt
+from mlc.cli.output import confirm, say, show, show_json, show_table, table
+from mlc.containers.labels import DEFAULT_ULIMITS
+
+# Each command imports what it runs on (the Docker SDK, rich) itself: `mlc --help` and the
+# commands that do not need them start without them.
 
 FOLDERS = "Folders"
 LIMITS = "GPUs and limits"
@@ -69,7 +72,7 @@ def create(
             help="NAME=SOFT[:HARD],... or none.",
             rich_help_panel=LIMITS,
         ),
-    ] = containers.DEFAULT_ULIMITS,
+    ] = DEFAULT_ULIMITS,
     no_forward: Annotated[
         bool,
         typer.Option(
@@ -87,17 +90,29 @@ def create(
         ),
     ] = False,
     catalog_path: CatalogOpt = None,
+    no_prewarm: Annotated[
+        bool,
+        typer.Option(
+            "--no-prewarm",
+            help="Never load the installed model in the background when the container starts "
+            "(`mlc start`, `open`, `setup`); `mlc txt2img` loads it on first use.",
+            rich_help_panel="Engine",
+        ),
+    ] = False,
 ) -> None:
     """Create a container NAME from the catalog image FRAMEWORK VERSION.
 
     Example: [bold]mlc create sd Pytorch 2.9.1 -w ~/sd -m ~/models[/]
     """
+    from mlc.progress import RichProgress
+
     spec = containers.new_spec(
         name, framework, version, workspace=workspace, data=data, models=models, gpus=gpus,
         arch=arch, ulimits=ulimit, forward_network=not no_forward, build=build,
         catalog_path=catalog_path, remote_host=containers.remote_host(),
+        prewarm=not no_prewarm,
     )  # fmt: skip
-    with RichProgress(console=err, transient=True) as progress:
+    with RichProgress(console=output.err, transient=True) as progress:
         c = containers.create(containers.client(), spec, progress)
     e = spec.entry
     on = f" on host {spec.remote_host}" if spec.remote_host else ""
@@ -112,6 +127,7 @@ def open_(
     command: Annotated[
         list[str] | None, typer.Argument(help="Command to run instead of a shell (after --).")
     ] = None,
+    no_prewarm: NoPrewarmOpt = False,
 ) -> None:
     """Open a shell in NAME as you, in /workspace (or run COMMAND and exit with its code).
 
@@ -120,12 +136,15 @@ def open_(
 
     Example: [bold]mlc open sd[/] or [bold]mlc open sd -- python train.py[/]
     """
+    from mlc import provision
+
     if not command:
         containers.pty_mode()  # an invalid MLC_PTY is refused before anything starts
     dc = containers.client()
     c = containers.find(dc, name, host.current_user())
     if containers.start(c):
         say(f"[{name}] starting container")
+    prewarm(c, not no_prewarm)
     try:
         if command:
             env = provision.engine_env(provision.load_state(c))
@@ -149,14 +168,19 @@ def list_(
 
     Example: [bold]mlc list[/] or [bold]mlc list --json[/]
     """
+    from rich.markup import escape
+
+    from mlc import run
+
     found = containers.mine(containers.client(), host.current_user(), all_users)
+    workers = {c.docker_name: run.worker_status(c) for c in found}
     if as_json:
-        show_json([c.describe() for c in found])
+        show_json([{**c.describe(), "worker": workers[c.docker_name]} for c in found])
         return
     if not found:
         say("no containers; create one with: mlc create NAME FRAMEWORK VERSION")
         return
-    grid = table("NAME", "FRAMEWORK", "STATUS", "GPUS", "WORKSPACE")
+    grid = table("NAME", "FRAMEWORK", "STATUS", "GPUS", "WORKSPACE", "WORKER")
     if all_users:
         grid.add_column("USER")
     for c in found:
@@ -166,20 +190,37 @@ def list_(
             c.status,
             c.gpus,
             c.workspace,
+            warmpath.describe(workers[c.docker_name]),
         ]
         grid.add_row(*cells, *([c.user] if all_users else []))
     show_table(grid)
 
 
-def start(name: NameArg) -> None:
-    """Start NAME in the background; it keeps running until `mlc stop`.
+def start(name: NameArg, no_prewarm: NoPrewarmOpt = False) -> None:
+    """Start NAME in the background; it keeps running until `mlc stop`. Its engine worker
+    starts loading the installed model at once (unless --no-prewarm or MLC_PREWARM=0).
 
     Example: [bold]mlc start sd[/]
     """
     c = containers.find(containers.client(), name, host.current_user())
     if not containers.start(c, keep_running=True):
         say(f"[{name}] was already running")
+    prewarm(c, not no_prewarm)
     show(f"[{name}] running. Open a shell with: mlc open {name}")
+
+
+def prewarm(c: containers.Container, asked: bool) -> None:
+    """Pre-warm C's engine worker (see :func:`mlc.run.prewarm`) and say so; best effort: a
+    failure is one warning line, never the command's failure."""
+    from mlc import errors, run
+
+    try:
+        model = run.prewarm(c, asked)
+    except Exception as exc:  # noqa: BLE001 - `mlc txt2img` starts the worker anyway
+        say(f"[{c.name}] warning: engine worker not pre-warmed: {errors.describe(exc)[0]}")
+        return
+    if model:
+        say(f"[{c.name}] engine worker: loading {model} in the background")
 
 
 def stop(name: NameArg, force: ForceOpt = False) -> None:
@@ -218,15 +259,23 @@ def stats(as_json: JsonOpt = False) -> None:
 
     Example: [bold]mlc stats[/]
     """
+    from rich.markup import escape
+
+    from mlc import run
+    from mlc.progress import human_size
+
     found = containers.mine(containers.client(), host.current_user())
-    rows = containers.stats([c for c in found if c.status == "running"])
+    running = [c for c in found if c.status == "running"]
+    rows = containers.stats(running)
+    for r, c in zip(rows, running, strict=True):
+        r.worker = run.worker_status(c)
     if as_json:
         show_json([r.__dict__ for r in rows])
         return
     if not rows:
         say("no running containers")
         return
-    grid = table("NAME", "CPU %", "MEM USAGE / LIMIT", "GPU MEM", "PIDS")
+    grid = table("NAME", "CPU %", "MEM USAGE / LIMIT", "GPU MEM", "PIDS", "WORKER")
     for r in rows:
         gpu = (
             f"{human_size(r.gpu_mem_used)} / {human_size(r.gpu_mem_total)}"
@@ -239,5 +288,6 @@ def stats(as_json: JsonOpt = False) -> None:
             f"{human_size(r.mem_used)} / {human_size(r.mem_limit)}",
             gpu,
             str(r.pids),
+            warmpath.describe(r.worker),
         )
     show_table(grid)

@@ -1,5 +1,8 @@
 """The `mlc` and `mlc-VERB` entry points: AIME's argument spellings, then the app, with every
-failure reported as one line through :func:`mlc.errors.report`."""
+failure reported as one line through :func:`mlc.errors.report`.
+
+Light on purpose: the Typer app (and with it the Docker SDK and rich) is imported only when a
+command needs it; `mlc txt2img` first tries :mod:`mlc.fastpath` (a warm worker's socket)."""
 
 from __future__ import annotations
 
@@ -7,11 +10,8 @@ import re
 import sys
 from collections.abc import Callable
 
-import typer
-
 from mlc import errors
 from mlc.cli import signals
-from mlc.cli.app import app
 
 _SHORT_WITH_VALUE = re.compile(r"^(-[wdmg])=(.*)$")
 
@@ -29,8 +29,28 @@ def normalise(argv: list[str]) -> list[str]:
     return fixed
 
 
+def skip_ssh_transport(args: list[str]) -> None:
+    """When mlc surely talks to the local Docker socket, keep the Docker SDK from importing
+    paramiko for its ssh:// transport (a third of its import time), which only a remote
+    engine uses: ``--context``, DOCKER_HOST, DOCKER_CONTEXT or a docker CLI context leave it."""
+    from mlc import fastpath
+
+    if "paramiko" in sys.modules or any(a.partition("=")[0] == "--context" for a in args):
+        return
+    if fastpath.local_engine():
+        sys.modules["paramiko"] = None  # type: ignore[assignment]  # import paramiko: ImportError
+
+
 def run(args: list[str]) -> int:
     """Run the app on ARGS; the exit code (every failure reported as one line on stderr)."""
+    try:
+        import typer
+
+        from mlc.cli.app import app
+
+        sys.modules["mlc.cli"].app = app  # type: ignore[attr-defined]  # not the submodule
+    except (Exception, KeyboardInterrupt) as exc:
+        return errors.report(exc, "mlc")
     try:
         code = app(args=args, prog_name="mlc", standalone_mode=False)
     except typer.Abort:  # click's EOF or Ctrl-C at a prompt: no exit_code of its own
@@ -45,7 +65,15 @@ def run(args: list[str]) -> int:
 def main(argv: list[str] | None = None, prefix: list[str] | None = None) -> None:
     """`mlc`: run and exit with the command's code (SIGTERM and SIGHUP taken like Ctrl-C)."""
     signals.install()
-    sys.exit(run(normalise((prefix or []) + list(sys.argv[1:] if argv is None else argv))))
+    args = normalise((prefix or []) + list(sys.argv[1:] if argv is None else argv))
+    if args[:1] == ["txt2img"]:
+        from mlc import fastpath
+
+        code = fastpath.txt2img(args[1:])
+        if code is not None:
+            sys.exit(code)
+    skip_ssh_transport(args)
+    sys.exit(run(args))
 
 
 def _verb(verb: str) -> Callable[[], None]:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlc import catalog, host
+from mlc import host
 from mlc.cli.options import ArchOpt, CatalogOpt, JsonOpt
 from mlc.cli.output import show, show_json, show_table, table
 
@@ -34,6 +34,8 @@ def update_sys(
 
     Example: [bold]mlc update-sys[/]
     """
+    from mlc import catalog
+
     done = catalog.update(url, force=force)
     if done.changed:
         show(f"catalog updated: {done.count} images, stored in {done.path}")
@@ -51,6 +53,8 @@ def images(
 
     Example: [bold]mlc images Pytorch[/]
     """
+    from mlc import catalog
+
     arch_name = host.detect_arch(arch)
     entries = [
         e

@@ -7,11 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mlc import containers, host, models, recipes, run
-from mlc.cli.options import JsonOpt, NameArg
-from mlc.cli.output import err, say, show, show_json, show_table, table
+from mlc import containers, host
+from mlc.cli import containers_cmd, output
+from mlc.cli.options import JsonOpt, NameArg, NoPrewarmOpt
+from mlc.cli.output import say, show, show_json, show_table, table
 from mlc.errors import MlcError
-from mlc.progress import RichProgress, human_size
+
+# Each command imports what it runs on (the Docker SDK, rich) itself: `mlc --help` starts
+# without them.
 
 
 def setup(
@@ -54,13 +57,18 @@ def setup(
             "(`mlc serve NAME` on the host needs neither there).",
         ),
     ] = False,
+    no_prewarm: NoPrewarmOpt = False,
 ) -> None:
     """Make NAME ready to generate: packages, the bundled engine, and the RECIPE's weights.
 
-    Safe to re-run: what is done is skipped.
+    Safe to re-run: what is done is skipped. At the end the engine worker starts loading the
+    model in the background (unless --no-prewarm or MLC_PREWARM=0).
 
     Example: [bold]mlc setup sd[/] or [bold]mlc setup sd demo[/]
     """
+    from mlc import models, recipes, run
+    from mlc.progress import RichProgress
+
     rec = recipes.get_recipe(recipe)
     dc = containers.client()
     c = containers.find(dc, name, host.current_user())
@@ -69,7 +77,7 @@ def setup(
     if rec.licence:
         say(f"licence: {rec.licence}")
     try:
-        with RichProgress(console=err) as progress:
+        with RichProgress(console=output.err) as progress:
             result = models.setup(
                 dc,
                 c,
@@ -82,6 +90,8 @@ def setup(
                 progress=progress,
                 serve=serve,
             )
+        run.forget(c)  # the fast path plans from what this setup recorded
+        containers_cmd.prewarm(c, not no_prewarm)
     finally:
         if started:
             containers.stop_if_idle(dc, c)
@@ -108,6 +118,9 @@ def models_(
 
     Example: [bold]mlc models[/]
     """
+    from mlc import models
+    from mlc.progress import human_size
+
     dirs = list(models_dir or [])
     try:
         for c in containers.mine(containers.client(), host.current_user()):
@@ -150,6 +163,8 @@ def txt2img(ctx: typer.Context, name: NameArg) -> None:
 
     Example: [bold]mlc txt2img sd --prompt "a photo of a pink cube" --plms --n_samples 1[/]
     """
+    from mlc import run
+
     if name in ("-h", "--help") or run.wants_help(ctx.args):  # no container for help
         show(ctx.get_help())
         flags = run.engine_help()

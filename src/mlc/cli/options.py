@@ -39,3 +39,10 @@ CatalogOpt = Annotated[
     str | None,
     typer.Option("--catalog", help="Extra catalog (YAML or AIME CSV).", rich_help_panel="Image"),
 ]
+NoPrewarmOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-prewarm",
+        help="Do not load the installed model in the engine worker now (also MLC_PREWARM=0).",
+    ),
+]

@@ -14,7 +14,7 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.types import DeviceRequest, Mount, Ulimit
 
-from mlc import host
+from mlc import host, warmpath
 from mlc.containers.container import Container
 from mlc.containers.images import ensure_image, first_line
 from mlc.containers.labels import tag, validate_name
@@ -60,6 +60,8 @@ def docker_ulimits(ulimits: Ulimits) -> list[Ulimit]:
 def environment_for(spec: CreateSpec) -> tuple[dict[str, str], list[Mount]]:
     """Container environment and extra mounts: proxies and the host CA bundle."""
     env = {"MLC_CONTAINER": spec.name, **spec.env}
+    if spec.worker_dir:
+        env["MLC_WORKER_DIR"] = str(warmpath.CONTAINER_DIR)
     mounts: list[Mount] = []
     if spec.models:
         env.setdefault("HF_HOME", "/models/huggingface")
@@ -77,12 +79,15 @@ def environment_for(spec: CreateSpec) -> tuple[dict[str, str], list[Mount]]:
 
 
 def folder_mounts(spec: CreateSpec) -> list[Mount]:
-    """The user's folders: /workspace, and /data and /models when given."""
+    """The user's folders: /workspace, and /data and /models when given; then the engine
+    worker's private folder (:mod:`mlc.warmpath`), so the host reaches its socket."""
     mounts = [Mount("/workspace", str(spec.workspace), type="bind")]
     if spec.data:
         mounts.append(Mount("/data", str(spec.data), type="bind"))
     if spec.models:
         mounts.append(Mount("/models", str(spec.models), type="bind"))
+    if spec.worker_dir:
+        mounts.append(Mount(str(warmpath.CONTAINER_DIR), str(spec.worker_dir), type="bind"))
     return mounts
 
 
@@ -120,6 +125,8 @@ def create(
         check_driver(spec.entry)
     image = ensure_image(dc, spec.entry, spec.build, progress)
     made = [] if spec.remote_host else _make_dirs(spec.folders)  # remote: checked there
+    if spec.worker_dir:
+        warmpath.forget_route(warmpath.make_host_dir(spec.worker_dir))  # a removed namesake's
     try:
         c = _create_and_start(dc, spec, image, progress)
     except BaseException:

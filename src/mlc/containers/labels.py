@@ -26,6 +26,9 @@ NAME_MAX = 64
 """The longest name: it is also the container's host name, which the kernel caps at 64 bytes
 (runc refuses to start a container with a longer one)."""
 
+DEFAULT_ULIMITS = "memlock=-1,stack=67108864"
+"""The ulimits `mlc create` gives a container (AIME's; ``--ulimit`` replaces them)."""
+
 TABLE: dict[str, str] = {
     "owner": PREFIX,
     "name": f"{PREFIX}.NAME",
@@ -39,6 +42,8 @@ TABLE: dict[str, str] = {
     "models": f"{PREFIX}.MODELS_MOUNT",
     "image": f"{PREFIX}.IMAGE",
     "schema": "mlc.schema",
+    "worker": "mlc.worker",
+    "prewarm": "mlc.prewarm",
 }
 """Attribute of :class:`Labels` -> Docker label key, in the order they are written."""
 
@@ -70,6 +75,8 @@ class Labels:
     models: str | None = None
     image: str | None = None
     schema: str | None = None
+    worker: str | None = None  # the host folder mounted as the worker's (mlc.warmpath)
+    prewarm: str | None = None  # "off": `mlc start` never pre-warms the engine worker
 
     @classmethod
     def read(cls, labels: Mapping[str, str] | None) -> Labels:
@@ -87,6 +94,11 @@ class Labels:
     def is_mlc(self) -> bool:
         """Whether these are the labels of an mlc or AIME container."""
         return self.owner is not None or self.name is not None
+
+    @property
+    def prewarms(self) -> bool:
+        """Whether `mlc start` / `open` / `setup` pre-warm its engine worker (unless told not)."""
+        return (self.prewarm or "on").lower() not in ("off", "0", "no", "false")
 
     @property
     def mounts(self) -> list[Mount]:
@@ -110,8 +122,11 @@ def new_labels(
     data: Path | None,
     models: Path | None,
     image: str,
+    worker: Path | None = None,
+    prewarm: bool = True,
 ) -> Labels:
-    """The labels `mlc create` writes: AIME MLC's, plus mlc's own schema version."""
+    """The labels `mlc create` writes: AIME MLC's, plus mlc's own schema version, the host
+    folder of its engine worker (when it has one) and ``prewarm=off`` (when asked)."""
     return Labels(
         owner=user,
         name=name,
@@ -125,6 +140,8 @@ def new_labels(
         models=str(models) if models else NONE,
         image=image,
         schema=SCHEMA_VERSION,
+        worker=str(worker) if worker else None,
+        prewarm=None if prewarm else "off",
     )
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 from importlib import resources
+from pathlib import Path
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
+from mlc import warmpath
+from mlc.containers import remote
 from mlc.containers.container import KEEP_RUNNING_MARK, Container
 from mlc.containers.images import first_line
 from mlc.errors import MlcError
@@ -24,6 +27,10 @@ def start(c: Container, keep_running: bool = False) -> bool:
     c.reload()
     started = c.status != "running"
     if started:
+        worker = c.labels.worker
+        if worker and not remote.remote_host():  # its worker folder, removed meanwhile
+            with contextlib.suppress(OSError):
+                warmpath.make_host_dir(Path(worker))
         try:
             c.raw.start()
         except APIError as exc:

@@ -10,12 +10,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlc import catalog, host
+from mlc import catalog, host, warmpath
 from mlc.catalog import Entry
-from mlc.containers.labels import Labels, new_labels, validate_name
+from mlc.containers.labels import DEFAULT_ULIMITS, Labels, new_labels, validate_name
 from mlc.errors import MlcError, UsageError
 
-DEFAULT_ULIMITS = "memlock=-1,stack=67108864"
 GPU_DRIVER_ERRORS = ("could not select device driver", "nvidia-container-cli")
 _GPU_ID = re.compile(r"^([0-9]+|(GPU|MIG)-[A-Za-z0-9-]+)$")
 
@@ -123,6 +122,8 @@ class CreateSpec:
     build: bool = False
     env: dict[str, str] = field(default_factory=dict)
     remote_host: str | None = None  # a remote engine's host: the folders are there, not here
+    worker_dir: Path | None = None  # the host folder mounted as the engine worker's (local only)
+    prewarm: bool = True  # `mlc start` / `open` / `setup` pre-warm the engine worker
 
     @property
     def folders(self) -> list[Path]:
@@ -142,6 +143,8 @@ class CreateSpec:
             data=self.data,
             models=self.models,
             image=e.reference,
+            worker=self.worker_dir,
+            prewarm=self.prewarm,
         )
 
 
@@ -185,6 +188,7 @@ def new_spec(
     build: bool = False,
     catalog_path: str | None = None,
     remote_host: str | None = None,
+    prewarm: bool = True,
 ) -> CreateSpec:
     """The spec for `mlc create NAME FRAMEWORK VERSION ...`: every input checked (name, -g,
     --ulimit first, then the catalog and the folders), nothing made yet."""
@@ -212,6 +216,8 @@ def new_spec(
         forward_network=forward_network,
         build=build,
         remote_host=remote_host,
+        worker_dir=None if remote_host else warmpath.host_dir(name),
+        prewarm=prewarm,
     )
 
 

@@ -20,6 +20,7 @@ class Stats:
     pids: int
     gpu_mem_used: int | None = None
     gpu_mem_total: int | None = None
+    worker: dict[str, Any] | None = None  # its engine worker's status (mlc.warmpath), if any
 
 
 def from_sample(name: str, s: dict[str, Any]) -> Stats:

@@ -13,6 +13,8 @@ Client flags (everything else goes to the engine unchanged):
                    else 600); also updates a running worker
   --stop-worker    stop the worker now: its running and queued requests are cancelled
   --cancel TAG     cancel the request tagged TAG ($MLC_REQUEST_TAG of its client)
+  --warm           start the worker (when absent) and have it load the model of the given
+                   flags now, then return at once (the pre-warm of `mlc start`)
 
 Protocol: ``mlc.engine.protocol`` (newline-delimited JSON over ``$MLC_WORKER_DIR/engine.sock``).
 A connection that ends without an exit code means the worker died: it is restarted and the
@@ -308,6 +310,18 @@ def control(op: str, **fields: Any) -> int:
     return 0
 
 
+def warm(argv: list[str], idle: float) -> int:
+    """--warm: the worker started (when absent) and told to load ARGV's model now."""
+    d = private_dir(worker_dir())
+    sock, lines, _ = open_worker(d, idle)
+    with sock:
+        send(sock, {"op": "warm", "argv": argv, "cwd": os.getcwd(), "env": request_env()})
+        reply = lines.next() or {}
+    if "error" in reply:
+        raise WorkerError(str(reply["error"]))
+    return 0
+
+
 def split_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Take the client's own flags out of ARGV; the rest is the engine's command line."""
     own: dict[str, Any] = {}
@@ -315,7 +329,7 @@ def split_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     it = iter(argv)
     for arg in it:
         name, eq, value = arg.partition("=")
-        if arg in ("--no-worker", "--stop-worker"):
+        if arg in ("--no-worker", "--stop-worker", "--warm"):
             own[arg] = True
         elif name in ("--idle", "--cancel"):
             if not eq:
@@ -352,6 +366,8 @@ def _main(argv: list[str]) -> int:
             return control("cancel", tag=own["--cancel"])
         idle_given = "--idle" in own or worker_idle() is not None
         idle = idle_seconds(own.get("--idle", worker_idle()))
+        if own.get("--warm"):
+            return warm(rest, idle)
         # --help and the benchmark (which measures loading) run one-shot.
         if own.get("--no-worker") or any(a in ("-h", "--help", "--bench") for a in rest):
             return one_shot(rest)

@@ -2,12 +2,16 @@
 peer check and the newline-delimited JSON messages.
 
 The folder is ``env.worker_dir()`` (``$MLC_WORKER_DIR``, default ``/tmp/mlc-<uid>/``),
-mode 0700, owned by the user; it holds ``engine.sock`` (0600), ``start.lock``, ``worker.log``
-and ``worker.pid``. Both ends check the peer's uid (SO_PEERCRED). The worker greets with
+mode 0700, owned by the user; it holds ``engine.sock`` (0600), ``start.lock``, ``worker.log``,
+``worker.pid`` and ``status.json`` (``{state, model, pid, served, busy}``; state ``starting``,
+``loading``, ``ready`` or ``idle``: whether the worker holds a model, and which). Both ends
+check the peer's uid (SO_PEERCRED). The worker greets with
 ``{"hello": {pid, uid, code, idle}}``; the client sends one request ``{"op": "run", "argv",
 "cwd", "env", "umask", "idle", "tag", "resume", "progress"}`` (or ``stop`` (``"cancel":
 true``: cancel everything and exit now; without: exit after the queue), ``cancel``
-(``"tag"``), ``ping``) and reads ``{"queued": n}``, ``{"out": text}`` and ``{"err": text}``
+(``"tag"``), ``ping``, ``status`` (the reply's ``status`` is what ``status.json`` holds),
+``warm`` (``"argv"``, ``"cwd"``, ``"env"``: load that command line's model now, before any
+request; answered at once)) and reads ``{"queued": n}``, ``{"out": text}`` and ``{"err": text}``
 (whole lines),
 ``{"step": [i, n]}`` after each denoising step when the request has ``"progress": true``,
 ``{"image": entry}`` for each image as soon as its PNG is saved (the ``--json`` summary's
@@ -37,6 +41,7 @@ SOCKET = "engine.sock"
 LOCK = "start.lock"
 LOG = "worker.log"
 PIDFILE = "worker.pid"
+STATUS = "status.json"
 DEFAULT_IDLE = 600.0
 
 

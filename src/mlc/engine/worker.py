@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import gc
 import io
+import json
 import logging
 import os
 import queue
@@ -41,10 +42,12 @@ from mlc.engine import report_error
 from mlc.engine.command import execute
 from mlc.engine.command import main as run_command
 from mlc.engine.env import apply_request_env, worker_dir, worker_idle
+from mlc.engine.options import parse_args, validate
 from mlc.engine.protocol import (
     DEFAULT_IDLE,
     PIDFILE,
     SOCKET,
+    STATUS,
     code_fingerprint,
     idle_seconds,
     peer_uid,
@@ -73,6 +76,7 @@ class Request:
     tag: str | None
     resume: list[dict[str, Any]] = field(default_factory=list)  # images an earlier try saved
     progress: bool = False  # the client asked for a {"step": [i, n]} after each step
+    warm: bool = False  # only load the model (pre-warm): no output, nobody waits for it
     reason: str | None = None  # why it was cancelled (the client left, --cancel, ...)
     done: bool = False
     closed: bool = False
@@ -152,7 +156,9 @@ class Worker:
         self.stamp: tuple[int, int, int] | None = None
         self.served = 0
         self.last = time.monotonic()
+        self.state, self.model = "starting", None
         self.listener = self._bind()
+        self.publish("starting")
         self.inode = os.stat(self.path).st_ino
         self.acceptor = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
 
@@ -179,6 +185,26 @@ class Worker:
         os.chmod(self.path, 0o600)
         sock.listen(64)
         return sock
+
+    def publish(self, state: str, model: str | None = None) -> None:
+        """Say what the worker does (``starting``, ``loading`` MODEL, ``ready`` MODEL, ``idle``)
+        in ``STATUS`` (written whole, then renamed) and to the ``status`` request."""
+        self.state, self.model = state, model
+        path = self.dir / STATUS
+        tmp = path.with_name(f".{STATUS}.{os.getpid()}")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(self.status()) + "\n")
+            os.replace(tmp, path)
+
+    def status(self) -> dict[str, Any]:
+        """The ``status`` reply: state, model, pid, requests served, whether one runs now."""
+        return {
+            "state": self.state,
+            "model": self.model,
+            "pid": os.getpid(),
+            "served": self.served,
+            "busy": self.active is not None,
+        }
 
     def _close_listener(self) -> None:
         """Stop taking requests: the socket name is freed at once for a new worker."""
@@ -244,13 +270,32 @@ class Worker:
             if message.get("idle") is not None:
                 self.idle = idle_seconds(str(message["idle"]))
             with self.lock:
-                ahead = len(self.pending) + (1 if self.active else 0)
+                ahead = sum(not r.warm for r in self.pending) + (1 if self.active else 0)
                 self.pending.append(req)
             if ahead:
                 req.send({"queued": ahead})
             threading.Thread(target=self._watch, args=(req,), daemon=True).start()
             self.queue.put(req)
             log.info("request queued (%d ahead): %s", ahead, " ".join(req.argv))
+        elif op == "warm":  # pre-warm: load the model now; the client does not wait for it
+            req = Request(
+                conn,
+                [str(a) for a in message.get("argv", [])],
+                str(message.get("cwd") or self.dir),
+                {str(k): str(v) for k, v in (message.get("env") or {}).items()},
+                0o022,
+                None,
+                warm=True,
+            )
+            with self.lock:
+                self.pending.append(req)
+            self.queue.put(req)
+            send(conn, {"ok": "loading the model"})
+            conn.close()
+            log.info("pre-warm queued: %s", " ".join(req.argv))
+        elif op == "status":
+            send(conn, {"ok": self.state, "status": self.status()})
+            conn.close()
         elif op == "stop":  # --stop-worker (cancel); without cancel: retired after its queue
             if message.get("cancel"):
                 reason = "the engine worker is stopping (--stop-worker)"
@@ -323,15 +368,42 @@ class Worker:
             on_step=(lambda i, n: req.send({"step": [i, n]})) if req.progress else None,
         )
         control.check()  # cancelled while it waited
+        session = self._session_for(spec)
+        summary = execute(spec, session, control)
+        summary["worker"] = {"pid": os.getpid(), "requests": self.served + 1}
+        return summary
+
+    def _session_for(self, spec: RunSpec) -> Session:
+        """The kept Session when it serves SPEC, else SPEC's model loaded (the status says
+        ``loading`` meanwhile, ``ready`` after; ``idle`` when loading failed)."""
         stamp = _stamp(spec.ckpt)
         if self.session is None or stamp != self.stamp or not self.session.serves(spec):
             self._drop_session()
-            self.session = open_session(spec)
+            self.publish("loading", spec.ckpt)
+            try:
+                self.session = open_session(spec)
+            except BaseException:
+                self.publish("idle")
+                raise
             self.stamp = stamp
             log.info("loaded %s", spec.ckpt)
-        summary = execute(spec, self.session, control)
-        summary["worker"] = {"pid": os.getpid(), "requests": self.served + 1}
-        return summary
+            self.publish("ready", spec.ckpt)
+        return self.session
+
+    def warm(self, req: Request) -> None:
+        """Pre-warm: load the model of REQ's command line (its environment applied), so the
+        first request finds it loaded; a failure is only logged (that request will say it)."""
+        try:
+            apply_request_env(req.env)
+            os.chdir(req.cwd)
+            with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+                session = self._session_for(validate(parse_args(req.argv)))
+            session.fresh = False  # loaded before any run: no run's load time
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - logged; the next run reports it
+            log.warning("pre-warm failed: %s", err)
+        finally:
+            with contextlib.suppress(OSError):
+                os.chdir(self.dir)
 
     def _drop_session(self) -> None:
         if self.session is None:
@@ -350,14 +422,21 @@ class Worker:
             if req in self.pending:
                 self.pending.remove(req)
             reason = self.stop_reason(req)
-            if reason:  # cancelled while queued
+            if req.warm:
+                req.done = True
+            elif reason:  # cancelled while queued
                 err = Stream(req, "err")
                 err.write(f"note: {reason}: the request was cancelled before it started\n")
                 req.send({"exit": report_error(Cancelled(reason), err)})
                 err.close()
                 req.close()
                 return
-            self.active = self.current = req
+            else:
+                self.active = self.current = req
+        if req.warm:
+            if not reason:
+                self.warm(req)
+            return
         code = 1
         started = time.monotonic()
         try:
@@ -397,6 +476,8 @@ class Worker:
         )
         with contextlib.suppress(Exception):  # warm the imports while the first client waits
             from mlc.engine import generate, loading  # noqa: F401
+        if self.state == "starting":
+            self.publish("idle")
         try:
             while True:
                 try:
@@ -414,6 +495,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 if (self.dir / PIDFILE).read_text().strip() == str(os.getpid()):
                     (self.dir / PIDFILE).unlink()
+                    (self.dir / STATUS).unlink()
             log.info("worker %d exits after %d request(s)", os.getpid(), self.served)
         return 0
 
