@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,9 +164,16 @@ def test_a_warm_call_takes_the_socket_and_imports_no_docker(box: Box):
 )
 def test_what_the_fast_path_leaves_to_the_full_cli(box: Box, args, env):
     box.route()
-    with open(box.dir / protocol.SOCKET, "w"):  # never reached: these never try it
-        pass
-    r = box.mlc("txt2img", NAME, *FLAGS, *args, **env)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a socket nobody may try
+    listening.bind(str(box.dir / protocol.SOCKET))
+    listening.listen(4)
+    listening.setblocking(False)
+    try:
+        r = box.mlc("txt2img", NAME, *FLAGS, *args, **env)
+        with pytest.raises(BlockingIOError):  # no connection was made to it
+            listening.accept()
+    finally:
+        listening.close()
     if "--help" in args:
         assert r.returncode == 0 and "The engine's flags" in r.stdout
     else:
