@@ -138,6 +138,16 @@ def build_report(
     return report
 
 
+def warm_report(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The warm-path row: medians of the requests to a warm worker (``mlc.engine.bench_warm``)
+    and the requests themselves."""
+    med: dict[str, Any] = {}
+    for m in ("first_step_s", "first_png_s", "wall_s"):
+        values = [r[m] for r in runs if r[m] is not None]
+        med[m] = statistics.median(values) if values else None
+    return {**med, "requests": len(runs), "runs": runs}
+
+
 def compare_images(a: str, b: str) -> dict[str, Any]:
     """Whether two PNGs have the same pixels (and the largest difference)."""
     import numpy as np
@@ -196,6 +206,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"{_fmt_s(m['total_s']):>12}{m['it_per_s']:>8.3f}{_fmt_s(m['cold_start_s']):>12}"
             f"{_fmt_s(m['step_s']):>10}{_fmt_b(m['peak_host_bytes']):>12}"
             f"{_fmt_b(m['peak_device_bytes']):>13}"
+        )
+    warm = report.get("warm")
+    if warm:
+        lines.append(
+            f"{'mlc warm worker':<20}request -> first step {_fmt_s(warm['first_step_s'])}, "
+            f"-> first PNG {_fmt_s(warm['first_png_s'])} (median of {warm['requests']} "
+            "request(s), one image each, model already loaded)"
         )
     ratios = report.get("ratios")
     if ratios:

@@ -46,6 +46,39 @@ MODULES = {
 """Where each class the default path uses is defined (imported directly, not through the
 libraries' lazy top-level names, which resolve to the same modules)."""
 
+NEEDED = {
+    "diffusers.models.unets": ("unet_2d_condition", "unet_2d_blocks"),
+    "diffusers.models.autoencoders": ("autoencoder_kl", "vae"),
+    "diffusers.models.transformers": ("transformer_2d", "dual_transformer_2d"),
+}
+"""The modules of each deferred folder that SD v1 needs; the default path imports no other."""
+
+NEVER_ON_DEFAULT_PATH = (
+    "diffusers.pipelines",
+    "transformers.pipelines",
+    "docker",
+    "typer",
+    "rich",
+    "mlc.cli",
+)
+"""Packages the one-shot engine's default path never imports (tests/engine/
+test_import_budget.py): diffusers' and transformers' pipelines, the host CLI's libraries."""
+
+
+def off_budget(modules: list[str] | set[str]) -> list[str]:
+    """The names in MODULES (``sys.modules``' keys) that the default path must not import:
+    under ``NEVER_ON_DEFAULT_PATH``, or a module of a deferred folder SD v1 does not need."""
+    bad = []
+    for name in sorted(modules):
+        if any(name == p or name.startswith(p + ".") for p in NEVER_ON_DEFAULT_PATH):
+            bad.append(name)
+            continue
+        parent, _, child = name.rpartition(".")
+        if parent in NEEDED and child.split(".")[0] not in NEEDED[parent]:
+            bad.append(name)
+    return bad
+
+
 _lock = threading.RLock()
 
 
