@@ -162,14 +162,14 @@ def _models_from_state(
     tensors their own (no copy: their device and dtype are the models')."""
     from accelerate import init_empty_weights
 
-    from mlc.engine.modelimports import model_classes
+    from mlc.engine.modelimports import model_classes, no_init_weights
 
     unet_cls, vae_cls, text_cls, text_config_cls = model_classes()
     parts: dict[str, dict[str, Any]] = {"unet": {}, "vae": {}, "text_encoder": {}}
     for key, value in state.items():
         prefix, _, name = key.partition(".")
         parts[prefix][name] = value
-    with init_empty_weights():
+    with init_empty_weights(), no_init_weights():
         unet = unet_cls.from_config(configs["unet"])
         vae = vae_cls.from_config(configs["vae"])
         text_encoder = text_cls(text_config_cls.from_dict(configs["text_encoder"]))

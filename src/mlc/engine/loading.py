@@ -146,19 +146,23 @@ def load(
     start = time.perf_counter()
     dtype = dtype or torch.float32
     source = resolve(ckpt, config)
-    tokenizer = _Background(load_tokenizer, source)  # overlaps the rest (thread)
     on_device = torch.device(device).type != "cpu"
     if source.is_folder:
+        tokenizer = _Background(load_tokenizer, source)  # overlaps the weights (thread)
         quiet_libraries()
         unet, vae, text_encoder = _load_folder(source, dtype)
         model_hash = legacy_model_hash(_first_weights(source.path / "unet"))
     else:
         model_hash = legacy_model_hash(source.path)
         cached = converted_cache(source, dtype, model_hash)
-        # the cached tensors go straight onto the device (thread) while the classes import
+        # the cached tensors go straight onto the device (thread) while the classes import;
+        # the libraries are imported by this thread alone (two threads importing transformers
+        # at once can see it half-initialised)
         weights = _Background(cached.read, device) if cached is not None else None
+        model_classes()  # first: the lean imports (modelimports) cover diffusers' first import
+        tokenizer_class()
+        tokenizer = _Background(load_tokenizer, source)  # overlaps building the models
         quiet_libraries()
-        model_classes()
         read = weights.result() if weights is not None else None
         loaded = cached.load(device, read) if cached is not None and read is not None else None
         if loaded is None:

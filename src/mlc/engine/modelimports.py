@@ -9,20 +9,34 @@ registered as a package whose ``__init__`` runs the first time something asks it
 it does not hold (``diffusers.models.autoencoders.AutoencoderTiny``), so code that relies on
 it still works, only later. Nothing of diffusers' or transformers' code is copied or changed.
 
+``torch._dynamo`` (torch.compile's frontend: 1.3-2 s and 90 modules, sympy's among them) is
+imported by diffusers and transformers only to *decorate* classes and functions at import
+time (``allow_in_graph``, ``assume_constant_result``: registrations that return the object
+unchanged; ``torch.compiler.disable``). While the model modules import, ``torch._dynamo``
+is a stand-in (``_DynamoStandIn``) that records those registrations and wraps ``disable``;
+``real_dynamo()`` imports the real one and replays them, and ``--compile`` calls it before
+``torch.compile`` (``accel.compile_unet``), so a compiled UNet sees what it always saw. Any
+other use of the stand-in imports the real module on the spot (nothing is lost, only the
+time). ``MLC_LEAN_IMPORTS=0`` turns both tricks off.
+
 What the default path cannot avoid (docs/benchmarks.md, "Import budget"): ``torch``,
-``diffusers.utils`` (it imports ``torch._dynamo``), ``diffusers.loaders`` (the model classes'
-mixins; ``diffusers.hooks`` calls ``torch.compiler.disable``, which needs ``torch._dynamo``),
-``diffusers.quantizers`` (it imports ``transformers.models.auto``'s configuration registry)
-and transformers' ``modeling_utils``.
+``diffusers.utils``, ``diffusers.loaders`` (the model classes' mixins: LoRA and single-file
+loading, which import scipy), ``diffusers.quantizers`` and transformers' ``modeling_utils``
+(which import ``transformers.models.auto``: ``modeling_layers`` uses ``AutoModel``),
+``accelerate`` and ``huggingface_hub``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.util
+import os
 import sys
 import threading
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -80,6 +94,7 @@ def off_budget(modules: list[str] | set[str]) -> list[str]:
 
 
 _lock = threading.RLock()
+_replay_lock = threading.Lock()
 
 
 def defer_package_init(name: str) -> bool:
@@ -114,17 +129,126 @@ def defer_package_init(name: str) -> bool:
         return True
 
 
+def lean() -> bool:
+    """Whether the lean imports are on (``MLC_LEAN_IMPORTS``, default on; 0/off/no: off)."""
+    return os.environ.get("MLC_LEAN_IMPORTS", "1").strip().lower() not in ("0", "off", "no")
+
+
 def model_classes() -> tuple[
     type[UNet2DConditionModel], type[AutoencoderKL], type[CLIPTextModel], type[CLIPTextConfig]
 ]:
     """(UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTextConfig), imported lean."""
-    for name in DEFERRED_PACKAGES:
-        defer_package_init(name)
     names = ("UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel", "CLIPTextConfig")
-    found = [getattr(importlib.import_module(MODULES[n]), n) for n in names]
+    if all(MODULES[n] in sys.modules for n in names):
+        return tuple(getattr(sys.modules[MODULES[n]], n) for n in names)  # type: ignore[return-value]
+    with _lock:
+        stand_in = _DynamoStandIn.install() if lean() else None
+        try:
+            if lean():
+                for name in DEFERRED_PACKAGES:
+                    defer_package_init(name)
+            found = [getattr(importlib.import_module(MODULES[n]), n) for n in names]
+        finally:
+            if stand_in is not None:
+                stand_in.uninstall()
     return found[0], found[1], found[2], found[3]
+
+
+def no_init_weights() -> contextlib.AbstractContextManager[Any]:
+    """transformers' context that turns ``torch.nn.init`` into no-ops (the models are built on
+    the meta device for weights assigned after: an init there is wasted, and a ``normal_``
+    on a meta tensor goes through torch's Python references, which import torch._dynamo)."""
+    try:
+        from transformers.initialization import no_init_weights as context
+    except ImportError:  # transformers 4
+        try:
+            from transformers.modeling_utils import no_init_weights as context
+        except ImportError:
+            return contextlib.nullcontext()
+    return context()
 
 
 def tokenizer_class() -> type[CLIPTokenizer]:
     """CLIPTokenizer, from its own module (not through transformers' auto classes)."""
     return importlib.import_module(MODULES["CLIPTokenizer"]).CLIPTokenizer
+
+
+class _DynamoStandIn(types.ModuleType):
+    """``torch._dynamo`` while the model modules import (see the module's docstring)."""
+
+    recorded: list[tuple[str, Any]] = []  # (decorator, what it registered), for real_dynamo
+    REGISTRATIONS = ("allow_in_graph", "assume_constant_result")  # both return their argument
+
+    def __init__(self) -> None:
+        super().__init__("torch._dynamo")
+        spec = importlib.util.find_spec("torch._dynamo")
+        # a package: transformers imports one submodule (``_trace_wrapped_higher_order_op``)
+        self.__path__ = list(spec.submodule_search_locations or []) if spec else []
+        self.__package__ = "torch._dynamo"
+        self.real: types.ModuleType | None = None
+
+    @classmethod
+    def install(cls) -> _DynamoStandIn | None:
+        """Put a stand-in in place, unless torch._dynamo is imported already."""
+        if "torch._dynamo" in sys.modules:
+            return None
+        stand_in = cls()
+        sys.modules["torch._dynamo"] = stand_in
+        return stand_in
+
+    def uninstall(self) -> None:
+        """Take the stand-in away: the next ``import torch._dynamo`` imports the real one."""
+        if sys.modules.get("torch._dynamo") is self:
+            del sys.modules["torch._dynamo"]
+        torch = sys.modules.get("torch")
+        if torch is not None and vars(torch).get("_dynamo") is self:
+            delattr(torch, "_dynamo")
+
+    def allow_in_graph(self, fn: Any) -> Any:
+        _DynamoStandIn.recorded.append(("allow_in_graph", fn))
+        return fn
+
+    def assume_constant_result(self, fn: Any) -> Any:
+        _DynamoStandIn.recorded.append(("assume_constant_result", fn))
+        return fn
+
+    def disable(self, fn: Any = None, recursive: bool = True, *, reason: str | None = None) -> Any:
+        """``torch._dynamo.disable``, resolved when FN is first called: without dynamo nothing
+        can be compiling, so FN runs as is; once dynamo is imported, through its disable."""
+        if fn is None:
+            return lambda f: self.disable(f, recursive, reason=reason)
+        resolved: list[Callable[..., Any]] = []
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not resolved:
+                dynamo = sys.modules.get("torch._dynamo")
+                if dynamo is None or isinstance(dynamo, _DynamoStandIn):
+                    return fn(*args, **kwargs)
+                resolved.append(dynamo.disable(fn, recursive, reason=reason))
+            return resolved[0](*args, **kwargs)
+
+        return call
+
+    def __getattr__(self, name: str) -> Any:
+        # anything else: the real module, now (only the time saving is lost)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(real_dynamo(), name)
+
+
+def real_dynamo() -> types.ModuleType:
+    """The real ``torch._dynamo``, with the registrations the stand-in recorded replayed.
+    (No import under a lock of ours: another thread may be importing meanwhile.)"""
+    current = sys.modules.get("torch._dynamo")
+    if isinstance(current, _DynamoStandIn):
+        current.uninstall()
+    dynamo = importlib.import_module("torch._dynamo")
+    for sub, module in list(sys.modules.items()):  # imported under the stand-in
+        if sub.startswith("torch._dynamo.") and sub.count(".") == 2:
+            vars(dynamo).setdefault(sub.rsplit(".", 1)[1], module)
+    with _replay_lock:
+        while _DynamoStandIn.recorded:
+            decorator, fn = _DynamoStandIn.recorded.pop(0)
+            getattr(dynamo, decorator)(fn)
+    return dynamo
