@@ -70,13 +70,20 @@ NEEDED = {
 NEVER_ON_DEFAULT_PATH = (
     "diffusers.pipelines",
     "transformers.pipelines",
+    "torch._inductor",
     "docker",
     "typer",
     "rich",
     "mlc.cli",
 )
 """Packages the one-shot engine's default path never imports (tests/engine/
-test_import_budget.py): diffusers' and transformers' pipelines, the host CLI's libraries."""
+test_import_budget.py): diffusers' and transformers' pipelines, torch.compile's backend, the
+host CLI's libraries."""
+
+NEVER_EXACT = ("torch._dynamo",)
+"""Modules it never imports, though it may import a submodule of theirs without running
+their ``__init__`` (transformers' ``masking_utils`` imports
+``torch._dynamo._trace_wrapped_higher_order_op``)."""
 
 
 def off_budget(modules: list[str] | set[str]) -> list[str]:
@@ -84,7 +91,9 @@ def off_budget(modules: list[str] | set[str]) -> list[str]:
     under ``NEVER_ON_DEFAULT_PATH``, or a module of a deferred folder SD v1 does not need."""
     bad = []
     for name in sorted(modules):
-        if any(name == p or name.startswith(p + ".") for p in NEVER_ON_DEFAULT_PATH):
+        if name in NEVER_EXACT or any(
+            name == p or name.startswith(p + ".") for p in NEVER_ON_DEFAULT_PATH
+        ):
             bad.append(name)
             continue
         parent, _, child = name.rpartition(".")
