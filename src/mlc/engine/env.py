@@ -44,6 +44,12 @@ def cache_root() -> Path | None:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mlc" / "converted"
 
 
+def lean_imports() -> bool:
+    """``$MLC_LEAN_IMPORTS`` (default on; ``0``/``off``/``no``: off): import the model classes
+    with the smallest import graph (``mlc.engine.modelimports``)."""
+    return os.environ.get("MLC_LEAN_IMPORTS", "1").strip().lower() not in ("0", "off", "no")
+
+
 def cache_min_bytes() -> int:
     """``$MLC_CACHE_MIN_BYTES``: the smallest checkpoint worth a converted-cache entry."""
     try:

@@ -32,12 +32,13 @@ import contextlib
 import functools
 import importlib
 import importlib.util
-import os
 import sys
 import threading
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from mlc.engine.env import lean_imports
 
 if TYPE_CHECKING:
     from diffusers.models import AutoencoderKL, UNet2DConditionModel
@@ -138,11 +139,6 @@ def defer_package_init(name: str) -> bool:
         return True
 
 
-def lean() -> bool:
-    """Whether the lean imports are on (``MLC_LEAN_IMPORTS``, default on; 0/off/no: off)."""
-    return os.environ.get("MLC_LEAN_IMPORTS", "1").strip().lower() not in ("0", "off", "no")
-
-
 def model_classes() -> tuple[
     type[UNet2DConditionModel], type[AutoencoderKL], type[CLIPTextModel], type[CLIPTextConfig]
 ]:
@@ -151,9 +147,9 @@ def model_classes() -> tuple[
     if all(MODULES[n] in sys.modules for n in names):
         return tuple(getattr(sys.modules[MODULES[n]], n) for n in names)  # type: ignore[return-value]
     with _lock:
-        stand_in = _DynamoStandIn.install() if lean() else None
+        stand_in = _DynamoStandIn.install() if lean_imports() else None
         try:
-            if lean():
+            if lean_imports():
                 for name in DEFERRED_PACKAGES:
                     defer_package_init(name)
             found = [getattr(importlib.import_module(MODULES[n]), n) for n in names]
