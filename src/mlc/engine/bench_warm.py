@@ -28,6 +28,11 @@ def warm_runs(cfg: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]]:
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mlc-bench-worker-") as wdir:
         env = {**os.environ, "MLC_WORKER_DIR": str(Path(wdir) / "w")}
+        # the worker runs in its own folder: a relative PYTHONPATH (``PYTHONPATH=src``) would
+        # make it import another mlc, which the client then replaces on every request
+        paths = [str(Path(x).resolve()) for x in env.get("PYTHONPATH", "").split(os.pathsep) if x]
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join(paths)
         runs = []
         try:
             _request(cfg, work / "start", f"{cfg['prompt']}, warm-up", env)
