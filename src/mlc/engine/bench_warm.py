@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from mlc.engine import PROG, EngineError
+from mlc.engine.env import with_worker_dir
 
 
 def warm_runs(cfg: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]]:
     """N timed requests to a warm worker (after one untimed that starts and loads it)."""
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mlc-bench-worker-") as wdir:
-        env = {**os.environ, "MLC_WORKER_DIR": str(Path(wdir) / "w")}
+        env = with_worker_dir(os.environ, Path(wdir) / "w")
         # the worker runs in its own folder: a relative PYTHONPATH (``PYTHONPATH=src``) would
         # make it import another mlc, which the client then replaces on every request
         paths = [str(Path(x).resolve()) for x in env.get("PYTHONPATH", "").split(os.pathsep) if x]

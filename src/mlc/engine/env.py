@@ -91,6 +91,11 @@ def worker_dir() -> Path:
     return Path(os.environ.get("MLC_WORKER_DIR") or f"/tmp/mlc-{os.getuid()}")
 
 
+def with_worker_dir(environ: Mapping[str, str], path: Path) -> dict[str, str]:
+    """ENVIRON with ``$MLC_WORKER_DIR`` set to PATH (the benchmark's own worker)."""
+    return {**environ, "MLC_WORKER_DIR": str(path)}
+
+
 def worker_idle() -> str | None:
     """``$MLC_WORKER_IDLE`` as given (seconds), or None when unset or empty."""
     return os.environ.get("MLC_WORKER_IDLE") or None
