@@ -116,6 +116,9 @@ def test_bench_end_to_end_with_baseline(tiny, tmp_path: Path, monkeypatch, capsy
         assert 0 < row["cold_start_s"] < row["first_step_done_s"] <= row["wall_s"]
         assert row["peak_host_bytes"] > 0 and row["device"] == "cpu"
     assert set(report["ratios"]) >= {"cold_start_s", "step_s", "total_s", "peak_host_bytes"}
+    for run in report["runs"]:  # CPU seconds to model ready, within the wall time it took
+        assert 0 < run["load_cpu_s"]
+    assert "load, CPU time of all threads" in table
     for run in report["runs"]:  # the engine's steps: eager on a CPU (no graphs, no compile)
         if run["row"] == "mlc":
             assert run["eager_reasons"] == {"no CUDA device": 6} and run["graph_replays"] == 0

@@ -31,6 +31,7 @@ def summarize(raw: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     steps = per_image * len(timed)
     return {
         "load_s": load,
+        "load_cpu_s": raw.get("cpu_loaded"),  # CPU time to model ready (less load-sensitive)
         "processing_s": processing,
         "total_s": load + processing,
         "cold_start_s": starts[0] - t0,
@@ -70,6 +71,7 @@ def accel_fields(accel: dict[str, Any] | None) -> dict[str, Any]:
 
 METRICS = (
     "load_s",
+    "load_cpu_s",
     "processing_s",
     "total_s",
     "cold_start_s",
@@ -124,6 +126,7 @@ def build_report(
             for m in (
                 "cold_start_s",
                 "load_s",
+                "load_cpu_s",
                 "step_s",
                 "processing_s",
                 "total_s",
@@ -225,6 +228,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r('total_s'):>12}{'':>8}{r('cold_start_s'):>12}{r('step_s'):>10}"
             f"{r('peak_host_bytes'):>12}{r('peak_device_bytes'):>13}"
         )
+        a, b = report["rows"]["mlc"], report["rows"]["diffusers"]
+        if a.get("load_cpu_s") is not None and b.get("load_cpu_s") is not None:
+            lines.append(
+                f"load, CPU time of all threads (less sensitive to other load): mlc "
+                f"{_fmt_s(a['load_cpu_s'])}, diffusers {_fmt_s(b['load_cpu_s'])}, "
+                f"ratio {r('load_cpu_s')}"
+            )
         out = report["output"]
         same = "identical" if out["identical"] else f"max pixel difference {out['max_pixel_diff']}"
         lines.append(f"output of the last image: {same}")
