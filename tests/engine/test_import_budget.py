@@ -86,6 +86,6 @@ def test_the_budget_check_fails_on_a_forbidden_import(tiny, cached_model, extra)
     root, env = cached_model
     bad = off_budget(default_path_modules(tiny.safetensors, root, env, extra))
     if extra in NEEDED:  # the folder's whole __init__ ran: its other models are reported
-        assert bad and all(b.startswith(extra + ".") for b in bad)
+        assert f"{extra}.unet_3d_condition" in bad  # (and what they pull: torch._dynamo, ...)
     else:
         assert extra in bad
