@@ -59,7 +59,7 @@ demo-model:  ## retrain the shipped demo model (tiny, synthetic shapes) from its
 # The seed's benchmark against plain diffusers, on a cached full-size SD v1.5 checkpoint with
 # random weights (built once, 4.3 GB, under $MLC_BENCH_DIR or ~/.cache/mlc/bench). Reduced for
 # a CPU: BENCH_FLAGS='' runs the seed's full 512x512, 50 steps, n_iter 3. See docs/benchmarks.md.
-BENCH_FLAGS ?= --H 256 --W 256 --ddim_steps 2 --n_iter 2 --bench_repeat 2
+BENCH_FLAGS ?= --H 256 --W 256 --ddim_steps 2 --n_iter 2 --bench_repeat 2 --bench_warm 2
 BENCH_OUT ?= outputs/bench
 
 # The speed modes (--fast, --deepcache, --tome, --tiny_vae) against the exact image on the same

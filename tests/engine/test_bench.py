@@ -116,6 +116,9 @@ def test_bench_end_to_end_with_baseline(tiny, tmp_path: Path, monkeypatch, capsy
         assert 0 < row["cold_start_s"] < row["first_step_done_s"] <= row["wall_s"]
         assert row["peak_host_bytes"] > 0 and row["device"] == "cpu"
     assert set(report["ratios"]) >= {"cold_start_s", "step_s", "total_s", "peak_host_bytes"}
+    for run in report["runs"]:  # CPU seconds to model ready, within the wall time it took
+        assert 0 < run["load_cpu_s"]
+    assert "load, CPU time of all threads" in table
     for run in report["runs"]:  # the engine's steps: eager on a CPU (no graphs, no compile)
         if run["row"] == "mlc":
             assert run["eager_reasons"] == {"no CUDA device": 6} and run["graph_replays"] == 0
@@ -126,6 +129,34 @@ def test_bench_end_to_end_with_baseline(tiny, tmp_path: Path, monkeypatch, capsy
     assert report["changed_from_seed"] == ["--H 32", "--W 32", "--ddim_steps 2", "--n_iter 2"]
     assert report["settings"]["warmup"] == 1 and len(report["runs"]) == 2
     assert "converted cache: built" in report["cache"]
+
+
+def test_bench_warm_row(tiny, tmp_path: Path, monkeypatch, capsys) -> None:
+    """--bench_warm 2: a worker of the bench's own is started through the engine's client,
+    then two timed requests (new prompts) reach their first step and first PNG; the worker is
+    stopped after."""
+    monkeypatch.setenv("MLC_CACHE_DIR", "off")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "b.json"
+    argv = ["--bench", "--ckpt", str(tiny.safetensors), "--H", "32", "--W", "32"]
+    argv += ["--ddim_steps", "1", "--n_iter", "1", "--bench_warm", "2"]
+    argv += ["--outdir", str(tmp_path / "out"), "--bench_json", str(out)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "mlc warm worker" in table and "first PNG" in table
+    warm = json.loads(out.read_text())["warm"]
+    assert warm["requests"] == 2 and len(warm["runs"]) == 2
+    for run in warm["runs"]:
+        assert 0 < run["first_step_s"] < run["first_png_s"] <= run["wall_s"]
+        assert run["load_s"] == 0  # the worker's model was loaded by the untimed request
+    pngs = sorted((tmp_path / "out").glob("bench-*/warm/*/samples/*.png"))
+    assert [p.parent.parent.name for p in pngs] == ["start", "take-1", "take-2"]
+    assert "--bench_warm" not in json.loads(out.read_text())["settings"]["engine_argv"]
+
+
+def test_bench_refuses_bad_warm_count(tiny, capsys) -> None:
+    assert main(["--bench", "--ckpt", str(tiny.safetensors), "--bench_warm", "-1"]) == 2
+    assert "--bench_warm" in capsys.readouterr().err
 
 
 def test_bench_refuses_bad_warmup(tiny, capsys) -> None:
@@ -188,6 +219,35 @@ def test_converted_cache_reused_and_invalidated(tiny, tmp_path, cache_env, monke
     assert len(list(cache_env.glob("*.safetensors"))) == 1  # replaced, not piled up
     fourth = loading.load(ckpt)
     assert len(calls) == 2 and torch.equal(fourth.unet.conv_in.weight, third.unet.conv_in.weight)
+
+
+def test_cached_weights_go_straight_to_the_device(tiny, tmp_path, cache_env, monkeypatch):
+    """``load(device=X)`` reads the cache entry onto X (safetensors' ``device=``: on a GPU one
+    copy, file -> device, in the entry's dtype) and moves no weight after. X is "cuda" here:
+    the read is sent to the CPU (no GPU in this machine), and any ``.to("cuda")`` of a model
+    would fail with this CPU-only torch."""
+    from mlc.engine.convcache import ConvertedCache
+
+    ckpt = tmp_path / "model.safetensors"
+    shutil.copy(tiny.safetensors, ckpt)
+    shutil.copytree(tiny.config, tmp_path / "model.config")
+    first = loading.load(ckpt)  # builds the entry
+    asked: list[str] = []
+    real_read = ConvertedCache.read
+
+    def read(self, device: str = "cpu"):
+        asked.append(device)
+        return real_read(self, "cpu")
+
+    monkeypatch.setattr(ConvertedCache, "read", read)
+    calls = _count_conversions(monkeypatch)
+    on_gpu = loading.load(ckpt, device="cuda")
+    assert asked == ["cuda"] and calls == []  # from the entry, read for the device
+    assert on_gpu.unet.device.type == "cpu"  # where the read put it: nothing moved after
+    a, b = first.unet.state_dict(), on_gpu.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises((AssertionError, RuntimeError)):  # what a move would have done here
+        torch.zeros(1).to("cuda")
 
 
 def test_cache_off_small_files_and_other_dtype(tiny, tmp_path, monkeypatch) -> None:

@@ -50,6 +50,7 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tiny, tmp_path: Path):
         "checkpoint": f"skipped: given: {tiny.safetensors}",
         "probe": "ok",
         "seed": "ok",
+        "load": "ok",
         "compile-cold": "skipped: no CUDA",
         "compile-warm": "skipped: no CUDA",
         "modes": "ok",
@@ -59,6 +60,8 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tiny, tmp_path: Path):
     assert probe["graphs"]["skipped"] == "no CUDA"
     assert probe["contract"]["model_latents"]["latents_identical"] is True  # fp32: one path
     assert probe["first_image"]["second_full_image"]["denoise_s"] > 0
+    load = json.loads((out / "load-twice.json").read_text())
+    assert load["device"] == "cpu" and load["first_load_s"] > 0 and load["second_load_s"] > 0
     summary = json.loads((out / "gpu-check.json").read_text())
     assert summary["cuda"] is False
     assert {t["status"] for t in summary["targets"]} <= {"not judged (no CUDA)", "not measured"}
@@ -77,7 +80,7 @@ def test_a_stage_stops_at_its_limit_and_the_rest_is_skipped(tiny, tmp_path: Path
     assert got["probe"].startswith("stopped at its limit (")  # 45 s less the set-up
     limit = int(got["probe"].split("(")[1].split()[0])
     assert 20 <= limit < 45
-    assert got["seed"] == got["modes"] == "skipped: no time left"
+    assert got["seed"] == got["load"] == got["modes"] == "skipped: no time left"
     assert (tmp_path / "out" / "gpu-check.md").is_file()
 
 

@@ -10,6 +10,8 @@
 #                 capture cost, identical latents), the first image after a 2-step warm-up,
 #                 where a VAE decode's time goes, and the contract with diffusers' fp16 pipeline
 #   seed          the seed's benchmark against plain diffusers (--bench --baseline diffusers)
+#   load          the first loading.load() in a process against the second, and the imports
+#                 before it (tests/support/load_twice.py; fp16 on CUDA)
 #   compile-cold  --bench --compile with empty compile caches: compile time, s/image
 #   compile-warm  the same in a fresh process whose only cache is the artefact file the cold
 #                 run wrote ($MLC_CACHE_DIR/compiled; inductor and Triton folders emptied, as
@@ -97,6 +99,9 @@ fi
 stage probe 120 python3 tests/support/gpu_probe.py probe --ckpt "$ckpt" --out "$OUT/probe.json" "${extra[@]}"
 stage seed 120 "${txt2img[@]}" --bench --baseline diffusers --ckpt "$ckpt" \
   --outdir "$WORK/seed" --bench_json "$OUT/bench-seed.json" "${extra[@]}"
+# the first load in a process against the second (the converted cache built by the seed stage)
+if [ "$cuda" = 1 ]; then on=(--device cuda --dtype float16); else on=(); fi
+stage load 45 python3 tests/support/load_twice.py "$ckpt" "${on[@]}" --json "$OUT/load-twice.json"
 if [ "$cuda" = 1 ]; then
   rm -rf "$MLC_CACHE_DIR/inductor" "$MLC_CACHE_DIR/triton" "$MLC_CACHE_DIR/compiled"
   stage compile-cold 150 "${txt2img[@]}" --bench --compile --ckpt "$ckpt" --n_iter 2 \

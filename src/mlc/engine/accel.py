@@ -53,6 +53,9 @@ def compile_unet(components: Any) -> CompiledUNet:
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     unet = components.unet
     if not isinstance(unet.forward, CompiledUNet):
+        from mlc.engine.modelimports import real_dynamo
+
+        real_dynamo()  # the registrations the lean imports deferred, before dynamo traces
         compiled = torch.compile(unet.forward, dynamic=False)
         store = ArtifactStore(root / ARTIFACTS if root is not None else None)
         unet.forward = CompiledUNet(unet, compiled, store)

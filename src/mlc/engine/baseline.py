@@ -69,6 +69,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     t_loaded = time.time()
+    cpu_loaded = time.process_time()  # CPU seconds of all threads since launch: the load's work
     clock = StepClock(pipe.unet)
     outdir = Path(cfg["outdir"])
     outdir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +94,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "t_imported": t_imported,
         "t_loaded": t_loaded,
+        "cpu_loaded": cpu_loaded,
         "unet_starts": clock.starts,
         "unet_ends": clock.ends,
         "images": images,

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mlc.engine import CONFIG_DIR, PROG, EngineError, UsageError, guarded, say
-from mlc.engine.bench_report import build_report, format_table, summarize
+from mlc.engine.bench_report import build_report, format_table, summarize, warm_report
 from mlc.engine.checkpoint import ModelSource, resolve
 from mlc.engine.options import build_parser, parse_args, validate
 from mlc.engine.spec import RunSpec
@@ -52,7 +52,15 @@ SEED_DEFAULTS: dict[str, Any] = {
 SEED_SAMPLER = "plms"
 SEED_WARMUP = 2
 
-OWN = ("bench", "baseline", "bench_json", "bench_warmup", "bench_repeat", "bench_modes")
+OWN = (
+    "bench",
+    "baseline",
+    "bench_json",
+    "bench_warmup",
+    "bench_repeat",
+    "bench_modes",
+    "bench_warm",
+)
 """The benchmark's own flags (argparse dests): never passed to a measured run."""
 SET_PER_RUN = ("ckpt", "outdir", "skip_grid", "skip_save", "json", "from_file", "x", "y", "z")
 """What the harness decides for every measured run itself (the resolved checkpoint, a folder
@@ -124,6 +132,8 @@ def check(args: argparse.Namespace) -> tuple[RunSpec, int, ModelSource]:
         raise UsageError(f"--bench_warmup must be between 0 and n_iter-1 ({spec.n_iter - 1})")
     if args.bench_repeat < 1:
         raise UsageError("--bench_repeat must be at least 1")
+    if args.bench_warm < 0:
+        raise UsageError("--bench_warm must be 0 or more")
     if spec.axes:
         raise UsageError("--bench times one run; drop --x/--y/--z")
     if not args.bench_modes and (spec.deepcache or spec.tome or spec.tiny_vae):
@@ -169,6 +179,11 @@ def run_bench(argv: list[str] | None = None) -> int:
             raw = _child(row, cfg, work / f"{row}-{r + 1}")
             runs.append({"row": row, "repeat": r + 1, **summarize(raw, cfg)})
     report = build_report(runs, rows, cfg, ran, prep, argv)
+    if args.bench_warm:
+        from mlc.engine.bench_warm import warm_runs
+
+        say(f"warm worker: {args.bench_warm} request(s) after one that starts it ...")
+        report["warm"] = warm_report(warm_runs(cfg, work / "warm", args.bench_warm))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(report))

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
     Models = tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]
     """(unet, vae, text_encoder)."""
+    Weights = tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]
+    """(tensors by prefixed name, configs by model): a cache entry as read."""
 
 CACHE_VERSION = "1"
 
@@ -65,20 +67,32 @@ class ConvertedCache:
         except Exception:  # noqa: BLE001 - unreadable: not valid
             return False
 
-    def load(self) -> Models | None:
-        """(unet, vae, text_encoder) from the entry, or None when missing, stale or unreadable."""
+    def read(self, device: str = "cpu") -> Weights | None:
+        """The entry's tensors, put straight onto DEVICE in the dtype they were saved in (the
+        key's), and the models' configs; None when missing, stale or unreadable. Needs no
+        model code: it can run in a thread while the model classes are imported."""
         if not self.path.is_file():
             return None
         from safetensors import safe_open
 
         try:
-            with safe_open(str(self.path), framework="pt") as fh:
+            with safe_open(str(self.path), framework="pt", device=device) as fh:
                 meta = fh.metadata() or {}
                 if meta.get("mlc_key") != self.key:
                     return None  # stale: the checkpoint, its config or the dtype changed
                 state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-            configs = json.loads(meta["configs"])
-            return _models_from_state(state, configs)
+            return state, json.loads(meta["configs"])
+        except Exception:  # noqa: BLE001 - a broken entry is rebuilt from the checkpoint
+            return None
+
+    def load(self, device: str = "cpu", weights: Weights | None = None) -> Models | None:
+        """(unet, vae, text_encoder) on DEVICE from the entry (or from WEIGHTS, what ``read``
+        returned), or None when missing, stale or unreadable."""
+        weights = weights if weights is not None else self.read(device)
+        if weights is None:
+            return None
+        try:
+            return _models_from_state(*weights)
         except Exception:  # noqa: BLE001 - a broken entry is rebuilt from the checkpoint
             return None
 
@@ -144,21 +158,26 @@ def converted_cache(
 def _models_from_state(
     state: dict[str, torch.Tensor], configs: dict[str, dict[str, Any]]
 ) -> Models:
-    """Build the three models on the meta device and assign the (memory-mapped) tensors."""
+    """Build the three models on the meta device (no memory, no random init) and make the
+    tensors their own (no copy: their device and dtype are the models')."""
     from accelerate import init_empty_weights
-    from diffusers.models import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
+    from mlc.engine.modelimports import model_classes, no_init_weights
+
+    unet_cls, vae_cls, text_cls, text_config_cls = model_classes()
     parts: dict[str, dict[str, Any]] = {"unet": {}, "vae": {}, "text_encoder": {}}
     for key, value in state.items():
         prefix, _, name = key.partition(".")
         parts[prefix][name] = value
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(configs["unet"])
-        vae = AutoencoderKL.from_config(configs["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"]))
+    with init_empty_weights(), no_init_weights():
+        unet = unet_cls.from_config(configs["unet"])
+        vae = vae_cls.from_config(configs["vae"])
+        text_encoder = text_cls(text_config_cls.from_dict(configs["text_encoder"]))
+    device = next(iter(state.values())).device if state else None
     for model, name in ((unet, "unet"), (vae, "vae"), (text_encoder, "text_encoder")):
         load_state(model, parts[name], strict=True)
         if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
             raise ValueError(f"{name}: incomplete cache entry")
+        if device is not None:
+            model.to(device)  # the buffers the entry does not hold (position_ids); no copy else
     return unet, vae, text_encoder

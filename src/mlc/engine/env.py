@@ -49,6 +49,12 @@ def cache_root() -> Path | None:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mlc" / "converted"
 
 
+def lean_imports() -> bool:
+    """``$MLC_LEAN_IMPORTS`` (default on; ``0``/``off``/``no``: off): import the model classes
+    with the smallest import graph (``mlc.engine.modelimports``)."""
+    return os.environ.get("MLC_LEAN_IMPORTS", "1").strip().lower() not in ("0", "off", "no")
+
+
 def cache_min_bytes() -> int:
     """``$MLC_CACHE_MIN_BYTES``: the smallest checkpoint worth a converted-cache entry."""
     try:
@@ -88,6 +94,11 @@ def limit_default(what: str) -> int | None:
 def worker_dir() -> Path:
     """``$MLC_WORKER_DIR``, else ``/tmp/mlc-<uid>`` (the warm worker's private folder)."""
     return Path(os.environ.get("MLC_WORKER_DIR") or f"/tmp/mlc-{os.getuid()}")
+
+
+def with_worker_dir(environ: Mapping[str, str], path: Path) -> dict[str, str]:
+    """ENVIRON with ``$MLC_WORKER_DIR`` set to PATH (the benchmark's own worker)."""
+    return {**environ, "MLC_WORKER_DIR": str(path)}
 
 
 def worker_idle() -> str | None:

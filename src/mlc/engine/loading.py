@@ -26,6 +26,7 @@ from mlc.engine.checkpoint import (
     schedule_of,
 )
 from mlc.engine.convcache import converted_cache
+from mlc.engine.modelimports import model_classes, tokenizer_class
 
 if TYPE_CHECKING:
     import torch
@@ -62,9 +63,7 @@ class Components:
 
 def load_tokenizer(source: ModelSource) -> CLIPTokenizer:
     """The CLIP tokenizer from local files only."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(str(source.part("tokenizer")), local_files_only=True)
+    return tokenizer_class().from_pretrained(str(source.part("tokenizer")), local_files_only=True)
 
 
 def yaml_text_config(source: ModelSource) -> dict[str, Any]:
@@ -145,24 +144,36 @@ def load(
     import torch
 
     start = time.perf_counter()
-    quiet_libraries()
     dtype = dtype or torch.float32
     source = resolve(ckpt, config)
-    tokenizer = _Background(load_tokenizer, source)  # overlaps the weights (thread)
+    on_device = torch.device(device).type != "cpu"
     if source.is_folder:
+        tokenizer = _Background(load_tokenizer, source)  # overlaps the weights (thread)
+        quiet_libraries()
         unet, vae, text_encoder = _load_folder(source, dtype)
         model_hash = legacy_model_hash(_first_weights(source.path / "unet"))
     else:
         model_hash = legacy_model_hash(source.path)
         cached = converted_cache(source, dtype, model_hash)
-        loaded = cached.load() if cached is not None else None
+        # the cached tensors go straight onto the device (thread) while the classes import;
+        # the libraries are imported by this thread alone (two threads importing transformers
+        # at once can see it half-initialised)
+        weights = _Background(cached.read, device) if cached is not None else None
+        model_classes()  # first: the lean imports (modelimports) cover diffusers' first import
+        tokenizer_class()
+        tokenizer = _Background(load_tokenizer, source)  # overlaps building the models
+        quiet_libraries()
+        read = weights.result() if weights is not None else None
+        loaded = cached.load(device, read) if cached is not None and read is not None else None
         if loaded is None:
             loaded = _load_single_file(source, dtype)
             if cached is not None:
                 cached.save(*loaded)
+        elif on_device:
+            on_device = False  # already there
         unet, vae, text_encoder = loaded
     for model in (unet, vae, text_encoder):
-        if torch.device(device).type != "cpu":
+        if on_device:
             model.to(device)
         model.eval().requires_grad_(False)
     return Components(

@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--bench_json", type=str, default=None, help="--bench: JSON path (default: in --outdir)")
     a("--bench_warmup", type=int, default=None, help="--bench: warm-up iterations (default 2)")
     a("--bench_repeat", type=int, default=1, help="--bench: alternate runs N times (medians)")
+    a("--bench_warm", type=int, default=0, help="--bench: also time N requests to a warm worker")
     a(
         "--bench_modes",
         action="store_true",
