@@ -14,6 +14,10 @@ and make the worker exit at once. Each saved image is streamed to its client (``
 entry}``) as soon as it is written, so a client whose worker died can resume after it. The
 request's output reaches the client in whole lines. It logs to ``D/worker.log``. The protocol
 is ``mlc.engine.protocol``.
+
+Why one module of ~500 lines: the accept thread, the queue, cancellation and the loaded
+session share one lock and one set of flags; the request and its streams are in
+``mlc.engine.request``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,7 @@ from mlc.engine.protocol import (
     read_request,
     send,
 )
+from mlc.engine.request import Request, Stream
 from mlc.engine.run import Cancelled, Control, Summary
 from mlc.engine.session import Session, open_session
 from mlc.engine.spec import RunSpec
@@ -62,69 +66,6 @@ from mlc.errors import MlcError, WorkerError
 
 log = logging.getLogger("mlc.engine.worker")
 POLL = 0.5  # seconds: how often the main loop looks at its flags
-
-
-@dataclass
-class Request:
-    """One client's run, from accept to exit code."""
-
-    conn: socket.socket
-    argv: list[str]
-    cwd: str
-    env: dict[str, str]
-    umask: int
-    tag: str | None
-    resume: list[dict[str, Any]] = field(default_factory=list)  # images an earlier try saved
-    progress: bool = False  # the client asked for a {"step": [i, n]} after each step
-    warm: bool = False  # only load the model (pre-warm): no output, nobody waits for it
-    reason: str | None = None  # why it was cancelled (the client left, --cancel, ...)
-    done: bool = False
-    closed: bool = False
-    dead_output: bool = field(default=False, repr=False)
-
-    def send(self, message: dict[str, Any]) -> None:
-        """Send to the client; a client that left is ignored (its request is cancelled)."""
-        if self.dead_output:
-            return
-        try:
-            send(self.conn, message)
-        except OSError:
-            self.dead_output = True
-
-    def close(self) -> None:
-        self.closed = True
-        with contextlib.suppress(OSError):
-            self.conn.shutdown(socket.SHUT_RDWR)  # also wakes the watcher thread
-        self.conn.close()
-
-
-class Stream(io.TextIOBase):
-    """stdout or stderr of a request, sent to the client in whole lines as soon as each line
-    is complete (``print`` writes a line in two pieces: the client, and what else writes to
-    its terminal, never see half a line); ``close`` sends what is left."""
-
-    def __init__(self, request: Request, key: str) -> None:
-        self.request, self.key, self.partial = request, key, ""
-
-    def write(self, text: str) -> int:
-        self.partial += text
-        end = self.partial.rfind("\n") + 1
-        if end:
-            lines, self.partial = self.partial[:end], self.partial[end:]
-            self.request.send({self.key: lines})
-        return len(text)
-
-    def close(self) -> None:
-        if self.partial:
-            self.request.send({self.key: self.partial})
-            self.partial = ""
-        super().close()
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
