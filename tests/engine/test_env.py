@@ -71,6 +71,14 @@ def test_worker_environ_drops_the_exec_tags(monkeypatch):
     assert os.environ["MLC_EXEC"] == "exec-7"  # this process keeps its own
 
 
+def test_worker_environ_makes_pythonpath_absolute(monkeypatch, tmp_path: Path):
+    """The worker runs in its own folder: a relative PYTHONPATH must name the same code."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["src", "/abs/lib"]))
+    started = env.worker_environ()
+    assert started["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "src"), "/abs/lib"]
+
+
 def test_options_reexports_the_environment():
     for name in ("cache_root", "tiny_vae_default", "worker_dir", "request_env", "limit_default"):
         assert getattr(options, name) is getattr(env, name)

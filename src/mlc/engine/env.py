@@ -131,5 +131,12 @@ interrupt; the request's cancel tag): never a worker's, which outlives the exec 
 
 
 def worker_environ() -> dict[str, str]:
-    """This process's environment less ``EXEC_ENV``: what a client starts its worker with."""
-    return {k: v for k, v in os.environ.items() if k not in EXEC_ENV}
+    """This process's environment less ``EXEC_ENV``: what a client starts its worker with.
+    Relative ``PYTHONPATH`` entries are made absolute: the worker runs in its own folder, and
+    there they would name other code (whose fingerprint differs: a new worker every call)."""
+    env = {k: v for k, v in os.environ.items() if k not in EXEC_ENV}
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p or os.curdir) for p in env["PYTHONPATH"].split(os.pathsep)
+        )
+    return env
