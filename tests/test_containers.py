@@ -352,6 +352,20 @@ def test_stats(mlc, name, tmp_path):
     assert name in mlc("stats").out
 
 
+@pytest.mark.docker
+def test_stats_leaves_out_a_container_removed_while_sampled(mlc, name, tmp_path, docker_client):
+    """Another shell removes a container between `mlc stats` listing and sampling it: the
+    others are still shown (a test machine removes containers all the time)."""
+    from mlc import containers, host
+
+    _create(mlc, name, tmp_path / "ws")
+    _create(mlc, f"{name}-b", tmp_path / "ws-b")
+    for n in (name, f"{name}-b"):
+        assert mlc("start", n, "--no-prewarm").code == 0
+    mine = [c for c in containers.mine(docker_client, host.current_user()) if name in c.name]
+    assert sorted(c.name for c in mine) == [name, f"{name}-b"]
+    docker_client.containers.get(f"{name}-b._.{os.getuid()}").remove(force=True)
+    assert [s.name for s in containers.stats(mine)] == [name]
 def test_pull_failure_and_build_recipe(mlc, name, tmp_path, docker_client, base_image):
     r = mlc("create", name, "Pytorch", "nopull", "-w", str(tmp_path / "ws"))
     _one_line_error(r, "cannot pull image mlctest/absent:1")

@@ -40,8 +40,16 @@ def from_sample(name: str, s: dict[str, Any]) -> Stats:
     )
 
 
-def _stats_one(c: Container) -> Stats:
-    st = from_sample(c.name, c.raw.stats(stream=False))
+def _stats_one(c: Container) -> Stats | None:
+    """C's sample, or None when C went away while it was sampled (removed, or stopped and
+    Docker answered with an empty body): nothing to show, and no reason to fail the rest."""
+    from docker.errors import NotFound
+
+    try:
+        sample = c.raw.stats(stream=False)
+    except (NotFound, ValueError):  # ValueError: the JSON decoder's, on an empty body
+        return None
+    st = from_sample(c.name, sample)
     if c.has_gpus:
         code, out = c.exec_run(GPU_QUERY)
         if code == 0:
@@ -52,8 +60,9 @@ def _stats_one(c: Container) -> Stats:
 
 
 def stats(containers: list[Container]) -> list[Stats]:
-    """Resource use of running CONTAINERS, gathered in parallel (each sample takes ~1 s)."""
+    """Resource use of running CONTAINERS, gathered in parallel (each sample takes ~1 s);
+    one that goes away meanwhile is left out."""
     if not containers:
         return []
     with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
-        return list(pool.map(_stats_one, containers))
+        return [st for st in pool.map(_stats_one, containers) if st is not None]
