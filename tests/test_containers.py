@@ -366,6 +366,8 @@ def test_stats_leaves_out_a_container_removed_while_sampled(mlc, name, tmp_path,
     assert sorted(c.name for c in mine) == [name, f"{name}-b"]
     docker_client.containers.get(f"{name}-b._.{os.getuid()}").remove(force=True)
     assert [s.name for s in containers.stats(mine)] == [name]
+
+
 def test_pull_failure_and_build_recipe(mlc, name, tmp_path, docker_client, base_image):
     r = mlc("create", name, "Pytorch", "nopull", "-w", str(tmp_path / "ws"))
     _one_line_error(r, "cannot pull image mlctest/absent:1")
