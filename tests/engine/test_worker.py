@@ -579,7 +579,11 @@ def test_warm_with_a_missing_model_leaves_an_idle_worker(workers: Workers):
     assert p.returncode == 0, p.stderr
     workers.note_pid()
     deadline = time.monotonic() + 300  # imports alone: minutes when loaded
+    # "idle" without a model is also the state before the warm request is taken: wait for
+    # the failure in the log first, then the worker must be idle, holding no model
+    while "pre-warm failed" not in (workers.dir / LOG).read_text():
+        assert time.monotonic() < deadline, _status(workers.dir)
+        time.sleep(0.2)
     while (status := _status(workers.dir))["state"] != "idle" or status["model"]:
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
-    assert "pre-warm failed" in (workers.dir / LOG).read_text()

@@ -139,6 +139,32 @@ def start_worker(d: Path, idle: float) -> None:
     )
 
 
+def run_request(
+    argv: list[str],
+    idle: float | None,
+    tag: str | None,
+    saved: list[dict[str, Any]],
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The ``run`` message for ARGV as this process would run it (its folder, environment and
+    umask), resuming after the images in SAVED; IDLE, when given, resets the worker's."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    request = {
+        "op": "run",
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "env": request_env(),
+        "umask": umask,
+        "idle": idle,
+        "tag": tag,
+        "resume": list(saved),
+    }
+    if progress:
+        request["progress"] = True
+    return request
+
+
 def open_worker(d: Path, idle: float) -> tuple[socket.socket, Lines, dict[str, Any]]:
     """Connect to the worker, starting it when absent or when it runs other engine code."""
     got = connect(d)
@@ -209,18 +235,7 @@ def attempt(
     sock, lines, hello = open_worker(d, idle)
     oom = oom_counter(hello["pid"]) if isinstance(hello.get("pid"), int) else None
     with sock:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        request = {
-            "op": "run",
-            "argv": argv,
-            "cwd": os.getcwd(),
-            "env": request_env(),
-            "umask": umask,
-            "idle": idle if idle_given else None,
-            "tag": request_tag(),
-            "resume": saved,
-        }
+        request = run_request(argv, idle if idle_given else None, request_tag(), saved)
         try:
             send(sock, request)
         except OSError:

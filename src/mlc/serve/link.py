@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from mlc.engine.checkpoint import legacy_model_hash
-from mlc.engine.client import WorkerGone, connect, open_worker
+from mlc.engine.client import WorkerGone, connect, open_worker, run_request
 from mlc.engine.env import ckpt_env
-from mlc.engine.options import request_env, worker_dir, worker_idle
+from mlc.engine.options import worker_dir, worker_idle
 from mlc.engine.protocol import idle_seconds, private_dir, send
 from mlc.errors import WorkerError
 from mlc.serve import EngineRequest
@@ -93,19 +92,8 @@ def _attempt(
 ) -> int:
     sock, lines, _hello = open_worker(d, idle)
     with sock:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        request = {
-            "op": "run",
-            "argv": argv,
-            "cwd": os.getcwd(),
-            "env": request_env(),
-            "umask": umask,
-            "idle": idle if worker_idle() is not None else None,
-            "tag": tag,
-            "resume": list(saved),
-            "progress": True,
-        }
+        given = worker_idle() is not None
+        request = run_request(argv, idle if given else None, tag, saved, progress=True)
         try:
             send(sock, request)
         except OSError:
