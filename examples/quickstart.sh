@@ -77,6 +77,8 @@ for f in run["files"]:
     if recipe == "demo":  # the demo model's world is simple enough to check by pixels
         from mlc.engine.shapes.judge import read
         seen = read(Image.open(png))
-        print(f"the judge sees: a {seen.colour} {seen.shape}, {seen.background} background")
+        said = [v or "unclear" for v in (seen.colour, seen.shape, seen.background)]
+        print(f"the judge (mlc.engine.shapes.judge) reads: colour {said[0]}, shape {said[1]}, "
+              f"background {said[2]}")
 PY
 echo "open the container with: MLC_CATALOG=$MLC_CATALOG mlc open $NAME"
