@@ -20,14 +20,15 @@ import json
 import os
 import socket
 import stat
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mlc.engine.protocol import SOCKET, Lines, peer_uid, send
-
 CONTAINER_DIR = PurePosixPath("/run/mlc-worker")
 """Where a container sees its host worker folder (its ``MLC_WORKER_DIR``)."""
+SOCKET = "engine.sock"  # = mlc.engine.protocol.SOCKET
+STATUS = "status.json"  # = mlc.engine.protocol.STATUS
 ROUTE = "route.json"
 REQUEST_ENV = ("MLC_CKPT", "MLC_TINY_VAE", "MLC_MAX_PIXELS", "MLC_MAX_STEPS", "MLC_MAX_IMAGES")
 """= mlc.engine.env.REQUEST_ENV: what a request carries from its client's environment."""
@@ -67,15 +68,32 @@ def private(path: Path) -> bool:
 # -- the socket ----------------------------------------------------------------------------------
 
 
-class Connection(Lines):
-    """A connection to a worker: JSON lines each way (``mlc.engine.protocol``'s)."""
+class Connection:
+    """A connection to a worker: JSON lines each way (``mlc.engine.protocol``'s). A copy of
+    ``protocol.Lines``' reader, kept here so that no `mlc` command imports the engine package
+    (tests/test_cli.py: `mlc --help` loads nothing of ``mlc.engine``)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buf = sock, b""
 
     def send(self, message: Mapping[str, Any]) -> None:
-        send(self.sock, dict(message))
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
 
     def next(self) -> dict[str, Any] | None:
         """The next message; None when the worker closed the connection (or it broke)."""
-        message = super().next()
+        while b"\n" not in self.buf:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return None
         return message if isinstance(message, dict) else None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -86,6 +104,14 @@ class Connection(Lines):
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, opt, 12))
+    return uid
 
 
 def connect(d: Path, timeout: float | None = None) -> tuple[Connection, dict[str, Any]] | None:
@@ -106,7 +132,7 @@ def connect(d: Path, timeout: float | None = None) -> tuple[Connection, dict[str
     try:
         sock.settimeout(timeout if timeout is not None else TIMEOUT)
         sock.connect(path)
-        if peer_uid(sock) not in (None, os.getuid()):
+        if _peer_uid(sock) not in (None, os.getuid()):
             raise PermissionError("the worker runs as another user")
         conn = Connection(sock)
         hello = conn.next()

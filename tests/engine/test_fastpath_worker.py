@@ -107,7 +107,9 @@ def _imported(stderr: str) -> set[str]:
     }
 
 
-def test_the_request_environment_agrees_with_the_engine():
+def test_the_wire_names_agree_with_the_engine():
+    """warmpath keeps the engine out of every `mlc` start (stdlib only): its copies agree."""
+    assert warmpath.SOCKET == protocol.SOCKET and warmpath.STATUS == protocol.STATUS
     assert warmpath.REQUEST_ENV == engine_env.REQUEST_ENV
 
 
