@@ -9,7 +9,7 @@ import typer
 
 from mlc import containers, host
 from mlc.cli import output
-from mlc.cli.options import NameArg
+from mlc.cli.options import FOLDERS, DataOpt, ModelsOpt, NameArg
 from mlc.cli.output import say, show
 from mlc.containers.labels import DEFAULT_ULIMITS, validate_name
 
@@ -17,7 +17,6 @@ from mlc.containers.labels import DEFAULT_ULIMITS, validate_name
 # without them.
 
 CARRY = "What the file carries"
-FOLDERS = "Folders"
 
 
 def export(
@@ -96,22 +95,8 @@ def import_(
             rich_help_panel=FOLDERS,
         ),
     ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data", "-d", "--data_dir", help="Host folder at /data.", rich_help_panel=FOLDERS
-        ),
-    ] = None,
-    models: Annotated[
-        Path | None,
-        typer.Option(
-            "--models",
-            "-m",
-            "--models_dir",
-            help="Host folder at /models.",
-            rich_help_panel=FOLDERS,
-        ),
-    ] = None,
+    data: DataOpt = None,
+    models: ModelsOpt = None,
     gpus: Annotated[
         str | None,
         typer.Option(

@@ -9,14 +9,23 @@ import typer
 
 from mlc import containers, host, warmpath
 from mlc.cli import output
-from mlc.cli.options import ArchOpt, CatalogOpt, ForceOpt, JsonOpt, NameArg, NoPrewarmOpt
+from mlc.cli.options import (
+    FOLDERS,
+    ArchOpt,
+    CatalogOpt,
+    DataOpt,
+    ForceOpt,
+    JsonOpt,
+    ModelsOpt,
+    NameArg,
+    NoPrewarmOpt,
+)
 from mlc.cli.output import confirm, say, show, show_json, show_table, table
 from mlc.containers.labels import DEFAULT_ULIMITS
 
 # Each command imports what it runs on (the Docker SDK, rich) itself: `mlc --help` and the
 # commands that do not need them start without them.
 
-FOLDERS = "Folders"
 LIMITS = "GPUs and limits"
 
 
@@ -36,22 +45,8 @@ def create(
             rich_help_panel=FOLDERS,
         ),
     ] = Path("~/workspace"),
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data", "-d", "--data_dir", help="Host folder at /data.", rich_help_panel=FOLDERS
-        ),
-    ] = None,
-    models: Annotated[
-        Path | None,
-        typer.Option(
-            "--models",
-            "-m",
-            "--models_dir",
-            help="Host folder at /models.",
-            rich_help_panel=FOLDERS,
-        ),
-    ] = None,
+    data: DataOpt = None,
+    models: ModelsOpt = None,
     gpus: Annotated[
         str | None,
         typer.Option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -44,5 +45,19 @@ NoPrewarmOpt = Annotated[
     typer.Option(
         "--no-prewarm",
         help="Do not load the installed model in the engine worker now (also MLC_PREWARM=0).",
+    ),
+]
+
+FOLDERS = "Folders"  # the help panel of the folder options
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", "-d", "--data_dir", help="Host folder at /data.", rich_help_panel=FOLDERS
+    ),
+]
+ModelsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--models", "-m", "--models_dir", help="Host folder at /models.", rich_help_panel=FOLDERS
     ),
 ]
