@@ -23,7 +23,7 @@ MIN_AREA = 0.03  # the object covers at least this share of the cells
 MIN_MAIN = 0.85  # the largest region holds at least this share of all object cells
 COLOUR_CANDIDATES = 2  # colours tried in the template match (the most voted)
 NOISE_FLOOR = 20.0  # distances from the background below this count as background (noise)
-MIN_IOU = 0.7  # overlap of the object's and the fitted drawing's distance-from-background maps
+MIN_IOU = 0.7  # overlap of the object's and the drawing's coverage maps (see _coverage)
 REFINE = 3  # shapes per colour whose fit is refined (the best at the first guess of the box)
 SEARCH = 6.0  # pixels: the box search steps (side +-SEARCH, centre +-SEARCH/2)
 
@@ -160,6 +160,21 @@ def _box(main: np.ndarray, dist: np.ndarray) -> tuple[float, float, float] | Non
     return ((x0 + x1 - side) / 2 * c, (y0 + y1 - side) / 2 * c, side * c)
 
 
+def _coverage(dist: np.ndarray, main: np.ndarray | None = None) -> np.ndarray:
+    """How much of each cell the object covers (0..1), from its distance to the background:
+    scaled by the object's own full distance, so that the shape is read apart from its shade."""
+    inside = dist[main] if main is not None else dist[dist > OBJECT_DISTANCE]
+    if inside.size == 0:
+        return np.zeros_like(dist)
+    full = float(np.percentile(inside, 90))
+    return np.clip((dist - NOISE_FLOOR) / max(full - NOISE_FLOOR, 1.0), 0.0, 1.0)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Soft intersection over union of two coverage maps."""
+    return float(np.minimum(a, b).sum() / max(np.maximum(a, b).sum(), 1e-6))
+
+
 def read(image: Any) -> Reading:
     """What the image shows: background colour, object colour and shape (on cell means)."""
     grid = cells(image)
@@ -196,9 +211,11 @@ def read(image: Any) -> Reading:
     shape, colour = min(fits, key=lambda pair: fits[pair][0])
     errors = {f"{s} {k}": round(e, 2) for (s, k), (e, _) in fits.items()}
     drawn = scenes.thumbnail(fits[shape, colour][1]).astype(np.float32)
-    want = np.maximum(np.sqrt(((drawn - bg_rgb) ** 2).sum(-1)) - NOISE_FLOOR, 0)
-    got = np.maximum(dist - NOISE_FLOOR, 0)
-    iou = float(np.minimum(want, got).sum() / max(np.maximum(want, got).sum(), 1e-6))
+    # the drawing's coverage against its own (named) background, the image's against the
+    # background it has: a tinted background must not count as object in either
+    drawn_bg = np.array(scenes.COLOURS[background], dtype=np.float32)
+    drawn_dist = np.sqrt(((drawn - drawn_bg) ** 2).sum(-1))
+    iou = _overlap(_coverage(dist, main), _coverage(drawn_dist))
     if iou < MIN_IOU:
         return Reading(background, colour, None, iou, errors, "no shape fits")
     return Reading(background, colour, shape, iou, errors)

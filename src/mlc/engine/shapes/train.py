@@ -71,6 +71,7 @@ class Recipe:
     # which min-SNR weighting neglects, decide how clean the last steps leave the image)
     polish_steps: int = 300
     polish_lr: float = 2e-4
+    polish_min_snr: float = 0.0  # the polish's loss weighting (0: plain MSE, see above)
     overrides: dict[str, Any] = field(default_factory=dict)  # config changes (smoke tests)
 
 
@@ -334,7 +335,7 @@ def polish(
         seed=recipe.seed + 1000,
         unet_steps=recipe.polish_steps,
         unet_lr=recipe.polish_lr,
-        min_snr=0.0,
+        min_snr=recipe.polish_min_snr,
         warmup=min(recipe.warmup, max(recipe.polish_steps // 10, 1)),
     )
 
@@ -479,6 +480,13 @@ def main(argv: list[str] | None = None) -> int:
         "--name", default=shapes_model.NAME, help="file stem (default: %(default)s)"
     )
     parser.add_argument("--polish-steps", type=int, default=defaults.polish_steps)
+    parser.add_argument("--polish-lr", type=float, default=defaults.polish_lr)
+    parser.add_argument(
+        "--polish-min-snr",
+        type=float,
+        default=defaults.polish_min_snr,
+        help="min-SNR weighting in the polish (0: plain loss; default: %(default)s)",
+    )
     parser.add_argument(
         "--resume",
         metavar="CKPT",
@@ -493,8 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("threads", "unet_steps", "vae_batch", "unet_batch"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-    if min(args.vae_steps, args.save_every, args.polish_steps) < 0:
-        parser.error("--vae-steps, --save-every and --polish-steps must not be negative")
+    if min(args.vae_steps, args.save_every, args.polish_steps, args.polish_min_snr) < 0:
+        parser.error(
+            "--vae-steps, --save-every, --polish-steps and --polish-min-snr must not be negative"
+        )
+    if args.polish_lr <= 0:
+        parser.error("--polish-lr must be positive")
     recipe = Recipe(
         seed=args.seed,
         threads=args.threads,
@@ -504,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         unet_batch=args.unet_batch,
         save_every=args.save_every,
         polish_steps=args.polish_steps,
+        polish_lr=args.polish_lr,
+        polish_min_snr=args.polish_min_snr,
         warmup=min(defaults.warmup, max(args.unet_steps // 10, 1)),
         overrides=TINY if args.tiny else {},
     )
