@@ -39,6 +39,51 @@ def test_help_needs_typer_but_not_the_docker_sdk():
     found = _imports("--help")
     assert "typer" in found
     assert found & {"docker", "requests", "paramiko", "urllib3", "yaml"} == set()
+    # typer's help formatter imports these, mlc's app never calls them (mlc.cli.lean)
+    assert found & {"markdown_it", "pygments"} == set()
+    assert {"markdown_it", "pygments"} <= _imports("--help", env={"MLC_LEAN_IMPORTS": "0"})
+
+
+@pytest.mark.parametrize("args", [["--help"], ["create", "--help"], ["txt2img", "--help"]])
+def test_help_reads_the_same_with_the_deferred_modules(args):
+    def run(env: dict[str, str]) -> str:
+        p = subprocess.run(
+            [sys.executable, "-m", "mlc", *args], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "120", **env},
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    assert run({}) == run({"MLC_LEAN_IMPORTS": "0"})
+
+
+def test_a_deferred_module_is_the_real_one_once_used():
+    code = (
+        "import sys\n"
+        "from mlc.cli import lean\n"
+        "lean.defer()\n"
+        "import typer.rich_utils\n"
+        "assert 'markdown_it' not in sys.modules\n"
+        "from rich.markdown import Markdown\n"
+        "from rich.text import Text\n"
+        "from rich.console import Console\n"
+        "assert Markdown | Text\n"
+        "Console(width=40).print(Markdown('*deferred* works'))\n"
+        "import rich.markdown\n"
+        "assert isinstance(rich.markdown.Markdown('x'), Markdown)\n"
+        "assert type(sys.modules['rich.markdown']).__name__ == 'module'\n"
+        "from rich.traceback import Traceback\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError as exc:\n"
+        "    Traceback.from_exception(type(exc), exc, exc.__traceback__)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "deferred works" in p.stdout
 
 
 @pytest.mark.parametrize(

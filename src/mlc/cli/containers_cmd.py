@@ -163,32 +163,12 @@ def list_(
 
     Example: [bold]mlc list[/] or [bold]mlc list --json[/]
     """
-    from rich.markup import escape
-
     from mlc import run
+    from mlc.cli.listing import show_containers
 
     found = containers.mine(containers.client(), host.current_user(), all_users)
     workers = {c.docker_name: run.worker_status(c) for c in found}
-    if as_json:
-        show_json([{**c.describe(), "worker": workers[c.docker_name]} for c in found])
-        return
-    if not found:
-        say("no containers; create one with: mlc create NAME FRAMEWORK VERSION")
-        return
-    grid = table("NAME", "FRAMEWORK", "STATUS", "GPUS", "WORKSPACE", "WORKER")
-    if all_users:
-        grid.add_column("USER")
-    for c in found:
-        cells = [
-            escape(f"[{c.name}]"),
-            f"{c.framework}-{c.version}".rstrip("-"),
-            c.status,
-            c.gpus,
-            c.workspace,
-            warmpath.describe(workers[c.docker_name]),
-        ]
-        grid.add_row(*cells, *([c.user] if all_users else []))
-    show_table(grid)
+    show_containers(found, workers, as_json, all_users)
 
 
 def start(name: NameArg, no_prewarm: NoPrewarmOpt = False) -> None:

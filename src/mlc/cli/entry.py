@@ -2,7 +2,8 @@
 failure reported as one line through :func:`mlc.errors.report`.
 
 Light on purpose: the Typer app (and with it the Docker SDK and rich) is imported only when a
-command needs it; `mlc txt2img` first tries :mod:`mlc.fastpath` (a warm worker's socket)."""
+command needs it; `mlc txt2img` first tries :mod:`mlc.fastpath` (a warm worker's socket), and
+`mlc list` / `mlc stop` :mod:`.quick` (the local engine's socket, without the SDK)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def skip_ssh_transport(args: list[str]) -> None:
 def run(args: list[str]) -> int:
     """Run the app on ARGS; the exit code (every failure reported as one line on stderr)."""
     try:
+        from mlc.cli import lean
+
+        lean.defer()  # rich's markdown and traceback modules, which the app never uses
         import typer
 
         from mlc.cli.app import app
@@ -70,6 +74,12 @@ def main(argv: list[str] | None = None, prefix: list[str] | None = None) -> None
         from mlc import fastpath
 
         code = fastpath.txt2img(args[1:])
+        if code is not None:
+            sys.exit(code)
+    elif args[:1] in (["list"], ["stop"]):
+        from mlc.cli import quick
+
+        code = quick.dispatch(args)
         if code is not None:
             sys.exit(code)
     skip_ssh_transport(args)

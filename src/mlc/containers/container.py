@@ -3,16 +3,18 @@ object over Docker's ``attrs`` whose properties read the label table (:mod:`.lab
 
 from __future__ import annotations
 
-from typing import Any
-
-import docker
-from docker.errors import DockerException, NotFound
-from docker.models.containers import Container as DockerContainer
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from mlc import host
-from mlc.containers import remote
 from mlc.containers.labels import NONE, TABLE, Labels, Mount, bare_name, owned_by, tag
 from mlc.errors import DockerUnavailable, MlcError, NotFoundError
+
+if TYPE_CHECKING:  # the SDK is imported where it is used: `mlc list` can do without it
+    import docker
+    from docker.models.containers import Container as DockerContainer
+
+    from mlc.containers.engineapi import Engine
 
 KEEP_RUNNING_MARK = "/run/mlc-keep-running"
 
@@ -163,6 +165,10 @@ def client() -> docker.DockerClient:
     """A Docker client for the engine the docker CLI would use (:mod:`.remote`: --context,
     DOCKER_HOST, DOCKER_CONTEXT, the current context), or one clear error saying why it
     cannot be reached."""
+    from docker.errors import DockerException
+
+    from mlc.containers import remote
+
     ep = remote.endpoint()
     where = f" at {ep.describe()}" if ep.host or ep.context else ""
     try:
@@ -205,16 +211,50 @@ def client() -> docker.DockerClient:
         ) from None
 
 
-def _owned(raw: DockerContainer, user: host.User) -> bool:
+def _owned(raw: Any, user: host.User) -> bool:
     return owned_by(Labels.read(raw.labels), raw.name, user.name, user.uid)
+
+
+Get = Callable[[str], Any]  # a container by exact name or ID, or None
+Listing = Callable[[str], list[Any]]  # every container (running or not) with a label
 
 
 def find(dc: docker.DockerClient, name: str, user: host.User) -> Container:
     """The caller's container NAME (exact name, never a prefix); legacy bare names too."""
-    for candidate in (tag(name, user.uid), name):
+    from docker.errors import NotFound
+
+    def get(ref: str) -> DockerContainer | None:
         try:
-            raw = dc.containers.get(candidate)
+            return dc.containers.get(ref)
         except NotFound:
+            return None
+
+    return _find(get, _sdk_listing(dc), name, user)
+
+
+def mine(dc: docker.DockerClient, user: host.User, all_users: bool = False) -> list[Container]:
+    """The caller's mlc/AIME containers (everyone's with all_users), sorted by name."""
+    return _mine(_sdk_listing(dc), user, all_users)
+
+
+def find_local(engine: Engine, name: str, user: host.User) -> Container:
+    """:func:`find` on the local engine without the SDK (:mod:`.engineapi`)."""
+    return _find(engine.inspect, engine.containers, name, user)
+
+
+def mine_local(engine: Engine, user: host.User, all_users: bool = False) -> list[Container]:
+    """:func:`mine` on the local engine without the SDK (:mod:`.engineapi`)."""
+    return _mine(engine.containers, user, all_users)
+
+
+def _sdk_listing(dc: docker.DockerClient) -> Listing:
+    return lambda label: dc.containers.list(all=True, filters={"label": label})
+
+
+def _find(get: Get, listing: Listing, name: str, user: host.User) -> Container:
+    for candidate in (tag(name, user.uid), name):
+        raw = get(candidate)
+        if raw is None:
             continue
         if raw.name != candidate:  # Docker also resolves ID prefixes: `mlc remove ab` must not
             continue
@@ -227,8 +267,7 @@ def find(dc: docker.DockerClient, name: str, user: host.User) -> Container:
                 f"container '{name}' belongs to {owner}",
                 hint="mlc acts on your own containers only",
             )
-    others = dc.containers.list(all=True, filters={"label": f"{TABLE['name']}={name}"})
-    if any(not _owned(raw, user) for raw in others):
+    if any(not _owned(raw, user) for raw in listing(f"{TABLE['name']}={name}")):
         raise MlcError(
             f"container '{name}' belongs to another user",
             hint="mlc acts on your own containers only",
@@ -236,10 +275,8 @@ def find(dc: docker.DockerClient, name: str, user: host.User) -> Container:
     raise NotFoundError(f"no container named '{name}'", hint="see `mlc list`")
 
 
-def mine(dc: docker.DockerClient, user: host.User, all_users: bool = False) -> list[Container]:
-    """The caller's mlc/AIME containers (everyone's with all_users), sorted by name."""
-    label = TABLE["owner"] if all_users else f"{TABLE['user']}={user.name}"
-    found = dc.containers.list(all=True, filters={"label": label})
+def _mine(listing: Listing, user: host.User, all_users: bool) -> list[Container]:
+    found = listing(TABLE["owner"] if all_users else f"{TABLE['user']}={user.name}")
     if not all_users:
         found = [raw for raw in found if _owned(raw, user)]
     return sorted((Container(raw) for raw in found), key=lambda c: c.name)
