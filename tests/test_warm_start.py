@@ -152,6 +152,20 @@ def test_no_prewarm_container_and_another_user(
     assert r.code == 0, r.err
     assert _worker(mlc, name, env)["state"] == "ready"
 
+    # `mlc prewarm`: now by name, and the setting changed after create, both ways
+    r = mlc("prewarm", name, env=env)
+    assert r.code == 0 and "ready demo (nothing to load)" in r.out, r.err
+    assert mlc("prewarm", name, "--on", "--off", env=env).code == 2
+    for setting, loads in (("--on", True), ("--off", False)):
+        r = mlc("prewarm", name, setting, env=env)
+        assert r.code == 0 and f"pre-warm {setting[2:]}" in r.out, r.err
+        assert mlc("stop", name, "-f", env=env).code == 0
+        r = mlc("start", name, env=env)
+        assert r.code == 0 and ("engine worker: loading demo.ckpt" in r.err) is loads, r.err
+    r = mlc("prewarm", name, env=env)  # asked by name: whatever the setting
+    assert r.code == 0 and "loading demo.ckpt in the background" in r.out, r.err
+    _until(mlc, name, env, "ready")
+
     # The socket sits in a 0700 folder of the owner's: another user gets EACCES.
     sock = _host_dir(mlc, name) / "engine.sock"
     assert sock.exists()

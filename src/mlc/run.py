@@ -32,6 +32,7 @@ __all__ = [
 ENGINE_PARSERS = ("mlc.engine.options", "mlc.engine.txt2img")
 """Where the engine's argparse parser is built (``build_parser()``), newest layout first: light
 modules, so the host reads the engine's flags without torch and without a container."""
+OFF = ("0", "off", "no", "false")  # MLC_PREWARM values that turn pre-warming off
 
 
 def engine_help(prog: str = "mlc txt2img NAME") -> str | None:
@@ -127,23 +128,42 @@ def forget(c: Container) -> None:
         warmpath.forget_route(d)
 
 
-def prewarm_wanted(c: Container, asked: bool = True) -> bool:
-    """Whether to pre-warm C: not opted out per call (ASKED false, ``MLC_PREWARM=0``) nor when
-    it was made (``mlc create --no-prewarm``)."""
-    env = os.environ.get("MLC_PREWARM", "1").strip().lower()
-    return asked and env not in ("0", "off", "no", "false") and c.labels.prewarms
+def prewarm_wanted(c: Container, asked: bool = True, state: dict[str, Any] | None = None) -> bool:
+    """Whether to pre-warm C: not opted out per call (ASKED false, ``MLC_PREWARM=0``) nor for
+    the container (`mlc prewarm NAME --off`, recorded in its setup STATE, else the
+    ``mlc create --no-prewarm`` label)."""
+    if opted_out(asked):
+        return False
+    setting = (state or {}).get("prewarm")
+    return bool(setting) if setting is not None else c.labels.prewarms
 
 
-def prewarm(c: Container, asked: bool = True) -> str | None:
+def opted_out(asked: bool = True) -> bool:
+    """Whether this call opts out of pre-warming (``--no-prewarm``, ``MLC_PREWARM=0``)."""
+    return not asked or os.environ.get("MLC_PREWARM", "1").strip().lower() in OFF
+
+
+def set_prewarm(c: Container, on: bool) -> None:
+    """Whether `mlc start`, `mlc open` and `mlc setup` pre-warm C from now on (kept in its setup
+    state, so it outlives the container's label)."""
+    state = provision.load_state(c)
+    state["prewarm"] = on
+    provision.save_state(c, state)
+
+
+def prewarm(c: Container, asked: bool = True, now: bool = False) -> str | None:
     """Start C's engine worker in the background (a detached exec as its user, the worker's
     own start path) and have it load the installed model now; the model's file name, or None
-    when there is nothing to do (opted out, no model or engine installed, not running)."""
-    if not prewarm_wanted(c, asked):
+    when there is nothing to do (opted out, no model or engine installed, not running, the
+    worker holds it already). NOW: asked for by name (`mlc prewarm`), whatever the setting."""
+    if not now and opted_out(asked):
         return None
     c.reload()
     if c.status != "running":
         return None
     state = provision.load_state(c)
+    if not now and not prewarm_wanted(c, asked, state):
+        return None
     if not state.get("ckpt") or not (state.get("engine") or {}).get("worker"):
         return None
     found = worker_status(c)

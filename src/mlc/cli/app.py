@@ -67,6 +67,7 @@ COMMANDS = [
     ("list", containers_cmd.list_, CONTAINERS, None),
     ("start", containers_cmd.start, CONTAINERS, None),
     ("stop", containers_cmd.stop, CONTAINERS, None),
+    ("prewarm", containers_cmd.prewarm_cmd, CONTAINERS, None),
     ("remove", containers_cmd.remove, CONTAINERS, None),
     ("stats", containers_cmd.stats, CONTAINERS, None),
     ("export", archive_cmd.export, CONTAINERS, None),

@@ -184,6 +184,44 @@ def start(name: NameArg, no_prewarm: NoPrewarmOpt = False) -> None:
     show(f"[{name}] running. Open a shell with: mlc open {name}")
 
 
+def prewarm_cmd(
+    name: NameArg,
+    on: Annotated[
+        bool, typer.Option("--on", help="From now on, pre-warm when NAME starts (the default).")
+    ] = False,
+    off: Annotated[
+        bool, typer.Option("--off", help="From now on, leave the engine worker cold until used.")
+    ] = False,
+) -> None:
+    """Load NAME's installed model in its engine worker now; with --on or --off, whether
+    `mlc start`, `mlc open` and `mlc setup` do it (set at create, --no-prewarm: off).
+
+    Example: [bold]mlc prewarm sd[/] or [bold]mlc prewarm sd --off[/]
+    """
+    from mlc import errors, run
+
+    if on and off:
+        raise errors.UsageError("--on and --off exclude each other")
+    c = containers.find(containers.client(), name, host.current_user())
+    if on or off:
+        run.set_prewarm(c, on)
+        when = "loads the model when it starts" if on else "stays cold until first used"
+        show(f"[{name}] pre-warm {'on' if on else 'off'}: the engine worker {when}")
+        return
+    c.reload()
+    if c.status != "running":
+        raise errors.MlcError(f"'{name}' is not running", hint=f"start it with: mlc start {name}")
+    model = run.prewarm(c, now=True)
+    if model:
+        show(f"[{name}] engine worker: loading {model} in the background")
+        return
+    held = warmpath.describe(run.worker_status(c))
+    if held != "-":
+        show(f"[{name}] engine worker: {held} (nothing to load)")
+        return
+    raise errors.MlcError(f"no model is set up in '{name}'", hint=f"run: mlc setup {name}")
+
+
 def prewarm(c: containers.Container, asked: bool) -> None:
     """Pre-warm C's engine worker (see :func:`mlc.run.prewarm`) and say so; best effort: a
     failure is one warning line, never the command's failure."""
