@@ -8,9 +8,9 @@ mode 0700, owned by the user, bind-mounted at :data:`CONTAINER_DIR`, where the c
 ``status.json``, its log); the host adds ``route.json`` (what `mlc txt2img` needs to plan a
 request: the mounts, the setup state, the container's request environment).
 
-Only stdlib and :mod:`mlc.errors` here (the fast path imports this before anything else). The
-wire format mirrors :mod:`mlc.engine.protocol` (which the host does not import: importing the
-engine package changes the process's environment); ``tests/test_warmpath.py`` keeps them equal.
+Only stdlib, :mod:`mlc.errors` and :mod:`mlc.wire` here (the fast path imports this before
+anything else); the wire is the engine protocol's own (:mod:`mlc.wire`), without importing the
+engine package (which changes the process's environment).
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import json
 import os
 import socket
 import stat
-import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mlc import wire
+
 CONTAINER_DIR = PurePosixPath("/run/mlc-worker")
 """Where a container sees its host worker folder (its ``MLC_WORKER_DIR``)."""
-SOCKET = "engine.sock"  # = mlc.engine.protocol.SOCKET
-STATUS = "status.json"  # = mlc.engine.protocol.STATUS
+SOCKET, STATUS = wire.SOCKET, wire.STATUS
 ROUTE = "route.json"
 REQUEST_ENV = ("MLC_CKPT", "MLC_TINY_VAE", "MLC_MAX_PIXELS", "MLC_MAX_STEPS", "MLC_MAX_IMAGES")
 """= mlc.engine.env.REQUEST_ENV: what a request carries from its client's environment."""
@@ -68,50 +68,16 @@ def private(path: Path) -> bool:
 # -- the socket ----------------------------------------------------------------------------------
 
 
-class Connection:
-    """A connection to a worker: JSON lines each way (``mlc.engine.protocol``'s). A copy of
-    ``protocol.Lines``' reader, kept here so that no `mlc` command imports the engine package
-    (tests/test_cli.py: `mlc --help` loads nothing of ``mlc.engine``)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buf = sock, b""
+class Connection(wire.Lines):
+    """A connection to a worker: :mod:`mlc.wire`'s JSON lines each way."""
 
     def send(self, message: Mapping[str, Any]) -> None:
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
-
-    def next(self) -> dict[str, Any] | None:
-        """The next message; None when the worker closed the connection (or it broke)."""
-        while b"\n" not in self.buf:
-            try:
-                chunk = self.sock.recv(65536)
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            message = json.loads(line)
-        except ValueError:
-            return None
-        return message if isinstance(message, dict) else None
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while (message := self.next()) is not None:
-            yield message
+        wire.send(self.sock, message)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-
-
-def _peer_uid(sock: socket.socket) -> int | None:
-    opt = getattr(socket, "SO_PEERCRED", None)
-    if opt is None:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, opt, 12))
-    return uid
 
 
 def connect(d: Path, timeout: float | None = None) -> tuple[Connection, dict[str, Any]] | None:
@@ -132,7 +98,7 @@ def connect(d: Path, timeout: float | None = None) -> tuple[Connection, dict[str
     try:
         sock.settimeout(timeout if timeout is not None else TIMEOUT)
         sock.connect(path)
-        if _peer_uid(sock) not in (None, os.getuid()):
+        if wire.peer_uid(sock) not in (None, os.getuid()):
             raise PermissionError("the worker runs as another user")
         conn = Connection(sock)
         hello = conn.next()

@@ -28,7 +28,6 @@ import json
 import os
 import socket
 import stat
-import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,13 @@ from typing import Any
 import mlc
 from mlc.engine import UsageError
 from mlc.errors import WorkerError
+from mlc.wire import SOCKET, STATUS, Lines, peer_uid, send
 
-SOCKET = "engine.sock"
+__all__ = ["SOCKET", "STATUS", "Lines", "peer_uid", "send"]  # the wire, from mlc.wire
+
 LOCK = "start.lock"
 LOG = "worker.log"
 PIDFILE = "worker.pid"
-STATUS = "status.json"
 DEFAULT_IDLE = 600.0
 
 
@@ -84,44 +84,7 @@ def idle_seconds(text: str | None) -> float:
     return value
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket (None where unknown)."""
-    opt = getattr(socket, "SO_PEERCRED", None)
-    if opt is None:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, opt, 12))
-    return uid
-
-
 # -- messages ----------------------------------------------------------------------------------
-
-
-def send(sock: socket.socket, message: dict[str, Any]) -> None:
-    """One JSON line."""
-    sock.sendall(json.dumps(message).encode() + b"\n")
-
-
-class Lines:
-    """JSON lines read from a socket; None at the end of the stream."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buf = sock, b""
-
-    def next(self) -> dict[str, Any] | None:
-        """The next message, or None when the peer closed (or the connection broke)."""
-        while b"\n" not in self.buf:
-            try:
-                chunk = self.sock.recv(65536)
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            return json.loads(line)
-        except ValueError:
-            return None
 
 
 def read_request(conn: socket.socket, limit: int = 4 << 20) -> dict[str, Any]:
