@@ -294,11 +294,20 @@ def test_training_command_runs_end_to_end(tmp_path: Path):
     assert images[0].size == (model.NATIVE_SIZE, model.NATIVE_SIZE)
 
 
-def test_training_command_rejects_bad_flags(tmp_path: Path):
-    cmd = [sys.executable, "-m", "mlc.engine.shapes.train", str(tmp_path), "--unet-steps", "0"]
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--unet-steps", "0"], "--unet-steps must be at least 1"),
+        (["--polish-lr", "0"], "--polish-lr must be positive"),
+        (["--polish-min-snr", "-1"], "must not be negative"),
+        (["--noise-offset", "-0.1"], "must not be negative"),
+    ],
+)
+def test_training_command_rejects_bad_flags(tmp_path: Path, flags: list[str], message: str):
+    cmd = [sys.executable, "-m", "mlc.engine.shapes.train", str(tmp_path), *flags]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "--unet-steps must be at least 1" in done.stderr
+    assert message in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -64,6 +64,7 @@ class Recipe:
     warmup: int = 100
     uncond_rate: float = 0.1  # share of captions replaced by "" (for guidance)
     min_snr: float = 5.0  # min-SNR loss weighting (0: plain MSE)
+    noise_offset: float = 0.0  # offset noise: this times one normal draw per image and channel
     ema: float = 0.995
     save_every: int = 0  # also write the EMA weights every this many steps (0: only at the end)
     # the polish: from the EMA weights (rounded to fp16, as exported), more steps with the
@@ -72,6 +73,7 @@ class Recipe:
     polish_steps: int = 300
     polish_lr: float = 2e-4
     polish_min_snr: float = 0.0  # the polish's loss weighting (0: plain MSE, see above)
+    polish_noise_offset: float = 0.0  # the polish's offset noise
     overrides: dict[str, Any] = field(default_factory=dict)  # config changes (smoke tests)
 
 
@@ -268,6 +270,8 @@ def train_unet(
         ids = torch.stack([captions[s.caption] for s in batch])
         ids[torch.rand(n, generator=gen) < recipe.uncond_rate] = empty
         noise = torch.randn(latents.shape, generator=gen)
+        if recipe.noise_offset:  # a whole-image shift per channel: flat colours can be learnt
+            noise += recipe.noise_offset * torch.randn(n, noise.shape[1], 1, 1, generator=gen)
         t = torch.randint(0, len(alphas), (n,), generator=gen)
         noisy = schedule.add_noise(latents, noise, t)
         cond = text_encoder(ids)[0]
@@ -336,6 +340,7 @@ def polish(
         unet_steps=recipe.polish_steps,
         unet_lr=recipe.polish_lr,
         min_snr=recipe.polish_min_snr,
+        noise_offset=recipe.polish_noise_offset,
         warmup=min(recipe.warmup, max(recipe.polish_steps // 10, 1)),
     )
 
@@ -481,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--polish-steps", type=int, default=defaults.polish_steps)
     parser.add_argument("--polish-lr", type=float, default=defaults.polish_lr)
+    parser.add_argument("--noise-offset", type=float, default=defaults.noise_offset)
+    parser.add_argument("--polish-noise-offset", type=float, default=defaults.polish_noise_offset)
     parser.add_argument(
         "--polish-min-snr",
         type=float,
@@ -501,10 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("threads", "unet_steps", "vae_batch", "unet_batch"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-    if min(args.vae_steps, args.save_every, args.polish_steps, args.polish_min_snr) < 0:
-        parser.error(
-            "--vae-steps, --save-every, --polish-steps and --polish-min-snr must not be negative"
-        )
+    counts = ("vae_steps", "save_every", "polish_steps")
+    weights = ("polish_min_snr", "noise_offset", "polish_noise_offset")
+    for flag in counts + weights:
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must not be negative")
     if args.polish_lr <= 0:
         parser.error("--polish-lr must be positive")
     recipe = Recipe(
@@ -518,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         polish_steps=args.polish_steps,
         polish_lr=args.polish_lr,
         polish_min_snr=args.polish_min_snr,
+        noise_offset=args.noise_offset,
+        polish_noise_offset=args.polish_noise_offset,
         warmup=min(defaults.warmup, max(args.unet_steps // 10, 1)),
         overrides=TINY if args.tiny else {},
     )
