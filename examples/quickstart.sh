@@ -59,9 +59,9 @@ fi
 $PYTHON -m mlc setup "$NAME" "$recipe"
 
 say "6/6 generate"
-# the demo model draws at its native 128x128 (the default --H/--W; SD v1.5 at 512x512), with
-# a low guidance scale: at the default 7.5 PLMS oversaturates it (docs/models.md)
-if [ "$recipe" = demo ]; then size=(--ddim_steps 20 --scale 3); else size=(--ddim_steps 25); fi
+# the demo model draws at its native 128x128 with the guidance it recommends, 2.5 (both from
+# its config: the defaults when no --H/--W/--scale is given; SD v1.5: 512x512 and 7.5)
+if [ "$recipe" = demo ]; then size=(--ddim_steps 20); else size=(--ddim_steps 25); fi
 $PYTHON -m mlc txt2img "$NAME" --prompt "a photo of a pink cube, black background" --plms --skip_grid --n_samples 1 \
   --n_iter 1 "${size[@]}" --outdir outputs/quickstart --json > "$BASE/last-run.json"
 $PYTHON - "$BASE" "$recipe" <<'PY'

@@ -27,6 +27,6 @@ print(sys.argv[2])
 PY
 }
 
-grid cfg-series --ddim_steps 10 --x scale=1,4,7.5,12,20
+grid cfg-series --ddim_steps 10 --x scale=1,2.5,5,7.5,12
 grid sampler-steps --x sampler=ddim,plms,dpm_solver,euler_a --y steps=5,10,20
 grid seeds --sampler dpm_solver --ddim_steps 12 --x seed=1,2,3,4,5,6,7,8

@@ -295,6 +295,26 @@ def native_size(source: ModelSource) -> int:
     return size if size > 0 else CLASSIC_SIZE
 
 
+CLASSIC_SCALE = 7.5
+"""The classic guidance scale: the default --scale for a model whose config names none."""
+DEFAULTS_FILE = "defaults.json"
+"""In a model's own config folder: what it recommends where the user gives nothing
+(``{"scale": 2.5}``); the engine reads only the keys it knows."""
+
+
+def recommended_scale(source: ModelSource) -> float:
+    """The guidance scale a model's own config folder recommends (``defaults.json``'s
+    ``scale``), else CLASSIC_SCALE (SD v1's bundled config, an original YAML, none given)."""
+    if source.yaml is not None or source.config_dir == CONFIG_DIR:
+        return CLASSIC_SCALE
+    try:
+        data = json.loads((source.config_dir / DEFAULTS_FILE).read_text("utf-8"))
+        scale = float(data["scale"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return CLASSIC_SCALE
+    return scale if scale >= 0 else CLASSIC_SCALE
+
+
 def first_line(err: BaseException, *, skip_header: bool = False) -> str:
     """The first non-blank line of an error (SKIP_HEADER: of its details, for torch's
     "Error(s) in loading state_dict ...:" header line)."""

@@ -136,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--n_samples", type=int, default=3, help="images per prompt batch, a.k.a. batch size")
     a("--n_rows", type=int, default=0, help="images per grid row (default: n_samples)")
-    a("--scale", type=float, default=7.5, help="classifier-free guidance scale")
+    a(
+        "--scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: what the model's config recommends, "
+        "else 7.5)",
+    )
     a("--from-file", dest="from_file", type=str, default=None, help="prompts, one per line")
     a("--config", type=str, default=None, help="original inference YAML or diffusers config folder")
     a(
@@ -275,22 +281,32 @@ def parse_args(
     if defaults:
         parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
-    if args.H is None or args.W is None:
-        size = model_native_size(args.ckpt, args.config)
+    if args.H is None or args.W is None or args.scale is None:
+        size, scale = model_defaults(args.ckpt, args.config)
         args.H = size if args.H is None else args.H
         args.W = size if args.W is None else args.W
+        args.scale = scale if args.scale is None else args.scale
     return args
 
 
-def model_native_size(ckpt: str, config: str | None) -> int:
-    """The default --H/--W: the model's native size from its config (512 for SD v1, and
-    when the checkpoint cannot be found: loading it reports that)."""
-    from mlc.engine.checkpoint import CLASSIC_SIZE, CheckpointError, native_size, resolve
+def model_defaults(ckpt: str, config: str | None) -> tuple[int, float]:
+    """The defaults a model's own config gives: --H/--W (its native size) and --scale (the
+    guidance it recommends); SD v1's 512 and 7.5 otherwise, and when the checkpoint cannot be
+    found (loading it reports that)."""
+    from mlc.engine.checkpoint import (
+        CLASSIC_SCALE,
+        CLASSIC_SIZE,
+        CheckpointError,
+        native_size,
+        recommended_scale,
+        resolve,
+    )
 
     try:
-        return native_size(resolve(ckpt, config))
+        source = resolve(ckpt, config)
     except CheckpointError:
-        return CLASSIC_SIZE
+        return CLASSIC_SIZE, CLASSIC_SCALE
+    return native_size(source), recommended_scale(source)
 
 
 def parse(argv: list[str] | None) -> RunSpec:

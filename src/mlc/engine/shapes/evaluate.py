@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from mlc.engine import offline
-from mlc.engine.shapes import judge, scenes
+from mlc.engine.shapes import judge, model, scenes
 
 offline()
 
 SAMPLERS: tuple[str, ...] = ("ddim", "plms", "euler_a", "dpmpp_2m_karras")
 STEPS = 20
-SCALE = 3.0  # guidance for the judged images: at the default 7.5 PLMS oversaturates this model
+SCALE = model.GUIDANCE  # the guidance the model recommends (at SD's 7.5 it oversaturates)
 SEED = 1000  # prompt k is drawn with seed SEED + k
 
 

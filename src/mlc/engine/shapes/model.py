@@ -21,6 +21,9 @@ NAME = "mlc-shapes"
 VAE_FACTOR = 8
 NATIVE_SIZE = 128
 """Pixels per side the model was trained at (UNet sample_size 16 x VAE factor 8)."""
+GUIDANCE = 2.5
+"""The guidance scale it is judged at and recommends (its config's ``defaults.json``: the
+engine's --scale when given none). Higher scales oversaturate it, PLMS first."""
 
 UNET_CONFIG: dict[str, Any] = {
     "sample_size": NATIVE_SIZE // VAE_FACTOR,
