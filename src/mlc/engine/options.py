@@ -8,7 +8,7 @@ of ``MLC_*``), whose names this module re-exports.
 One axis's text (``AXIS=V1,V2``) is parsed by ``spec.Axis.parse``; how the axes combine
 (with each other and with the other flags) is checked here.
 
-Why one module of ~480 lines: most of it is the flag table itself (the classic flags and
+Why one module of ~500 lines: most of it is the flag table itself (the classic flags and
 mlc's, each with its help text), which reads best as one parser; the environment is in
 ``mlc.engine.env``, the scale-out flags in ``mlc.engine.scale.flags``.
 """
