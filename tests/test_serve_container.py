@@ -4,7 +4,6 @@ AUTOMATIC1111's API; the real `webuiapi` client, the tiny demo model, real HTTP.
 from __future__ import annotations
 
 import base64
-import importlib
 import io
 import json
 import os
@@ -19,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -27,23 +25,14 @@ import requests
 from PIL import Image
 
 from conftest import PREFIX, TORCH_IMAGE, Mlc, _missing
+from engine.servekit import needed
 
 pytestmark = pytest.mark.docker
 
 
-def _needed(module: str) -> ModuleType:
-    """MODULE (the test extra has it); without it the tests skip, or fail when CI is set."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"{module} is missing: pip install -e '.[test]'", allow_module_level=True)
-
-
-webuiapi = _needed("webuiapi")
-_needed("fastapi")
-_needed("uvicorn")
+webuiapi = needed("webuiapi")
+needed("fastapi")
+needed("uvicorn")
 
 SMALL = {"steps": 3, "width": 64, "height": 64}
 BANNER = re.compile(r" at (http://\S+) \(AUTOMATIC1111 API")

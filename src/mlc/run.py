@@ -183,7 +183,6 @@ def prewarm(c: Container, asked: bool = True, now: bool = False) -> str | None:
 def worker_status(c: Container) -> dict[str, Any] | None:
     """What C's worker says it does (``state``, ``model``, ...), asked on its socket from the
     host; None when it has none listening (or its folder is not reachable from here)."""
-    d = worker_folder(c)
-    if d is None or c.status != "running":
+    if containers.remote_host():
         return None
-    return warmpath.status(d)
+    return warmpath.container_status(c.labels.worker, c.status == "running")

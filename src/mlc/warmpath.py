@@ -132,6 +132,14 @@ def status(d: Path) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
+def container_status(worker: str | None, running: bool) -> dict[str, Any] | None:
+    """The status of a local container's worker, from its ``mlc.worker`` label (the host
+    folder) and whether it runs; None for a container without one or not running."""
+    if not worker or not running:
+        return None
+    return status(Path(worker))
+
+
 def describe(found: Mapping[str, Any] | None) -> str:
     """A status as one short cell: ``ready demo``, ``loading demo``, ``idle``, ``-`` (none)."""
     if not found:

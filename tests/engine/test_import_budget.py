@@ -34,18 +34,12 @@ def cached_model(tiny, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """The tiny model with its converted cache built (the default path reads the cache)."""
     root = tmp_path_factory.mktemp("budget")
     env = {"MLC_CACHE_DIR": str(root / "cache"), "MLC_CACHE_MIN_BYTES": "0"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
         loading.load(tiny.safetensors)
         entry = converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32)
         assert entry is not None and entry.valid()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return root, env
 
 

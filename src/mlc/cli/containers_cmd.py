@@ -208,7 +208,6 @@ def prewarm_cmd(
         when = "loads the model when it starts" if on else "stays cold until first used"
         show(f"[{name}] pre-warm {'on' if on else 'off'}: the engine worker {when}")
         return
-    c.reload()
     if c.status != "running":
         raise errors.MlcError(f"'{name}' is not running", hint=f"start it with: mlc start {name}")
     model = run.prewarm(c, now=True)

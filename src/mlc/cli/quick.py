@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from mlc import errors, fastpath, host, warmpath
 from mlc.containers import engineapi
-from mlc.containers.container import Container, find_local, mine_local
+from mlc.containers.container import find_local, mine_local
 
 STOP_TIMEOUT_S = 10  # as `mlc stop` through the SDK (containers.lifecycle.stop)
 LIST_FLAGS = {"--json": "json", "-a": "all", "--all-users": "all"}
@@ -44,7 +43,10 @@ def list_(engine: engineapi.Engine, flags: list[str]) -> int | None:
         return None
     chosen = {LIST_FLAGS[f] for f in flags}
     found = mine_local(engine, host.current_user(), "all" in chosen)
-    workers = {c.docker_name: _worker(c) for c in found}
+    workers = {
+        c.docker_name: warmpath.container_status(c.labels.worker, c.status == "running")
+        for c in found
+    }
     from mlc.cli.listing import show_containers
 
     show_containers(found, workers, "json" in chosen, "all" in chosen)
@@ -72,14 +74,6 @@ def stop(engine: engineapi.Engine, flags: list[str]) -> int | None:
     engine.stop(c.raw, STOP_TIMEOUT_S)  # fails: nothing printed, the full CLI tries and says
     show(f"[{name}] stopped")
     return 0
-
-
-def _worker(c: Container) -> dict | None:
-    """C's worker status (as :func:`mlc.run.worker_status` on the local engine)."""
-    worker = c.labels.worker
-    if not worker or c.status != "running":
-        return None
-    return warmpath.status(Path(worker))
 
 
 COMMANDS: dict[str, Callable[[engineapi.Engine, list[str]], int | None]] = {

@@ -276,6 +276,11 @@ def schedule_of(source: ModelSource) -> dict[str, Any]:
     return {k: data[k] for k in keys if k in data}
 
 
+def _own_config(source: ModelSource) -> bool:
+    """Whether SOURCE has a config folder of its own (not the bundled SD v1 one, no YAML)."""
+    return source.yaml is None and source.config_dir != CONFIG_DIR
+
+
 CLASSIC_SIZE = 512
 """SD v1's image side in pixels: the default --H/--W for a model whose config names none."""
 
@@ -284,7 +289,7 @@ def native_size(source: ModelSource) -> int:
     """The side in pixels a model was trained at: its own config folder's UNet
     ``sample_size`` times its VAE's downsampling factor; CLASSIC_SIZE for the bundled SD v1
     config, an original YAML, or a config folder without those fields."""
-    if source.yaml is not None or source.config_dir == CONFIG_DIR:
+    if not _own_config(source):
         return CLASSIC_SIZE
     try:
         unet = json.loads((source.config_dir / "unet" / "config.json").read_text("utf-8"))
@@ -305,7 +310,7 @@ DEFAULTS_FILE = "defaults.json"
 def recommended_scale(source: ModelSource) -> float:
     """The guidance scale a model's own config folder recommends (``defaults.json``'s
     ``scale``), else CLASSIC_SCALE (SD v1's bundled config, an original YAML, none given)."""
-    if source.yaml is not None or source.config_dir == CONFIG_DIR:
+    if not _own_config(source):
         return CLASSIC_SCALE
     try:
         data = json.loads((source.config_dir / DEFAULTS_FILE).read_text("utf-8"))
