@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlc.engine import demo, offline
+from mlc.engine import offline
 
 offline()
 
@@ -51,8 +51,22 @@ VAE_CONFIG: dict[str, Any] = {
     "norm_num_groups": 1,  # one group per norm: see thumbnail.py
     "scaling_factor": 1.0,  # set after training: 1 / std of the latents
 }
-TEXT_CONFIG: dict[str, Any] = {**demo.TEXT_CONFIG, "intermediate_size": 128}
-"""The random demo's CLIP text encoder (SD's tokenizer, 2 layers, width 32), a wider MLP."""
+TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,  # the real CLIP tokenizer
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "projection_dim": 32,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+}
+"""Like the random demo's (``mlc.engine.demo``, which imports this module to install the
+shipped weights, so the table is not shared) with a wider MLP."""
 
 
 def build(seed: int, **overrides: dict[str, Any]) -> tuple[Any, Any, Any]:
