@@ -14,12 +14,13 @@ import torch
 
 
 class DeepCache:
-    """Wrap a diffusers UNet2DConditionModel: full every `interval` calls, shallow otherwise."""
+    """Wrap a UNet (diffusers' UNet2DConditionModel or the engine's own, mlc.engine.nets):
+    full every `interval` calls, shallow otherwise."""
 
     def __init__(self, unet: Any, interval: int, branch: int = 0) -> None:
-        from diffusers.models import UNet2DConditionModel
+        from mlc.engine.nets.unet import UNet
 
-        if not isinstance(unet, UNet2DConditionModel):
+        if not isinstance(unet, UNet) and not _is_diffusers_unet(unet):
             raise TypeError(f"DeepCache wraps a UNet2DConditionModel, not {type(unet).__name__}")
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise ValueError(
@@ -197,6 +198,12 @@ class DeepCache:
             sample = unet.conv_norm_out(sample)
             sample = unet.conv_act(sample)
         return unet.conv_out(sample)
+
+
+def _is_diffusers_unet(unet: Any) -> bool:
+    from diffusers.models import UNet2DConditionModel
+
+    return isinstance(unet, UNet2DConditionModel)
 
 
 def _n_outputs(block: Any) -> int:

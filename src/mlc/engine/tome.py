@@ -164,7 +164,13 @@ def _levels(unet: Any) -> list[tuple[int, str, Any]]:
 
 def _targets(unet: Any, max_downsample: int) -> list[Any]:
     """The transformer blocks of the qualifying levels (ValueError for unsupported ones)."""
-    from diffusers.models.attention import BasicTransformerBlock
+    from mlc.engine.nets.layers import TransformerBlock
+    from mlc.engine.nets.unet import UNet
+
+    if isinstance(unet, UNet):  # the engine's own UNet (mlc.engine.nets)
+        BasicTransformerBlock = TransformerBlock  # noqa: N806 - diffusers' name, our class
+    else:
+        from diffusers.models.attention import BasicTransformerBlock
 
     blocks = []
     for factor, prefix, level in _levels(unet):

@@ -1,0 +1,12 @@
+"""The engine's own SD v1 models in plain torch: UNet (``unet``), VAE (``vae``), CLIP text
+encoder (``clip``) and tokenizer (``tokenizer``).
+
+They compute what diffusers' ``UNet2DConditionModel`` / ``AutoencoderKL`` and transformers'
+``CLIPTextModel`` / ``CLIPTokenizer`` compute for SD v1 checkpoints, bit for bit on the same
+device (tests/engine/test_nets*.py compare them), and keep their weights under the same names.
+What they leave out is the libraries' import graphs: building them needs ``torch`` alone,
+where diffusers' and transformers' model classes import seconds of mixins, loaders,
+quantizers and scipy before a weight is read (docs/benchmarks.md, "Import budget").
+``mlc.engine.loading`` builds them from the converted cache when the config is one they
+implement and nothing in the run needs the libraries' classes; otherwise it builds those.
+"""
