@@ -224,28 +224,45 @@ def test_tokenizer_other_calls_equal_transformers(tokenizers) -> None:
     assert got.input_ids == want["input_ids"] and got["attention_mask"] == want["attention_mask"]
 
 
-def test_tokenizer_with_added_token_dicts_equals_transformers(tmp_path) -> None:
-    """SD 1.5's tokenizer_config.json spells the special tokens as AddedToken dicts."""
+TOKEN = {"lstrip": False, "rstrip": False, "single_word": False, "normalized": True}
+SD15_STYLE = {  # SD 1.5's tokenizer_config.json: the special tokens as AddedToken dicts
+    "bos_token": {"__type": "AddedToken", "content": "<|startoftext|>", **TOKEN},
+    "eos_token": {"__type": "AddedToken", "content": "<|endoftext|>", **TOKEN},
+    "unk_token": {"__type": "AddedToken", "content": "<|endoftext|>", **TOKEN},
+}
+DECODER_STYLE = {  # as transformers >= 4.34 saves it: added_tokens_decoder with their flags
+    "added_tokens_decoder": {
+        "49406": {"content": "<|startoftext|>", "normalized": True, "special": True, **TOKEN},
+        "49407": {"content": "<|endoftext|>", "normalized": True, "special": True, **TOKEN},
+    }
+}
+
+
+@pytest.mark.parametrize("extra", [SD15_STYLE, DECODER_STYLE], ids=["dicts", "decoder"])
+def test_tokenizer_config_variants_equal_transformers(tmp_path, extra) -> None:
+    """The tokens' flags decide whether ``<|ENDOFTEXT|>`` in a prompt is the special token."""
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(TOKENIZER_DIR / name, tmp_path / name)
-    token = {"lstrip": False, "rstrip": False, "normalized": True, "single_word": False}
-    config = {
-        "bos_token": {"__type": "AddedToken", "content": "<|startoftext|>", **token},
-        "eos_token": {"__type": "AddedToken", "content": "<|endoftext|>", **token},
-        "unk_token": {"__type": "AddedToken", "content": "<|endoftext|>", **token},
-        "pad_token": "<|endoftext|>",
-        "do_lower_case": True,
-        "model_max_length": 77,
-        "tokenizer_class": "CLIPTokenizer",
-    }
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    config = json.loads((TOKENIZER_DIR / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, **extra}))
     ref = CLIPTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
     mine = ClipTokenizer.from_folder(tmp_path)
     assert torch.equal(_engine_call(ref, PROMPTS), _engine_call(mine, PROMPTS))
 
 
-def test_tokenizer_refuses_a_folder_without_vocab(tmp_path) -> None:
+def test_tokenizer_refuses_folders_it_cannot_match(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="vocab.json"):
+        ClipTokenizer.from_folder(tmp_path)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER_DIR / name, tmp_path / name)
+    (tmp_path / "added_tokens.json").write_text('{"<cat-toy>": 49408}')
+    with pytest.raises(ValueError, match="added_tokens.json"):
+        ClipTokenizer.from_folder(tmp_path)
+    (tmp_path / "added_tokens.json").unlink()
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {"49408": {"content": "<cat-toy>", "special": False}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cat-toy"):
         ClipTokenizer.from_folder(tmp_path)
 
 

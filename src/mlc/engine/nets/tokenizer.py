@@ -3,8 +3,10 @@
 The same pipeline transformers 5 builds for CLIP: NFC, whitespace runs to one space and
 lower case; split on CLIP's word pattern, byte-level mapping; BPE with ``</w>`` ending each
 word; the special tokens matched whole in the text. ``<bos> ids <eos>``, truncated and padded
-here. Reads vocab.json, merges.txt and tokenizer_config.json (special_tokens_map.json as a
-fallback); a tokenizer.json is not read. Imports nothing from transformers.
+here. Reads vocab.json, merges.txt and tokenizer_config.json (its ``added_tokens_decoder`` too;
+special_tokens_map.json as a fallback). Folders it cannot match are refused with ValueError:
+a tokenizer.json or added_tokens.json (transformers reads those instead or on top), or added
+tokens outside the vocabulary. Imports nothing from transformers.
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ class Encoded:
         return getattr(self, key)
 
 
-def _added(spec: str | dict[str, Any]) -> AddedToken:
-    """A special token from its config form: a string or an AddedToken dict."""
+def _added(spec: str | dict[str, Any], special: bool = True) -> AddedToken:
+    """An added token from its config form: a string or an AddedToken dict."""
     if isinstance(spec, str):
-        return AddedToken(spec, special=True, normalized=False)
+        return AddedToken(spec, special=special, normalized=False)
     flags = ("single_word", "lstrip", "rstrip", "normalized")
+    special = bool(spec.get("special", special))
     return AddedToken(
-        spec["content"], special=True, **{k: bool(spec[k]) for k in flags if k in spec}
+        spec["content"], special=special, **{k: bool(spec[k]) for k in flags if k in spec}
     )
 
 
@@ -61,20 +64,28 @@ class ClipTokenizer:
     """``tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")``."""
 
     def __init__(
-        self, vocab: Path, merges: Path, specials: dict[str, Any], model_max_length: int
+        self,
+        vocab: Path,
+        merges: Path,
+        specials: dict[str, Any],
+        model_max_length: int,
+        added: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self.model_max_length = model_max_length
         names = {k: _content(v) for k, v in specials.items()}
         self.bos_token, self.eos_token = names["bos_token"], names["eos_token"]
         self.pad_token, self.unk_token = names["pad_token"], names["unk_token"]
-        model = BPE.from_file(
-            str(vocab),
-            str(merges),
-            continuing_subword_prefix="",
-            end_of_word_suffix="</w>",
-            fuse_unk=False,
-            unk_token=self.unk_token,
-        )
+        try:
+            model = BPE.from_file(
+                str(vocab),
+                str(merges),
+                continuing_subword_prefix="",
+                end_of_word_suffix="</w>",
+                fuse_unk=False,
+                unk_token=self.unk_token,
+            )
+        except Exception as exc:  # tokenizers raises a bare Exception for a bad file
+            raise ValueError(f"tokenizer: cannot read {vocab} / {merges}: {exc}") from exc
         tok = Tokenizer(model)
         tok.normalizer = normalizers.Sequence(
             [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
@@ -85,9 +96,16 @@ class ClipTokenizer:
                 pre_tokenizers.ByteLevel(add_prefix_space=False),
             ]
         )
-        order = ("unk_token", "bos_token", "eos_token", "pad_token")
-        tok.add_special_tokens([_added(specials[k]) for k in order])
         self.backend = tok
+        # added_tokens_decoder's flags first; a special token it lacks is added after, and a
+        # later one overrides an earlier one's flags, as transformers 5 ends up with them
+        for index, spec in sorted((added or {}).items()):
+            if tok.token_to_id(spec["content"]) != index:
+                raise ValueError(f"tokenizer: added token {spec['content']!r} is not in vocab.json")
+            tok.add_special_tokens([_added(spec)])
+        known = {spec["content"] for spec in (added or {}).values()}
+        order = ("unk_token", "bos_token", "eos_token", "pad_token")
+        tok.add_special_tokens([_added(specials[k]) for k in order if names[k] not in known])
         self.bos_token_id = self._id(self.bos_token)
         self.eos_token_id = self._id(self.eos_token)
         self.pad_token_id = self._id(self.pad_token)
@@ -106,11 +124,15 @@ class ClipTokenizer:
         for need in (vocab, merges):
             if not need.is_file():
                 raise FileNotFoundError(f"tokenizer: {need} is missing")
+        for other in ("tokenizer.json", "added_tokens.json"):
+            if (root / other).exists():
+                raise ValueError(f"tokenizer: {root / other} is not read here")
         config = _read_json(root / "tokenizer_config.json")
+        added = {int(k): v for k, v in (config.get("added_tokens_decoder") or {}).items()}
         fallback = _read_json(root / "special_tokens_map.json")
         specials = {k: config.get(k) or fallback.get(k) or v for k, v in SPECIALS.items()}
         most = config.get("model_max_length") or DEFAULT_MAX_LENGTH
-        return cls(vocab, merges, specials, int(min(most, 1 << 30)))
+        return cls(vocab, merges, specials, int(min(most, 1 << 30)), added)
 
     def encode(self, text: str) -> list[int]:
         """The text's ids, without BOS/EOS."""
