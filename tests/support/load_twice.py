@@ -25,8 +25,8 @@ def main() -> int:
     import torch
 
     t_torch = time.perf_counter()
-    from mlc.engine.loading import load, quiet_libraries
-    from mlc.engine.modelimports import model_classes, tokenizer_class
+    from mlc.engine.loading import load
+    from mlc.engine.modelimports import model_classes, quiet_libraries, tokenizer_class
 
     quiet_libraries()
     model_classes()

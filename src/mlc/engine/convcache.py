@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlc.engine.checkpoint import ModelSource, legacy_model_hash, load_state
-from mlc.engine.env import cache_min_bytes, cache_root
+from mlc.engine.env import cache_min_bytes, cache_root, native_models
 
 if TYPE_CHECKING:
     import torch
@@ -159,25 +159,46 @@ def _models_from_state(
     state: dict[str, torch.Tensor], configs: dict[str, dict[str, Any]]
 ) -> Models:
     """Build the three models on the meta device (no memory, no random init) and make the
-    tensors their own (no copy: their device and dtype are the models')."""
-    from accelerate import init_empty_weights
-
-    from mlc.engine.modelimports import model_classes, no_init_weights
-
-    unet_cls, vae_cls, text_cls, text_config_cls = model_classes()
+    tensors their own (no copy: their device and dtype are the models'). The engine's own
+    models (``mlc.engine.nets``) when their configs are ones they implement, else
+    diffusers' and transformers' classes."""
     parts: dict[str, dict[str, Any]] = {"unet": {}, "vae": {}, "text_encoder": {}}
     for key, value in state.items():
         prefix, _, name = key.partition(".")
         parts[prefix][name] = value
-    with init_empty_weights(), no_init_weights():
-        unet = unet_cls.from_config(configs["unet"])
-        vae = vae_cls.from_config(configs["vae"])
-        text_encoder = text_cls(text_config_cls.from_dict(configs["text_encoder"]))
+    models = _native_models(configs) if native_models() else None
+    if models is None:
+        models = _library_models(configs)
     device = next(iter(state.values())).device if state else None
-    for model, name in ((unet, "unet"), (vae, "vae"), (text_encoder, "text_encoder")):
+    for model, name in zip(models, ("unet", "vae", "text_encoder"), strict=True):
         load_state(model, parts[name], strict=True)
         if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
             raise ValueError(f"{name}: incomplete cache entry")
         if device is not None:
             model.to(device)  # the buffers the entry does not hold (position_ids); no copy else
+    return models
+
+
+def _native_models(configs: dict[str, dict[str, Any]]) -> Models | None:
+    """The engine's own models for CONFIGS, or None when a config needs the libraries'."""
+    from mlc.engine.nets.models import build
+
+    try:
+        return build(configs)
+    except ValueError:
+        return None
+
+
+def _library_models(configs: dict[str, dict[str, Any]]) -> Models:
+    """diffusers' UNet and VAE and transformers' CLIP text model for CONFIGS."""
+    from accelerate import init_empty_weights
+
+    from mlc.engine.modelimports import model_classes, no_init_weights, quiet_libraries
+
+    unet_cls, vae_cls, text_cls, text_config_cls = model_classes()
+    quiet_libraries()
+    with init_empty_weights(), no_init_weights():
+        unet = unet_cls.from_config(configs["unet"])
+        vae = vae_cls.from_config(configs["vae"])
+        text_encoder = text_cls(text_config_cls.from_dict(configs["text_encoder"]))
     return unet, vae, text_encoder

@@ -55,6 +55,13 @@ def lean_imports() -> bool:
     return os.environ.get("MLC_LEAN_IMPORTS", "1").strip().lower() not in ("0", "off", "no")
 
 
+def native_models() -> bool:
+    """``$MLC_NATIVE_MODELS`` (default on; ``0``/``off``/``no``: off): build the engine's own
+    SD v1 models (``mlc.engine.nets``) from the converted cache instead of diffusers' and
+    transformers' classes."""
+    return os.environ.get("MLC_NATIVE_MODELS", "1").strip().lower() not in ("0", "off", "no")
+
+
 def cache_min_bytes() -> int:
     """``$MLC_CACHE_MIN_BYTES``: the smallest checkpoint worth a converted-cache entry."""
     try:

@@ -26,7 +26,8 @@ from mlc.engine.checkpoint import (
     schedule_of,
 )
 from mlc.engine.convcache import converted_cache
-from mlc.engine.modelimports import model_classes, tokenizer_class
+from mlc.engine.env import native_models
+from mlc.engine.modelimports import model_classes, quiet_libraries, tokenizer_class
 
 if TYPE_CHECKING:
     import torch
@@ -62,8 +63,23 @@ class Components:
 
 
 def load_tokenizer(source: ModelSource) -> CLIPTokenizer:
-    """The CLIP tokenizer from local files only."""
+    """transformers' CLIP tokenizer from local files only."""
     return tokenizer_class().from_pretrained(str(source.part("tokenizer")), local_files_only=True)
+
+
+def native_tokenizer(source: ModelSource) -> CLIPTokenizer | None:
+    """The engine's own CLIP tokenizer (``mlc.engine.nets``), or None when the folder lacks
+    what it reads (a ``tokenizer.json`` alone: transformers' then reads it)."""
+    from mlc.engine.nets.tokenizer import ClipTokenizer
+
+    try:
+        return ClipTokenizer.from_folder(source.part("tokenizer"))  # type: ignore[return-value]
+    except (OSError, ValueError):
+        return None
+
+
+def _or_library(tokenizer: CLIPTokenizer | None, source: ModelSource) -> CLIPTokenizer:
+    return tokenizer if tokenizer is not None else load_tokenizer(source)
 
 
 def yaml_text_config(source: ModelSource) -> dict[str, Any]:
@@ -159,13 +175,18 @@ def load(
         # the libraries are imported by this thread alone (two threads importing transformers
         # at once can see it half-initialised)
         weights = _Background(cached.read, device) if cached is not None else None
-        model_classes()  # first: the lean imports (modelimports) cover diffusers' first import
-        tokenizer_class()
-        tokenizer = _Background(load_tokenizer, source)  # overlaps building the models
-        quiet_libraries()
+        native = cached is not None and native_models()
+        if not native:
+            model_classes()  # first: the lean imports (modelimports) cover diffusers' first import
+            tokenizer_class()
+            quiet_libraries()
+        # the tokenizer overlaps building the models (transformers' only after its imports)
+        tokenizer = _Background(native_tokenizer if native else load_tokenizer, source)
         read = weights.result() if weights is not None else None
         loaded = cached.load(device, read) if cached is not None and read is not None else None
         if loaded is None:
+            model_classes()
+            quiet_libraries()
             loaded = _load_single_file(source, dtype)
             if cached is not None:
                 cached.save(*loaded)
@@ -180,22 +201,13 @@ def load(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer.result(),
+        tokenizer=_or_library(tokenizer.result(), source),
         schedule=schedule_of(source),
         name=source.path.stem if not source.is_folder else source.path.name,
         model_hash=model_hash,
         source=source,
         load_seconds=time.perf_counter() - start,
     )
-
-
-def quiet_libraries() -> None:
-    """Keep diffusers/transformers from printing warnings meant for library developers."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
 
 
 def _first_weights(folder: Path) -> Path:

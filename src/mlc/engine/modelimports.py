@@ -86,15 +86,29 @@ NEVER_EXACT = ("torch._dynamo",)
 their ``__init__`` (transformers' ``masking_utils`` imports
 ``torch._dynamo._trace_wrapped_higher_order_op``)."""
 
+NEVER_ON_NATIVE_PATH = (
+    *NEVER_ON_DEFAULT_PATH,
+    "transformers",
+    "diffusers.models",
+    "diffusers.loaders",
+    "diffusers.quantizers",
+    "accelerate",
+    "scipy",
+    "sympy",
+)
+"""What the default path with the engine's own models (``mlc.engine.nets``, built from the
+converted cache) never imports: none of the libraries' model code, nor what it pulls in.
+(diffusers' schedulers still come through ``diffusers.utils``.)"""
 
-def off_budget(modules: list[str] | set[str]) -> list[str]:
+
+def off_budget(modules: list[str] | set[str], *, native: bool = False) -> list[str]:
     """The names in MODULES (``sys.modules``' keys) that the default path must not import:
-    under ``NEVER_ON_DEFAULT_PATH``, or a module of a deferred folder SD v1 does not need."""
+    under ``NEVER_ON_DEFAULT_PATH`` (NATIVE: ``NEVER_ON_NATIVE_PATH``), or a module of a
+    deferred folder SD v1 does not need."""
+    never = NEVER_ON_NATIVE_PATH if native else NEVER_ON_DEFAULT_PATH
     bad = []
     for name in sorted(modules):
-        if name in NEVER_EXACT or any(
-            name == p or name.startswith(p + ".") for p in NEVER_ON_DEFAULT_PATH
-        ):
+        if name in NEVER_EXACT or any(name == p or name.startswith(p + ".") for p in never):
             bad.append(name)
             continue
         parent, _, child = name.rpartition(".")
@@ -171,6 +185,34 @@ def no_init_weights() -> contextlib.AbstractContextManager[Any]:
         except ImportError:
             return contextlib.nullcontext()
     return context()
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers from printing warnings meant for library developers."""
+    from transformers.utils import logging as transformers_logging
+
+    quiet_diffusers()
+    transformers_logging.set_verbosity_error()
+
+
+def quiet_diffusers() -> None:
+    """``quiet_libraries`` for diffusers alone (the engine's own models need no transformers)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+
+
+def lean_attribute(module: str, name: str) -> Any:
+    """``module.name``, both imported with ``torch._dynamo`` stood in for (when
+    ``lean_imports()``): diffusers' schedulers import ``diffusers.utils``, whose
+    ``torch_utils`` imports dynamo only to decorate."""
+    with _lock:
+        stand_in = _DynamoStandIn.install() if lean_imports() else None
+        try:
+            return getattr(importlib.import_module(module), name)
+        finally:
+            if stand_in is not None:
+                stand_in.uninstall()
 
 
 def tokenizer_class() -> type[CLIPTokenizer]:

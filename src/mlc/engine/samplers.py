@@ -119,10 +119,12 @@ def scheduler_config(name: str, schedule: dict[str, Any] | None = None) -> dict[
 
 
 def scheduler_class(class_name: str) -> type:
-    """A diffusers scheduler class by name, imported lazily."""
-    import diffusers.schedulers as schedulers
+    """A diffusers scheduler class by name, imported lazily (and leanly: ``modelimports``)."""
+    from mlc.engine.modelimports import lean_attribute, quiet_diffusers
 
-    return getattr(schedulers, class_name)
+    cls = lean_attribute("diffusers.schedulers", class_name)
+    quiet_diffusers()
+    return cls
 
 
 def make_scheduler(name: str, schedule: dict[str, Any] | None = None) -> Any:

@@ -24,7 +24,8 @@ from typing import Any
 
 from mlc.engine import EngineError
 from mlc.engine.checkpoint import first_line, read_safetensors
-from mlc.engine.loading import assign_weights, quiet_libraries
+from mlc.engine.loading import assign_weights
+from mlc.engine.modelimports import quiet_libraries
 
 TAESD_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "taesd"
 """The bundled AutoencoderTiny config of SD v1's TAESD (no weights)."""

@@ -389,7 +389,7 @@ def train(
     import diffusers
     import transformers
 
-    from mlc.engine.loading import quiet_libraries
+    from mlc.engine.modelimports import quiet_libraries
 
     quiet_libraries()
     dest = Path(dest)

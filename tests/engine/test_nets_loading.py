@@ -1,0 +1,79 @@
+"""Loading picks the engine's own models (``mlc.engine.nets``) from the converted cache, and
+the images are the libraries' pixel for pixel; configs they do not implement, and
+``MLC_NATIVE_MODELS=0``, get diffusers' and transformers' classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mlc.engine import checkpoint, loading
+from mlc.engine.command import main
+from mlc.engine.convcache import _models_from_state, converted_cache
+from mlc.engine.nets.clip import TextEncoder
+from mlc.engine.nets.tokenizer import ClipTokenizer
+from mlc.engine.nets.unet import UNet
+from mlc.engine.nets.vae import VAE
+
+
+@pytest.fixture
+def cache_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLC_CACHE_MIN_BYTES", "0")
+    return tmp_path
+
+
+def test_cached_model_loads_as_our_own_models(tiny, cache_env, monkeypatch) -> None:
+    first = loading.load(tiny.safetensors)  # converts and writes the cache (libraries' classes)
+    assert type(first.unet).__name__ == "UNet2DConditionModel"
+    again = loading.load(tiny.safetensors)
+    assert isinstance(again.unet, UNet) and isinstance(again.vae, VAE)
+    assert isinstance(again.text_encoder, TextEncoder)
+    assert isinstance(again.tokenizer, ClipTokenizer)
+    assert again.vae_scale_factor == first.vae_scale_factor == 8
+    assert again.latent_channels == first.latent_channels
+    assert again.model_hash == first.model_hash
+    for ours, theirs in ((again.unet, first.unet), (again.vae, first.vae)):
+        assert not ours.training and not any(p.requires_grad for p in ours.parameters())
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+    monkeypatch.setenv("MLC_NATIVE_MODELS", "0")
+    library = loading.load(tiny.safetensors)
+    assert type(library.unet).__name__ == "UNet2DConditionModel"
+    assert type(library.tokenizer).__name__ == "CLIPTokenizer"
+
+
+def _images(folder) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p)) for p in sorted((folder / "samples").glob("*.png"))]
+
+
+@pytest.mark.parametrize("sampler", ["plms", "euler_a"])
+def test_our_models_draw_the_libraries_pixels(tiny, cache_env, monkeypatch, sampler) -> None:
+    """The whole engine, one shot, from the cache: the same PNGs with either set of classes."""
+    loading.load(tiny.safetensors)  # the cache entry
+    args = ["--ckpt", str(tiny.safetensors), "--prompt", "a red cube, blue background"]
+    args += ["--H", "64", "--W", "64", "--ddim_steps", "3", "--n_samples", "2", "--n_iter", "1"]
+    args += ["--seed", "7", "--skip_grid", "--sampler", sampler]
+    out = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv("MLC_NATIVE_MODELS", native)
+        out[native] = cache_env / f"out{native}"
+        assert main([*args, "--outdir", str(out[native])]) == 0
+    ours, theirs = _images(out["1"]), _images(out["0"])
+    assert len(ours) == len(theirs) == 2
+    for a, b in zip(ours, theirs, strict=True):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(ours[0], ours[1])  # two seeds, two pictures
+
+
+def test_a_config_beyond_ours_gets_the_library_classes(tiny, cache_env) -> None:
+    loading.load(tiny.safetensors)
+    entry = converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32)
+    state, configs = entry.read()
+    assert isinstance(_models_from_state(state, configs)[0], UNet)
+    configs["unet"]["upcast_attention"] = True  # same weights, a setting ours do not implement
+    unet, vae, text = _models_from_state(state, configs)
+    assert type(unet).__name__ == "UNet2DConditionModel"
+    assert unet.config.upcast_attention is True
+    assert isinstance(vae, VAE) is False  # one set of classes for the three
