@@ -51,6 +51,7 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tiny, tmp_path: Path):
         "probe": "ok",
         "seed": "ok",
         "load": "ok",
+        "native": "ok",
         "compile-cold": "skipped: no CUDA",
         "compile-warm": "skipped: no CUDA",
         "modes": "ok",
@@ -62,10 +63,14 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tiny, tmp_path: Path):
     assert probe["first_image"]["second_full_image"]["denoise_s"] > 0
     load = json.loads((out / "load-twice.json").read_text())
     assert load["device"] == "cpu" and load["first_load_s"] > 0 and load["second_load_s"] > 0
+    native = json.loads((out / "native.json").read_text())
+    assert native["native_used"] is True and native["identical"] is True
     summary = json.loads((out / "gpu-check.json").read_text())
     assert summary["cuda"] is False
     assert {t["status"] for t in summary["targets"]} <= {"not judged (no CUDA)", "not measured"}
     assert summary["figures"]["seed_identical"] is True
+    assert summary["figures"]["native_identical"] is True
+    assert summary["figures"]["seed_load_ratio"] > 0
     assert "| probe | ok |" in (out / "gpu-check.md").read_text()
     assert not list(out.glob("*.png"))  # images stay in WORK
 
@@ -80,7 +85,7 @@ def test_a_stage_stops_at_its_limit_and_the_rest_is_skipped(tiny, tmp_path: Path
     assert got["probe"].startswith("stopped at its limit (")  # 45 s less the set-up
     limit = int(got["probe"].split("(")[1].split()[0])
     assert 20 <= limit < 45
-    assert got["seed"] == got["load"] == got["modes"] == "skipped: no time left"
+    assert got["seed"] == got["load"] == got["native"] == got["modes"] == "skipped: no time left"
     assert (tmp_path / "out" / "gpu-check.md").is_file()
 
 
@@ -90,8 +95,10 @@ def _write(out: Path, name: str, data: dict) -> None:
 
 def _seed(mlc_s: float, base_s: float, device: str) -> dict:
     row = {"processing_s": mlc_s, "device": device, "capture_s": 0.5, "graph_replays": 153}
+    row["load_s"] = 4.0
+    base = {"processing_s": base_s, "device": device, "load_s": 16.0}
     return {
-        "rows": {"mlc": row, "diffusers": {"processing_s": base_s, "device": device}},
+        "rows": {"mlc": row, "diffusers": base},
         "output": {"identical": False, "max_pixel_diff": 3},
     }
 
@@ -103,7 +110,13 @@ def test_targets_are_judged_on_cuda_only(tmp_path: Path):
     _write(tmp_path, "bench-compile-cold.json", {"rows": {"mlc": {"processing_s": 0.5}}})
     _write(tmp_path, "bench-compile-warm.json", {"rows": {"mlc": {
         "first_step_done_s": 14.0, "compile_cache": ["hit"]}}})  # fmt: skip
+    _write(tmp_path, "load-twice.json", {"first_over_second": 1.7})
+    _write(tmp_path, "native.json", {"identical": True, "eps_max_diff": 0.0})
     got = {t["target"]: t for t in gpu_probe.summarize(tmp_path)["targets"]}
+    assert got["load: TIME TO LOAD MODEL <= 0.5x diffusers (seed run)"]["value"] == 0.25
+    assert got["load: TIME TO LOAD MODEL <= 0.5x diffusers (seed run)"]["status"] == "met"
+    assert got["load: first call in a process <= 1.5x the second"]["status"] == "not met"
+    assert got["own models = libraries' classes, bit for bit"]["status"] == "met"
     assert got["exact: <= 0.65 s per 50-step 512x512 PLMS image"]["status"] == "met"
     assert got[">= 2.5x diffusers eager fp16 (same bench run)"]["value"] == pytest.approx(3.0)
     assert got[">= 2.5x diffusers eager fp16 (same bench run)"]["status"] == "met"

@@ -12,6 +12,8 @@
 #   seed          the seed's benchmark against plain diffusers (--bench --baseline diffusers)
 #   load          the first loading.load() in a process against the second, and the imports
 #                 before it (tests/support/load_twice.py; fp16 on CUDA)
+#   native        the engine's own models against diffusers'/transformers' classes from the
+#                 same cache entry: bit-identical outputs? (tests/support/native_vs_library.py)
 #   compile-cold  --bench --compile with empty compile caches: compile time, s/image
 #   compile-warm  the same in a fresh process whose only cache is the artefact file the cold
 #                 run wrote ($MLC_CACHE_DIR/compiled; inductor and Triton folders emptied, as
@@ -102,6 +104,7 @@ stage seed 120 "${txt2img[@]}" --bench --baseline diffusers --ckpt "$ckpt" \
 # the first load in a process against the second (the converted cache built by the seed stage)
 if [ "$cuda" = 1 ]; then on=(--device cuda --dtype float16); else on=(); fi
 stage load 45 python3 tests/support/load_twice.py "$ckpt" "${on[@]}" --json "$OUT/load-twice.json"
+stage native 60 python3 tests/support/native_vs_library.py "$ckpt" "${on[@]}" --json "$OUT/native.json"
 if [ "$cuda" = 1 ]; then
   rm -rf "$MLC_CACHE_DIR/inductor" "$MLC_CACHE_DIR/triton" "$MLC_CACHE_DIR/compiled"
   stage compile-cold 150 "${txt2img[@]}" --bench --compile --ckpt "$ckpt" --n_iter 2 \

@@ -363,6 +363,7 @@ def summarize(out: Path) -> dict[str, Any]:
         _read(out / f"bench-{n}.json") for n in ("seed", "compile-cold", "compile-warm", "low-vram")
     )
     modes = _read(out / "bench-modes.json")
+    twice, native = _read(out / "load-twice.json") or {}, _read(out / "native.json") or {}
     mlc, base = _row(seed, "mlc"), _row(seed, "diffusers")
     cuda = probe_json.get("device", "cpu") != "cpu" or str(mlc.get("device")).startswith("cuda")
     figures: dict[str, Any] = {
@@ -376,6 +377,14 @@ def summarize(out: Path) -> dict[str, Any]:
         "seed_identical": ((seed or {}).get("output") or {}).get("identical"),
         "seed_max_pixel_diff": ((seed or {}).get("output") or {}).get("max_pixel_diff"),
         "seed_capture_s": mlc.get("capture_s"),
+        "seed_load_s": mlc.get("load_s"),
+        "seed_diffusers_load_s": base.get("load_s"),
+        "seed_load_ratio": (
+            mlc["load_s"] / base["load_s"] if mlc.get("load_s") and base.get("load_s") else None
+        ),
+        "load_first_over_second": twice.get("first_over_second"),
+        "native_identical": native.get("identical"),
+        "native_max_diff": {k[:-9]: v for k, v in native.items() if k.endswith("_max_diff")},
         "seed_graph_replays": mlc.get("graph_replays"),
         "compile_s_per_image": _row(cold, "mlc").get("processing_s"),
         "compile_first_compile_s": _row(cold, "mlc").get("compile_s"),
@@ -403,7 +412,18 @@ def summarize(out: Path) -> dict[str, Any]:
     c = figures["compile_s_per_image"]
     w = figures["compile_warm_first_step_done_s"]
     ident = (sections.get("graphs") or {}).get("latents_identical")
+    lr, fs = figures["seed_load_ratio"], figures["load_first_over_second"]
+    ni = figures["native_identical"]
     targets = [
+        target(
+            "load: TIME TO LOAD MODEL <= 0.5x diffusers (seed run)",
+            lr,
+            lr is not None and lr <= 0.5,
+        ),
+        target(
+            "load: first call in a process <= 1.5x the second", fs, fs is not None and fs <= 1.5
+        ),
+        target("own models = libraries' classes, bit for bit", ni, ni is True),
         target("exact: <= 0.65 s per 50-step 512x512 PLMS image", v, v is not None and v <= 0.65),
         target(">= 2.5x diffusers eager fp16 (same bench run)", s, s is not None and s >= 2.5),
         target("graphs: latents bit-identical to eager", ident, ident is True),
@@ -449,6 +469,11 @@ def table(summary: dict[str, Any]) -> str:
             pair(f["seed_identical"], f["seed_max_pixel_diff"]),
         ),
         ("seed: capture s (per process)", f["seed_capture_s"]),
+        (
+            "seed: TIME TO LOAD MODEL mlc / diffusers s",
+            pair(f["seed_load_s"], f["seed_diffusers_load_s"]),
+        ),
+        ("own models vs libraries': largest differences", f["native_max_diff"] or None),
         ("probe: eager / graphs s/image", pair(eager.get("image_s"), graphed.get("image_s"))),
         (
             "probe: eager / graphs model step ms",
