@@ -27,7 +27,7 @@ from mlc.engine.cudagraphs import (
     unsupported,
 )
 from mlc.engine.generate import ImageSpec, Renderer, Settings, initial_noise
-from mlc.engine.samplers import make_scheduler
+from mlc.engine.schedulers import make_scheduler
 
 from .conftest import SIZE
 

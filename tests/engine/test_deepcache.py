@@ -227,7 +227,7 @@ def test_not_a_unet():
 @torch.no_grad()
 def denoise(components, unet, sampler: str, steps: int, before_image=None) -> torch.Tensor:
     """A minimal CFG denoise loop (like generate.Renderer.denoise) with `unet` as the model."""
-    from mlc.engine.samplers import make_scheduler
+    from mlc.engine.schedulers import make_scheduler
 
     scheduler = make_scheduler(sampler, components.schedule)
     scheduler.set_timesteps(steps)

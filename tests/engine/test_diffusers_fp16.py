@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mlc.engine.generate import Renderer, Settings, plan
-from mlc.engine.samplers import make_scheduler
+from mlc.engine.schedulers import make_scheduler
 
 from .conftest import SIZE
 

@@ -12,7 +12,7 @@ import torch
 
 from mlc.engine import txt2img
 from mlc.engine.generate import Renderer, Settings, plan
-from mlc.engine.samplers import make_scheduler
+from mlc.engine.schedulers import make_scheduler
 
 from .conftest import SIZE, TinyModel, small_run
 

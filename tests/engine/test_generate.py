@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mlc.engine.generate import ImageSpec, Renderer, Settings, plan
-from mlc.engine.samplers import SAMPLERS, get_sampler, make_scheduler, scheduler_config
+from mlc.engine.samplers import SAMPLERS, get_sampler
+from mlc.engine.schedulers import make_scheduler, scheduler_config
 
 from .conftest import SIZE, STEPS
 

@@ -146,7 +146,7 @@ def contract_section(p: Probe) -> dict[str, Any]:
     import numpy as np
     from diffusers import StableDiffusionPipeline
 
-    from mlc.engine.samplers import make_scheduler
+    from mlc.engine.schedulers import make_scheduler
 
     c = p.components
     pipe = StableDiffusionPipeline(

@@ -217,7 +217,8 @@ def child_config(
     }
     if args.baseline:
         from mlc.engine.checkpoint import schedule_of
-        from mlc.engine.samplers import get_sampler, scheduler_config
+        from mlc.engine.samplers import get_sampler
+        from mlc.engine.schedulers import scheduler_config
 
         cfg["scheduler_class"] = get_sampler(spec.sampler).scheduler
         cfg["scheduler_kwargs"] = scheduler_config(spec.sampler, schedule_of(source))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from mlc.engine.cudagraphs import steps_for, unsupported
-from mlc.engine.samplers import make_scheduler
+from mlc.engine.schedulers import make_scheduler
 
 
 @dataclass(frozen=True)

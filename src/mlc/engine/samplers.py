@@ -1,4 +1,5 @@
-"""Sampler name -> diffusers scheduler and its configuration: one table.
+"""Sampler name -> diffusers scheduler and its configuration: one table (the scheduler
+instances are made by ``mlc.engine.schedulers``).
 
 The values follow docs/engine.md (and the CompVis/A1111 mapping they come from):
 the CompVis samplers (ddim, plms, dpm_solver) use their exact-parity settings,
@@ -7,7 +8,6 @@ the A1111 names use diffusers' defaults for that sampler.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,32 +102,3 @@ def get_sampler(name: str) -> Sampler:
         raise ValueError(
             f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}"
         ) from None
-
-
-def scheduler_config(name: str, schedule: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The full keyword set for sampler ``name`` on a model trained with ``schedule``."""
-    sampler = get_sampler(name)
-    base = dict(BASE_SCHEDULE)
-    if schedule:
-        base.update(
-            {k: v for k, v in schedule.items() if k in BASE_SCHEDULE and k != "steps_offset"}
-        )
-    cls = scheduler_class(sampler.scheduler)
-    accepted = inspect.signature(cls.__init__).parameters
-    merged = {**base, **sampler.kwargs}
-    return {k: v for k, v in merged.items() if k in accepted}
-
-
-def scheduler_class(class_name: str) -> type:
-    """A diffusers scheduler class by name, imported lazily (and leanly: ``modelimports``)."""
-    from mlc.engine.modelimports import lean_attribute, quiet_diffusers
-
-    cls = lean_attribute("diffusers.schedulers", class_name)
-    quiet_diffusers()
-    return cls
-
-
-def make_scheduler(name: str, schedule: dict[str, Any] | None = None) -> Any:
-    """A fresh scheduler instance for sampler ``name`` (schedulers are stateful: one per run)."""
-    cls = scheduler_class(get_sampler(name).scheduler)
-    return cls(**scheduler_config(name, schedule))
