@@ -12,6 +12,7 @@ from PIL import Image
 from mlc.engine import checkpoint, loading
 from mlc.engine.command import main
 from mlc.engine.convcache import _models_from_state, converted_cache
+from mlc.engine.export import to_original_state_dict
 from mlc.engine.nets.clip import TextEncoder
 from mlc.engine.nets.tokenizer import ClipTokenizer
 from mlc.engine.nets.unet import UNet
@@ -38,6 +39,10 @@ def test_cached_model_loads_as_our_own_models(tiny, cache_env, monkeypatch) -> N
     for ours, theirs in ((again.unet, first.unet), (again.vae, first.vae)):
         assert not ours.training and not any(p.requires_grad for p in ours.parameters())
         assert ours.state_dict().keys() == theirs.state_dict().keys()
+    # exporting to the original layout gives the same file contents from either
+    ours = to_original_state_dict(again.unet, again.vae, again.text_encoder)
+    theirs = to_original_state_dict(first.unet, first.vae, first.text_encoder)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     monkeypatch.setenv("MLC_NATIVE_MODELS", "0")
     library = loading.load(tiny.safetensors)
     assert type(library.unet).__name__ == "UNet2DConditionModel"

@@ -7,6 +7,8 @@ device (tests/engine/test_nets*.py compare them), and keep their weights under t
 What they leave out is the libraries' import graphs: building them needs ``torch`` alone,
 where diffusers' and transformers' model classes import seconds of mixins, loaders,
 quantizers and scipy before a weight is read (docs/benchmarks.md, "Import budget").
-``mlc.engine.loading`` builds them from the converted cache when the config is one they
-implement and nothing in the run needs the libraries' classes; otherwise it builds those.
+``mlc.engine.convcache`` builds them (``models.build``) for a load from the converted cache
+when the configs are ones they implement (``MLC_NATIVE_MODELS=0``: never); otherwise the
+engine builds the libraries' classes. DeepCache, token merging, ``--compile``, CUDA graphs
+and ``--low_vram`` work on either.
 """
