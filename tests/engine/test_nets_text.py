@@ -269,6 +269,9 @@ def test_tokenizer_refuses_folders_it_cannot_match(tmp_path) -> None:
 def test_building_and_running_imports_neither_library() -> None:
     code = (
         "import sys, json, torch\n"
+        "from mlc.engine.nets.unet import UNet\n"
+        "from mlc.engine.nets.vae import VAE\n"
+        "with torch.device('meta'): UNet({}); VAE({})\n"
         "from mlc.engine.nets.clip import TextEncoder\n"
         "from mlc.engine.nets.tokenizer import ClipTokenizer\n"
         f"tok = ClipTokenizer.from_folder({str(TOKENIZER_DIR)!r})\n"
