@@ -67,6 +67,14 @@ def test_model_id_is_the_architecture():
         b.w.mul_(3)
     assert model_id(a) == model_id(b) != model_id(Tiny(width=5))
     assert model_id(torch.nn.Linear(1, 1)) == model_id(torch.nn.Linear(2, 2))  # no config: class
+    # the same config in another class (diffusers' UNet, the engine's own) is another model
+    from diffusers.models import UNet2DConditionModel
+
+    from mlc.engine.demo import UNET_CONFIG
+    from mlc.engine.nets.unet import UNet
+
+    theirs = UNet2DConditionModel(**UNET_CONFIG)
+    assert model_id(theirs) != model_id(UNet(dict(theirs.config)))
 
 
 def test_the_store_says_off_miss_and_unreadable(tmp_path: Path):

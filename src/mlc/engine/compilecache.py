@@ -81,9 +81,12 @@ def device_name(device: torch.device | str) -> str:
 
 
 def model_id(module: Any) -> str:
-    """A hash of a diffusers model's config (its architecture), or of its class name."""
+    """A hash of a model's class and config (its architecture): diffusers' UNet and the
+    engine's own (``mlc.engine.nets``) share configs, not compiled code."""
     config = getattr(module, "config", None)
-    data = dict(config) if config is not None else {"class": type(module).__name__}
+    data = {"class": f"{type(module).__module__}.{type(module).__qualname__}"}
+    if config is not None:
+        data["config"] = dict(config)
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
