@@ -166,3 +166,20 @@ def test_token_merging_on_our_unet_as_on_diffusers() -> None:
     assert not torch.equal(outs[1], plain)  # merging changed something
     with torch.no_grad():
         assert torch.equal(mine(x, 500, cond).sample, plain)
+
+
+@pytest.mark.parametrize(
+    ("cls_ref", "defaults"),
+    [(UNet2DConditionModel, "UNET_DEFAULTS"), (AutoencoderKL, "VAE_DEFAULTS")],
+)
+def test_defaults_are_diffusers_defaults(cls_ref, defaults) -> None:
+    """A config file may leave keys out: ours fill them as diffusers' classes do."""
+    import inspect
+
+    from mlc.engine.nets import unet, vae
+
+    ours = getattr(unet if defaults == "UNET_DEFAULTS" else vae, defaults)
+    params = inspect.signature(cls_ref.__init__).parameters
+    for key, value in ours.items():
+        default = params[key].default
+        assert (list(default) if isinstance(default, tuple) else default) == value, key

@@ -1,6 +1,6 @@
-"""Loading picks the engine's own models (``mlc.engine.nets``) from the converted cache, and
-the images are the libraries' pixel for pixel; configs they do not implement, and
-``MLC_NATIVE_MODELS=0``, get diffusers' and transformers' classes."""
+"""Loading picks the engine's own models (``mlc.engine.nets``), from a single file or from
+the converted cache, and the images are the libraries' pixel for pixel; configs they do not
+implement, and ``MLC_NATIVE_MODELS=0``, get diffusers' and transformers' classes."""
 
 from __future__ import annotations
 
@@ -26,9 +26,47 @@ def cache_env(tmp_path, monkeypatch):
     return tmp_path
 
 
+def test_single_file_loads_as_our_own_models(tiny, monkeypatch) -> None:
+    """Without a cache entry: the original layout's weights straight into our models (no
+    diffusers converter), the same tensors as diffusers' conversion gives its classes."""
+    ours = loading.load(tiny.ckpt)
+    assert isinstance(ours.unet, UNet) and isinstance(ours.text_encoder, TextEncoder)
+    monkeypatch.setenv("MLC_NATIVE_MODELS", "0")
+    theirs = loading.load(tiny.ckpt)
+    assert type(theirs.unet).__name__ == "UNet2DConditionModel"
+    for a, b in ((ours.unet, theirs.unet), (ours.vae, theirs.vae)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    sa, sb = ours.text_encoder.state_dict(), theirs.text_encoder.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and len(sa) == len(sb)
+    assert ours.model_hash == theirs.model_hash
+
+
+def test_a_single_file_that_does_not_fit_gets_diffusers_conversion(tiny, tmp_path) -> None:
+    """A weight missing, a config beyond ours, a config file missing: ours refuse (None),
+    and the loader converts with diffusers as it always did; nothing half-built is used."""
+    from mlc.engine.nets.original import from_original, read_configs
+
+    sd = checkpoint.read_checkpoint(tiny.ckpt)
+    parts = {n: checkpoint.resolve(tiny.ckpt).part(n) for n in ("unet", "vae", "text_encoder")}
+    configs = read_configs(parts)
+    assert from_original(sd, configs, torch.float32) is not None
+    broken = {k: v for k, v in sd.items() if not k.endswith("out.2.weight")}  # UNet conv_out
+    assert from_original(broken, configs, torch.float32) is None
+    assert (
+        from_original(
+            sd, {**configs, "unet": {**configs["unet"], "upcast_attention": True}}, torch.float32
+        )
+        is None
+    )
+    assert read_configs({**parts, "vae": tmp_path}) is None  # no config.json there
+
+
 def test_cached_model_loads_as_our_own_models(tiny, cache_env, monkeypatch) -> None:
+    monkeypatch.setenv("MLC_NATIVE_MODELS", "0")
     first = loading.load(tiny.safetensors)  # converts and writes the cache (libraries' classes)
     assert type(first.unet).__name__ == "UNet2DConditionModel"
+    monkeypatch.setenv("MLC_NATIVE_MODELS", "1")
     again = loading.load(tiny.safetensors)
     assert isinstance(again.unet, UNet) and isinstance(again.vae, VAE)
     assert isinstance(again.text_encoder, TextEncoder)

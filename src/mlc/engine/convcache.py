@@ -114,13 +114,19 @@ class ConvertedCache:
             configs = {
                 "unet": _plain(dict(unet.config)),
                 "vae": _plain(dict(vae.config)),
-                "text_encoder": text_encoder.config.to_dict(),
+                "text_encoder": _text_config(text_encoder),
             }
             meta = {"format": "pt", "mlc_key": self.key, "configs": json.dumps(configs)}
             save_file(state, str(tmp), metadata=meta)
             tmp.replace(self.path)
         except (OSError, ValueError, RuntimeError):
             tmp.unlink(missing_ok=True)
+
+
+def _text_config(text_encoder: Any) -> dict[str, Any]:
+    """The text encoder's config as a dict: transformers' ``to_dict()``, or ours (a dict)."""
+    config = text_encoder.config
+    return config.to_dict() if hasattr(config, "to_dict") else _plain(dict(config))
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:

@@ -175,7 +175,7 @@ def load(
         # the libraries are imported by this thread alone (two threads importing transformers
         # at once can see it half-initialised)
         weights = _Background(cached.read, device) if cached is not None else None
-        native = cached is not None and native_models()
+        native = native_models()
         if not native:
             model_classes()  # first: the lean imports (modelimports) cover diffusers' first import
             tokenizer_class()
@@ -185,9 +185,7 @@ def load(
         read = weights.result() if weights is not None else None
         loaded = cached.load(device, read) if cached is not None and read is not None else None
         if loaded is None:
-            model_classes()
-            quiet_libraries()
-            loaded = _load_single_file(source, dtype)
+            loaded = _load_single_file(source, dtype, native=native)
             if cached is not None:
                 cached.save(*loaded)
         elif on_device:
@@ -217,11 +215,22 @@ def _first_weights(folder: Path) -> Path:
     return folder / "missing"
 
 
-def _load_single_file(source: ModelSource, dtype: torch.dtype) -> Models:
-    from diffusers.models import AutoencoderKL, UNet2DConditionModel
-
+def _load_single_file(source: ModelSource, dtype: torch.dtype, *, native: bool) -> Models:
+    """The three models from a single-file checkpoint: the engine's own (NATIVE, a config
+    folder, weights that fit: ``nets.original``), else converted by diffusers."""
     sd = read_checkpoint(source.path)
     check_sd_v1(sd, source.path)
+    if native and source.yaml is None:
+        from mlc.engine.nets.original import from_original, read_configs
+
+        configs = read_configs({n: source.part(n) for n in ("unet", "vae", "text_encoder")})
+        models = from_original(sd, configs, dtype) if configs is not None else None
+        if models is not None:
+            return models
+    model_classes()
+    quiet_libraries()
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+
     parts = []
     for cls, name in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
         if source.yaml is not None:

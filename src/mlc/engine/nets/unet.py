@@ -40,12 +40,13 @@ UNET_DEFAULTS: dict[str, Any] = {
     "act_fn": "silu",
     "norm_num_groups": 32,
     "norm_eps": 1e-5,
-    "cross_attention_dim": 768,
+    "cross_attention_dim": 1280,
     "attention_head_dim": 8,
     "num_attention_heads": None,
     "use_linear_projection": False,
 }
-"""diffusers' defaults for the keys this class reads (a config may omit them)."""
+"""diffusers' defaults for the keys this class reads (a config may omit them; tested equal
+to ``UNet2DConditionModel``'s)."""
 
 SD_V1_ONLY: dict[str, Any] = {
     "act_fn": "silu",

@@ -26,15 +26,16 @@ VAE_DEFAULTS: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,
     "latent_channels": 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
+    "block_out_channels": [64],
+    "layers_per_block": 1,
     "norm_num_groups": 32,
     "act_fn": "silu",
     "scaling_factor": 0.18215,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "down_block_types": ["DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D"],
 }
-"""diffusers' defaults for the keys this class reads (a config may omit them)."""
+"""diffusers' defaults for the keys this class reads (a config may omit them; tested equal
+to ``AutoencoderKL``'s)."""
 
 SD_V1_ONLY: dict[str, Any] = {
     "act_fn": "silu",
