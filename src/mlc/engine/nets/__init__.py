@@ -7,8 +7,9 @@ device (tests/engine/test_nets*.py compare them), and keep their weights under t
 What they leave out is the libraries' import graphs: building them needs ``torch`` alone,
 where diffusers' and transformers' model classes import seconds of mixins, loaders,
 quantizers and scipy before a weight is read (docs/benchmarks.md, "Import budget").
-``mlc.engine.convcache`` builds them (``models.build``) for a load from the converted cache
-when the configs are ones they implement (``MLC_NATIVE_MODELS=0``: never); otherwise the
-engine builds the libraries' classes. DeepCache, token merging, ``--compile``, CUDA graphs
+The loader builds them (``models.build``) from the converted cache (``mlc.engine.convcache``)
+or from a single-file checkpoint (``original``) when the configs are ones they implement
+and the weights fit (``MLC_NATIVE_MODELS=0``: never); otherwise it builds the libraries'
+classes (also for diffusers folders and original YAML configs). DeepCache, token merging, ``--compile``, CUDA graphs
 and ``--low_vram`` work on either.
 """
