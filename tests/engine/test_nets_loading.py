@@ -120,3 +120,13 @@ def test_a_config_beyond_ours_gets_the_library_classes(tiny, cache_env) -> None:
     assert type(unet).__name__ == "UNet2DConditionModel"
     assert unet.config.upcast_attention is True
     assert isinstance(vae, VAE) is False  # one set of classes for the three
+
+
+def test_an_older_torch_gets_the_library_classes(tiny, monkeypatch) -> None:
+    """torch 2.0 (the AIME 2.0.1 image) lacks what our models use: the loader knows."""
+    from mlc.engine.nets import models
+
+    assert models.available()
+    monkeypatch.setattr(torch, "__version__", "2.0.1+cu118")
+    assert not models.available()
+    assert type(loading.load(tiny.ckpt).unet).__name__ == "UNet2DConditionModel"

@@ -78,7 +78,8 @@ def test_a_client_killed_by_sigterm_or_sighup_cancels_like_ctrl_c(warm: Workers,
     after = workers.json("--outdir", "signals")  # served at once: nothing runs before it
     assert after["worker"]["pid"] == pid and after["timings"]["load_s"] == 0
     assert 1 <= len(_pngs(workers.cwd / out / "samples")) < 40
-    assert "the client left: stopped at step" in (workers.dir / LOG).read_text()
+    # inside a step or between two images, as the signal's timing falls
+    assert "the client left: stopped " in (workers.dir / LOG).read_text()
 
 
 def _stop_while_running(workers: Workers, stop) -> tuple[str, str]:

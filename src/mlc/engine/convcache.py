@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlc.engine.checkpoint import ModelSource, legacy_model_hash, load_state
-from mlc.engine.env import cache_min_bytes, cache_root, native_models
+from mlc.engine.env import cache_min_bytes, cache_root
 
 if TYPE_CHECKING:
     import torch
@@ -85,14 +85,17 @@ class ConvertedCache:
         except Exception:  # noqa: BLE001 - a broken entry is rebuilt from the checkpoint
             return None
 
-    def load(self, device: str = "cpu", weights: Weights | None = None) -> Models | None:
+    def load(
+        self, device: str = "cpu", weights: Weights | None = None, *, native: bool = True
+    ) -> Models | None:
         """(unet, vae, text_encoder) on DEVICE from the entry (or from WEIGHTS, what ``read``
-        returned), or None when missing, stale or unreadable."""
+        returned), or None when missing, stale or unreadable. NATIVE: the engine's own
+        models where their configs allow (``mlc.engine.nets``), else the libraries'."""
         weights = weights if weights is not None else self.read(device)
         if weights is None:
             return None
         try:
-            return _models_from_state(*weights)
+            return _models_from_state(*weights, native=native)
         except Exception:  # noqa: BLE001 - a broken entry is rebuilt from the checkpoint
             return None
 
@@ -162,7 +165,7 @@ def converted_cache(
 
 
 def _models_from_state(
-    state: dict[str, torch.Tensor], configs: dict[str, dict[str, Any]]
+    state: dict[str, torch.Tensor], configs: dict[str, dict[str, Any]], *, native: bool = True
 ) -> Models:
     """Build the three models on the meta device (no memory, no random init) and make the
     tensors their own (no copy: their device and dtype are the models'). The engine's own
@@ -172,7 +175,7 @@ def _models_from_state(
     for key, value in state.items():
         prefix, _, name = key.partition(".")
         parts[prefix][name] = value
-    models = _native_models(configs) if native_models() else None
+    models = _native_models(configs) if native else None
     if models is None:
         models = _library_models(configs)
     device = next(iter(state.values())).device if state else None

@@ -78,6 +78,16 @@ def native_tokenizer(source: ModelSource) -> CLIPTokenizer | None:
         return None
 
 
+def _native() -> bool:
+    """Whether to build the engine's own models (``MLC_NATIVE_MODELS``, and a torch that has
+    what they use)."""
+    if not native_models():
+        return False
+    from mlc.engine.nets.models import available
+
+    return available()
+
+
 def _or_library(tokenizer: CLIPTokenizer | None, source: ModelSource) -> CLIPTokenizer:
     return tokenizer if tokenizer is not None else load_tokenizer(source)
 
@@ -175,7 +185,7 @@ def load(
         # the libraries are imported by this thread alone (two threads importing transformers
         # at once can see it half-initialised)
         weights = _Background(cached.read, device) if cached is not None else None
-        native = native_models()
+        native = _native()
         if not native:
             model_classes()  # first: the lean imports (modelimports) cover diffusers' first import
             tokenizer_class()
@@ -183,7 +193,9 @@ def load(
         # the tokenizer overlaps building the models (transformers' only after its imports)
         tokenizer = _Background(native_tokenizer if native else load_tokenizer, source)
         read = weights.result() if weights is not None else None
-        loaded = cached.load(device, read) if cached is not None and read is not None else None
+        loaded = None
+        if cached is not None and read is not None:
+            loaded = cached.load(device, read, native=native)
         if loaded is None:
             loaded = _load_single_file(source, dtype, native=native)
             if cached is not None:

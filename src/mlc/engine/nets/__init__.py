@@ -10,6 +10,6 @@ quantizers and scipy before a weight is read (docs/benchmarks.md, "Import budget
 The loader builds them (``models.build``) from the converted cache (``mlc.engine.convcache``)
 or from a single-file checkpoint (``original``) when the configs are ones they implement
 and the weights fit (``MLC_NATIVE_MODELS=0``: never); otherwise it builds the libraries'
-classes (also for diffusers folders and original YAML configs). DeepCache, token merging, ``--compile``, CUDA graphs
-and ``--low_vram`` work on either.
+classes (also for diffusers folders, original YAML configs and torch 2.0). DeepCache, token
+merging, ``--compile``, CUDA graphs and ``--low_vram`` work on either.
 """

@@ -12,6 +12,16 @@ from mlc.engine.nets.unet import UNet
 from mlc.engine.nets.vae import VAE
 
 
+def available() -> bool:
+    """Whether this torch has what the models use (torch 2.1 or later: the ``scale`` of
+    ``scaled_dot_product_attention``, load-state pre-hooks); older ones (the AIME 2.0.1
+    image) get the libraries' classes."""
+    major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    return (major, minor) >= (2, 1) and hasattr(
+        torch.nn.Module, "register_load_state_dict_pre_hook"
+    )
+
+
 def build(configs: dict[str, dict[str, Any]]) -> tuple[UNet, VAE, TextEncoder]:
     """(unet, vae, text_encoder) for CONFIGS (diffusers' UNet and VAE configs, transformers'
     CLIP text config, keyed ``unet``, ``vae``, ``text_encoder``) on the meta device: no
