@@ -75,10 +75,27 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
 @pytest.fixture(scope="session")
 def components(tiny: TinyModel):
-    """The tiny model loaded once (fp32, CPU)."""
+    """The tiny model loaded once (fp32, CPU), as the engine loads it: its own models
+    (``mlc.engine.nets``)."""
     from mlc.engine.loading import load
 
-    return load(tiny.safetensors)
+    loaded = load(tiny.safetensors)
+    assert type(loaded.unet).__module__ == "mlc.engine.nets.unet"
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def library_components(tiny: TinyModel):
+    """The tiny model in diffusers' and transformers' classes (``MLC_NATIVE_MODELS=0``): for
+    tests that hand the models to diffusers (its pipeline, ``save_pretrained``, forward
+    chunking) or compare the engine with them."""
+    from mlc.engine.loading import load
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLC_NATIVE_MODELS", "0")
+        loaded = load(tiny.safetensors)
+    assert type(loaded.unet).__name__ == "UNet2DConditionModel"
+    return loaded
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,20 @@ PROMPT = "a photograph of an astronaut riding a horse"
 
 @pytest.fixture(scope="module")
 def half(tiny):
+    """The tiny model in fp16 as the engine loads it (its own models)."""
     from mlc.engine.loading import load
 
     return load(tiny.safetensors, dtype=torch.float16)
+
+
+@pytest.fixture(scope="module")
+def half_library(tiny):
+    """The same in diffusers' and transformers' classes, for their pipeline."""
+    from mlc.engine.loading import load
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLC_NATIVE_MODELS", "0")
+        return load(tiny.safetensors, dtype=torch.float16)
 
 
 def diffusers_fp16(components, sampler: str, steps: int, seed: int, scale: float):
@@ -52,9 +63,9 @@ def diffusers_fp16(components, sampler: str, steps: int, seed: int, scale: float
 
 
 @pytest.mark.parametrize("sampler", ["plms", "ddim", "euler_a", "dpmpp_2m_karras"])
-def test_model_dtype_latents_reproduce_diffusers_fp16_bit_for_bit(half, sampler):
+def test_model_dtype_latents_reproduce_diffusers_fp16_bit_for_bit(half, half_library, sampler):
     steps, seed, scale = 4, 1234, 7.5
-    their_latents, their_image = diffusers_fp16(half, sampler, steps, seed, scale)
+    their_latents, their_image = diffusers_fp16(half_library, sampler, steps, seed, scale)
     specs = plan([[PROMPT]], n_iter=1, seed=seed)[0]
     renderer = Renderer(half, "cpu", torch.float16)
     gens = [torch.Generator("cpu").manual_seed(seed)]

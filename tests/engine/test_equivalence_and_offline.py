@@ -37,19 +37,23 @@ def pipeline_cls():
         ("dpm_solver", 0.0, ""),
     ],
 )
-def test_equals_stable_diffusion_pipeline(components, pipeline_cls, sampler, eta, negative):
-    """n_samples 1: the same image as StableDiffusionPipeline, within 1/255, CPU fp32."""
+def test_equals_stable_diffusion_pipeline(
+    components, library_components, pipeline_cls, sampler, eta, negative
+):
+    """n_samples 1: the engine (its own models) makes the same image as StableDiffusionPipeline
+    (diffusers' and transformers' classes, the same weights), within 1/255, CPU fp32."""
     steps, seed, scale = 5, 1234, 7.5
     renderer = Renderer(components)
     settings = Settings(sampler, steps, scale, eta, SIZE, SIZE)
     specs = plan([[PROMPT]], n_iter=1, seed=seed, negative_prompt=negative)[0]
     (mine,) = renderer.render(specs, settings)
+    lib = library_components
     pipe = pipeline_cls(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=make_scheduler(sampler, components.schedule),
+        vae=lib.vae,
+        text_encoder=lib.text_encoder,
+        tokenizer=lib.tokenizer,
+        unet=lib.unet,
+        scheduler=make_scheduler(sampler, lib.schedule),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -111,12 +115,12 @@ def test_generation_works_with_no_network(no_network, tiny: TinyModel, tmp_path:
     assert no_network == []  # nothing even tried
 
 
-def test_loading_a_folder_and_bundled_parts_offline(no_network, components, tmp_path: Path):
+def test_loading_a_folder_and_bundled_parts_offline(no_network, library_components, tmp_path: Path):
     from mlc.engine.loading import load
 
     folder = tmp_path / "m"
-    components.unet.save_pretrained(folder / "unet")
-    components.vae.save_pretrained(folder / "vae")
-    components.text_encoder.save_pretrained(folder / "text_encoder")
+    library_components.unet.save_pretrained(folder / "unet")
+    library_components.vae.save_pretrained(folder / "vae")
+    library_components.text_encoder.save_pretrained(folder / "text_encoder")
     assert load(folder).tokenizer is not None
     assert no_network == []

@@ -52,11 +52,13 @@ def test_ckpt_and_safetensors_load_the_same(tiny: TinyModel, components):
     assert from_ckpt.source.config_dir == tiny.config  # the sidecar folder
 
 
-def test_diffusers_folder_loads(tmp_path: Path, components):
+def test_diffusers_folder_loads(tmp_path: Path, components, library_components):
+    """A folder saved by diffusers/transformers loads (their classes) with the weights the
+    single file gives the engine's own models."""
     folder = tmp_path / "model"
-    components.unet.save_pretrained(folder / "unet")
-    components.vae.save_pretrained(folder / "vae")
-    components.text_encoder.save_pretrained(folder / "text_encoder")
+    library_components.unet.save_pretrained(folder / "unet")
+    library_components.vae.save_pretrained(folder / "vae")
+    library_components.text_encoder.save_pretrained(folder / "text_encoder")
     loaded = load(folder)
     _same_weights(loaded.unet, components.unet)
     _same_weights(loaded.text_encoder, components.text_encoder)

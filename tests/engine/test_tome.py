@@ -18,9 +18,9 @@ FULL_RES_BLOCKS = 3
 
 
 @pytest.fixture
-def unet(components):
+def unet(library_components):
     """A private copy of the tiny UNet: patching it never leaks into other tests."""
-    return copy.deepcopy(components.unet).eval()
+    return copy.deepcopy(library_components.unet).eval()
 
 
 def inputs(unet, height=LATENT, width=LATENT, batch=2, seed=0, timestep=500):
@@ -194,14 +194,14 @@ def test_cfg_pair_images_are_merged_independently(unet):
 
 
 # -- determinism --------------------------------------------------------------------------
-def test_same_input_gives_identical_output(unet, components):
+def test_same_input_gives_identical_output(unet, library_components):
     args = inputs(unet)
     tome.apply(unet, 0.5)
     first = run(unet, *args)
     run(unet, *inputs(unet, seed=3, timestep=10))  # an unrelated call in between
     assert torch.equal(run(unet, *args), first)
 
-    fresh = copy.deepcopy(components.unet).eval()  # another process-like fresh patch
+    fresh = copy.deepcopy(library_components.unet).eval()  # another process-like fresh patch
     tome.apply(fresh, 0.5)
     assert torch.equal(run(fresh, *args), first)
 
@@ -255,14 +255,14 @@ def test_bad_max_downsample_is_a_value_error(unet, max_downsample):
     assert not tome.is_applied(unet)
 
 
-def test_apply_twice_does_not_double_patch(unet, components):
+def test_apply_twice_does_not_double_patch(unet, library_components):
     args = inputs(unet)
     exact = run(unet, *args)
     assert tome.apply(unet, 0.3) == FULL_RES_BLOCKS
     assert tome.apply(unet, 0.5) == FULL_RES_BLOCKS
     twice = run(unet, *args)
 
-    once = copy.deepcopy(components.unet).eval()
+    once = copy.deepcopy(library_components.unet).eval()
     tome.apply(once, 0.5)
     assert torch.equal(twice, run(once, *args))  # the second settings win, applied once
     assert len(unet.conv_in._forward_pre_hooks) == 1

@@ -4,7 +4,8 @@
 --ddim_steps 50]`` loads the model once (fp16 on CUDA, fp32 on a CPU) and measures, writing
 the JSON after every section (a stage stopped by its time limit keeps what it had):
 
-- ``contract`` (issue 12, item 4): StableDiffusionPipeline over the same models against the
+- ``contract`` (issue 12, item 4): StableDiffusionPipeline over the same weights (in diffusers'
+  and transformers' classes; the engine keeps its own models) against the
   engine with latents in the model's dtype (``Settings.latents = "model"``) and with its fp32
   default, eager and graphed: final latents identical or not, largest pixel difference, PSNR,
   fp32 VAE retries.
@@ -143,12 +144,21 @@ def load_section(p: Probe) -> dict[str, Any]:
 def contract_section(p: Probe) -> dict[str, Any]:
     """diffusers' fp16 pipeline as a user runs it, against the engine's two latents modes,
     eager and graphed (the engine runs diffusers' memory format)."""
+    import os
+
     import numpy as np
     from diffusers import StableDiffusionPipeline
 
+    from mlc.engine.loading import load
     from mlc.engine.schedulers import make_scheduler
 
-    c = p.components
+    # the pipeline takes diffusers' and transformers' classes (the same weights); the engine
+    # keeps its own models (p.components)
+    os.environ["MLC_NATIVE_MODELS"] = "0"
+    try:
+        c = load(p.args.ckpt, device=p.device, dtype=p.dtype)
+    finally:
+        os.environ.pop("MLC_NATIVE_MODELS", None)
     pipe = StableDiffusionPipeline(
         vae=c.vae,
         text_encoder=c.text_encoder,

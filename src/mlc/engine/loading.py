@@ -163,8 +163,11 @@ def load(
     *,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
+    native: bool = True,
 ) -> Components:
-    """Load UNet, VAE, text encoder and tokenizer for ``ckpt`` onto ``device`` in ``dtype``."""
+    """Load UNet, VAE, text encoder and tokenizer for ``ckpt`` onto ``device`` in ``dtype``:
+    the engine's own models where they can be (``mlc.engine.nets``; not when NATIVE is
+    False: training, and whatever hands the models to diffusers, needs its classes)."""
     import time
 
     import torch
@@ -185,7 +188,7 @@ def load(
         # the libraries are imported by this thread alone (two threads importing transformers
         # at once can see it half-initialised)
         weights = _Background(cached.read, device) if cached is not None else None
-        native = _native()
+        native = native and _native()
         if not native:
             model_classes()  # first: the lean imports (modelimports) cover diffusers' first import
             tokenizer_class()

@@ -1,8 +1,7 @@
 """SD v1's VAE (``AutoencoderKL``) in plain torch, from a diffusers config.
 
-Weights' names and ``decode(z, return_dict=False)`` are diffusers'; the encoder is built
-so that a checkpoint's whole VAE loads, and ``encode`` returns the latent distribution's
-moments (mean and log-variance, concatenated on the channels).
+Weights' names, ``decode(z)`` and ``encode(x).latent_dist`` (mean, std, mode, sample) are
+diffusers'.
 """
 
 from __future__ import annotations
@@ -201,11 +200,45 @@ class VAE(Net):
         self.quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1)
         self.post_quant_conv = nn.Conv2d(latent, latent, 1)
 
-    def encode(self, sample: torch.Tensor) -> torch.Tensor:
-        """The latent distribution's moments: mean and log-variance on the channels."""
-        return self.quant_conv(self.encoder(sample))
+    def encode(self, sample: torch.Tensor, return_dict: bool = True) -> Any:
+        """Image -> the latent distribution, as ``AutoencoderKL.encode``: ``.latent_dist``
+        (or a one-tuple of it without RETURN_DICT)."""
+        dist = LatentDistribution(self.quant_conv(self.encoder(sample)))
+        return _Encoded(dist) if return_dict else (dist,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> Any:
         """Latents (already divided by the scaling factor) -> image."""
         image = self.decoder(self.post_quant_conv(z))
         return (image,) if not return_dict else Output(image)
+
+
+class LatentDistribution:
+    """A diagonal Gaussian over the latents from the encoder's moments (diffusers'
+    ``DiagonalGaussianDistribution``: log-variance clamped to [-30, 20])."""
+
+    def __init__(self, parameters: torch.Tensor) -> None:
+        self.parameters = parameters
+        self.mean, logvar = torch.chunk(parameters, 2, dim=1)
+        self.logvar = torch.clamp(logvar, -30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+        self.var = torch.exp(self.logvar)
+
+    def mode(self) -> torch.Tensor:
+        """The most likely latents: the mean."""
+        return self.mean
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents drawn from the distribution (the noise from GENERATOR's device, as
+        diffusers draws it for one generator)."""
+        device = generator.device if generator is not None else self.parameters.device
+        noise = torch.randn(
+            self.mean.shape, generator=generator, device=device, dtype=self.parameters.dtype
+        )
+        return self.mean + self.std * noise.to(self.parameters.device)
+
+
+class _Encoded:
+    """``encode``'s result: ``.latent_dist``."""
+
+    def __init__(self, latent_dist: LatentDistribution) -> None:
+        self.latent_dist = latent_dist

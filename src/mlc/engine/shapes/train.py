@@ -425,7 +425,7 @@ def train(
     else:  # the first phase's result, as written at step recipe.unet_steps
         from mlc.engine.loading import load
 
-        loaded = load(resume)
+        loaded = load(resume, native=False)  # diffusers' classes: trained and saved here
         ema_unet, vae, ema_text = loaded.unet, loaded.vae, loaded.text_encoder
         unet_points = json.loads(Path(resume).with_suffix(".json").read_text("utf-8"))
         record["resumed_from"] = str(resume)
