@@ -3,7 +3,9 @@
 ``load`` finds and reads the checkpoint (``mlc.engine.checkpoint``), takes the converted
 weights from the cache when it holds them (``mlc.engine.convcache``), else builds the three
 models from the single file or the diffusers folder, offline, without executing pickled
-code; the tokenizer loads in a thread meanwhile.
+code; the tokenizer loads in a thread meanwhile. The models are the engine's own
+(``mlc.engine.nets``: no transformers or diffusers model code imported) wherever they fit,
+else diffusers' and transformers' classes.
 """
 
 from __future__ import annotations
