@@ -130,3 +130,30 @@ def test_an_older_torch_gets_the_library_classes(tiny, monkeypatch) -> None:
     monkeypatch.setattr(torch, "__version__", "2.0.1+cu118")
     assert not models.available()
     assert type(loading.load(tiny.ckpt).unet).__name__ == "UNet2DConditionModel"
+
+
+def test_cache_entries_load_across_text_encoder_layouts(tiny, cache_env) -> None:
+    """transformers 4 names the text encoder's weights under ``text_model.``, 5 and ours do
+    not: an entry written in either layout loads into either set of classes."""
+    from mlc.engine.convcache import _text_keys_for
+
+    loading.load(tiny.safetensors)
+    entry = converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32)
+    state, configs = entry.read()
+    prefixed = {
+        (
+            f"text_encoder.text_model.{k[len('text_encoder.') :]}"
+            if k.startswith("text_encoder.")
+            else k
+        ): v
+        for k, v in state.items()
+    }
+    for native in (True, False):
+        unet, vae, text = _models_from_state(prefixed, configs, native=native)
+        assert isinstance(text, TextEncoder) is native
+        assert torch.equal(
+            text.state_dict()["final_layer_norm.weight"],
+            state["text_encoder.final_layer_norm.weight"],
+        )
+    weights = {"a.weight": 1}
+    assert _text_keys_for(text, {"text_model.a.weight": 1}) == weights
