@@ -86,43 +86,26 @@ class MidBlock(nn.Module):
         return self.resnets[1](hidden_states, None)
 
 
-class EncoderBlock(nn.Module):
-    """Resnets, then a stride-2 conv unless last."""
+class CoderBlock(nn.Module):
+    """Resnets, then a stride-2 conv (RESAMPLE "down", the encoder's) or a x2 upsample
+    ("up", the decoder's), or neither (the last level)."""
 
-    def __init__(self, in_ch: int, out_ch: int, layers: int, groups: int, down: bool) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, layers: int, groups: int, resample: str | None
+    ) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
             ResnetBlock(in_ch if i == 0 else out_ch, out_ch, None, groups, EPS)
             for i in range(layers)
         )
-        self.downsamplers = nn.ModuleList([Downsample(out_ch, 0)]) if down else None
+        self.downsamplers = nn.ModuleList([Downsample(out_ch, 0)]) if resample == "down" else None
+        self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if resample == "up" else None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets:
             hidden_states = resnet(hidden_states, None)
-        if self.downsamplers is not None:
-            for downsampler in self.downsamplers:
-                hidden_states = downsampler(hidden_states)
-        return hidden_states
-
-
-class DecoderBlock(nn.Module):
-    """Resnets, then a x2 upsample unless last."""
-
-    def __init__(self, in_ch: int, out_ch: int, layers: int, groups: int, up: bool) -> None:
-        super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, None, groups, EPS)
-            for i in range(layers)
-        )
-        self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if up else None
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        for resnet in self.resnets:
-            hidden_states = resnet(hidden_states, None)
-        if self.upsamplers is not None:
-            for upsampler in self.upsamplers:
-                hidden_states = upsampler(hidden_states)
+        for sampler in self.downsamplers or self.upsamplers or ():
+            hidden_states = sampler(hidden_states)
         return hidden_states
 
 
@@ -134,12 +117,12 @@ class Encoder(nn.Module):
         channels, groups = list(cfg["block_out_channels"]), cfg["norm_num_groups"]
         self.conv_in = nn.Conv2d(cfg["in_channels"], channels[0], kernel_size=3, padding=1)
         self.down_blocks = nn.ModuleList(
-            EncoderBlock(
+            CoderBlock(
                 channels[max(i - 1, 0)],
                 ch,
                 cfg["layers_per_block"],
                 groups,
-                i < len(channels) - 1,
+                "down" if i < len(channels) - 1 else None,
             )
             for i, ch in enumerate(channels)
         )
@@ -166,12 +149,12 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg["latent_channels"], rev[0], kernel_size=3, padding=1)
         self.mid_block = MidBlock(rev[0], groups)
         self.up_blocks = nn.ModuleList(
-            DecoderBlock(
+            CoderBlock(
                 rev[max(i - 1, 0)],
                 ch,
                 cfg["layers_per_block"] + 1,
                 groups,
-                i < len(rev) - 1,
+                "up" if i < len(rev) - 1 else None,
             )
             for i, ch in enumerate(rev)
         )
