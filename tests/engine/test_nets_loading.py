@@ -135,7 +135,7 @@ def test_an_older_torch_gets_the_library_classes(tiny, monkeypatch) -> None:
 def test_cache_entries_load_across_text_encoder_layouts(tiny, cache_env) -> None:
     """transformers 4 names the text encoder's weights under ``text_model.``, 5 and ours do
     not: an entry written in either layout loads into either set of classes."""
-    from mlc.engine.convcache import _text_keys_for
+    from mlc.engine.checkpoint import text_keys_for
 
     loading.load(tiny.safetensors)
     entry = converted_cache(checkpoint.resolve(tiny.safetensors), torch.float32)
@@ -156,4 +156,4 @@ def test_cache_entries_load_across_text_encoder_layouts(tiny, cache_env) -> None
             state["text_encoder.final_layer_norm.weight"],
         )
     weights = {"a.weight": 1}
-    assert _text_keys_for(text, {"text_model.a.weight": 1}) == weights
+    assert text_keys_for(text, {"text_model.a.weight": 1}) == weights

@@ -218,6 +218,28 @@ def load_state(model: torch.nn.Module, weights: dict[str, Any], *, strict: bool 
             module._buffers[leaf] = value
 
 
+def text_weights(sd: dict[str, Any]) -> dict[str, Any]:
+    """A single file's CLIP text encoder weights, named without ``TEXT_PREFIX`` (the
+    ``position_ids`` buffer left out: the models make their own)."""
+    return {
+        k[len(TEXT_PREFIX) :]: v
+        for k, v in sd.items()
+        if k.startswith(TEXT_PREFIX) and not k.endswith("position_ids")
+    }
+
+
+def text_keys_for(model: torch.nn.Module, weights: dict[str, Any]) -> dict[str, Any]:
+    """A text encoder's WEIGHTS named as MODEL names them: transformers 4's CLIPTextModel
+    puts them under ``text_model.``, transformers 5's and the engine's own do not."""
+    want = any(k.startswith("text_model.") for k in model.state_dict())
+    has = any(k.startswith("text_model.") for k in weights)
+    if want == has:
+        return weights
+    if want:
+        return {f"text_model.{k}": v for k, v in weights.items()}
+    return {k.removeprefix("text_model."): v for k, v in weights.items()}
+
+
 def _is_zip(path: Path) -> bool:
     try:
         return zipfile.is_zipfile(path)

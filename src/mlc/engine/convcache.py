@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlc.engine.checkpoint import ModelSource, legacy_model_hash, load_state
+from mlc.engine.checkpoint import ModelSource, legacy_model_hash, load_state, text_keys_for
 from mlc.engine.env import cache_min_bytes, cache_root
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def _models_from_state(
     models = _native_models(configs) if native else None
     if models is None:
         models = _library_models(configs)
-    parts["text_encoder"] = _text_keys_for(models[2], parts["text_encoder"])
+    parts["text_encoder"] = text_keys_for(models[2], parts["text_encoder"])
     device = next(iter(state.values())).device if state else None
     for model, name in zip(models, ("unet", "vae", "text_encoder"), strict=True):
         load_state(model, parts[name], strict=True)
@@ -187,19 +187,6 @@ def _models_from_state(
         if device is not None:
             model.to(device)  # the buffers the entry does not hold (position_ids); no copy else
     return models
-
-
-def _text_keys_for(model: Any, weights: dict[str, Any]) -> dict[str, Any]:
-    """WEIGHTS named as MODEL names them: transformers 4's CLIPTextModel puts its weights
-    under ``text_model.``, transformers 5's and ours do not (an entry written by one loads
-    into the other)."""
-    want = any(k.startswith("text_model.") for k in model.state_dict())
-    has = any(k.startswith("text_model.") for k in weights)
-    if want == has:
-        return weights
-    if want:
-        return {f"text_model.{k}": v for k, v in weights.items()}
-    return {k.removeprefix("text_model."): v for k, v in weights.items()}
 
 
 def _native_models(configs: dict[str, dict[str, Any]]) -> Models | None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlc.engine.checkpoint import (
-    TEXT_PREFIX,
     CheckpointError,
     ModelSource,
     check_sd_v1,
@@ -26,6 +25,8 @@ from mlc.engine.checkpoint import (
     read_checkpoint,
     resolve,
     schedule_of,
+    text_keys_for,
+    text_weights,
 )
 from mlc.engine.convcache import converted_cache
 from mlc.engine.env import native_models
@@ -121,18 +122,7 @@ def _text_encoder_from_state(
     )
     with init_empty_weights():
         model = CLIPTextModel(config)
-    want_prefix = any(k.startswith("text_model.") for k in model.state_dict())
-    weights = {}
-    for key, value in sd.items():
-        if not key.startswith(TEXT_PREFIX) or key.endswith("position_ids"):
-            continue
-        name = key[len(TEXT_PREFIX) :]
-        has_prefix = name.startswith("text_model.")
-        if has_prefix and not want_prefix:
-            name = name[len("text_model.") :]
-        elif want_prefix and not has_prefix:
-            name = "text_model." + name
-        weights[name] = value.to(dtype)
+    weights = {k: v.to(dtype) for k, v in text_keys_for(model, text_weights(sd)).items()}
     mismatch = "the checkpoint's text encoder does not match its config"
     assign_weights(model, weights, lambda why: CheckpointError(f"{mismatch}{why}"), strict=False)
     return model

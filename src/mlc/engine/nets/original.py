@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mlc.engine.checkpoint import TEXT_PREFIX, load_state
+from mlc.engine.checkpoint import TEXT_PREFIX, load_state, text_keys_for, text_weights
 from mlc.engine.export import unet_to_ldm, vae_to_ldm
 from mlc.engine.nets.models import build
 
@@ -45,7 +45,9 @@ def from_original(
         return None
     unet_names = _names(unet, lambda d: unet_to_ldm(d, dict(unet.config)))
     vae_names = _names(vae, lambda d: vae_to_ldm(d, dict(vae.config)))
-    text_names = {key: _text_key(sd, key) for key in text_encoder.state_dict()}
+    originals = {name: TEXT_PREFIX + name for name in text_weights(sd)}  # ours -> the file's
+    renamed = text_keys_for(text_encoder, originals)
+    text_names = {key: renamed.get(key, "") for key in text_encoder.state_dict()}
     for model, names in ((unet, unet_names), (vae, vae_names), (text_encoder, text_names)):
         weights = _gather(sd, names, model.state_dict(), dtype)
         if weights is None:
@@ -57,13 +59,6 @@ def from_original(
 def _names(model: torch.nn.Module, to_ldm: Callable[[dict[str, Any]], dict[str, Any]]) -> dict:
     """Each weight's name in the model -> its original name."""
     return {key: next(iter(to_ldm({key: meta}))) for key, meta in model.state_dict().items()}
-
-
-def _text_key(sd: dict[str, torch.Tensor], key: str) -> str:
-    """The original name of a text encoder weight: under ``text_model.`` (transformers 4's
-    layout, which SD's checkpoints keep), or without it in older files."""
-    name = key if key.startswith("text_model.") else "text_model." + key
-    return TEXT_PREFIX + name if TEXT_PREFIX + name in sd else TEXT_PREFIX + key
 
 
 def _gather(
