@@ -35,7 +35,7 @@ import importlib.util
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mlc.engine.env import lean_imports
@@ -160,17 +160,26 @@ def model_classes() -> tuple[
     names = ("UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel", "CLIPTextConfig")
     if all(MODULES[n] in sys.modules for n in names):
         return tuple(getattr(sys.modules[MODULES[n]], n) for n in names)  # type: ignore[return-value]
+    with _dynamo_stood_in() as lean:
+        if lean:
+            for name in DEFERRED_PACKAGES:
+                defer_package_init(name)
+        found = [getattr(importlib.import_module(MODULES[n]), n) for n in names]
+    return found[0], found[1], found[2], found[3]
+
+
+@contextlib.contextmanager
+def _dynamo_stood_in() -> Iterator[bool]:
+    """Under the module lock, ``torch._dynamo`` stood in for while the body imports (when
+    ``lean_imports()``; yields whether it is)."""
     with _lock:
-        stand_in = _DynamoStandIn.install() if lean_imports() else None
+        lean = lean_imports()
+        stand_in = _DynamoStandIn.install() if lean else None
         try:
-            if lean_imports():
-                for name in DEFERRED_PACKAGES:
-                    defer_package_init(name)
-            found = [getattr(importlib.import_module(MODULES[n]), n) for n in names]
+            yield lean
         finally:
             if stand_in is not None:
                 stand_in.uninstall()
-    return found[0], found[1], found[2], found[3]
 
 
 def no_init_weights() -> contextlib.AbstractContextManager[Any]:
@@ -206,13 +215,8 @@ def lean_attribute(module: str, name: str) -> Any:
     """``module.name``, both imported with ``torch._dynamo`` stood in for (when
     ``lean_imports()``): diffusers' schedulers import ``diffusers.utils``, whose
     ``torch_utils`` imports dynamo only to decorate."""
-    with _lock:
-        stand_in = _DynamoStandIn.install() if lean_imports() else None
-        try:
-            return getattr(importlib.import_module(module), name)
-        finally:
-            if stand_in is not None:
-                stand_in.uninstall()
+    with _dynamo_stood_in():
+        return getattr(importlib.import_module(module), name)
 
 
 def tokenizer_class() -> type[CLIPTokenizer]:
